@@ -1,0 +1,136 @@
+"""Configuration: credentials and endpoints from the environment, connector settings
+from flow parameters with the environment as fallback.
+
+Credentials are `SecretStr` so that a settings object printed in a log, a traceback or
+an artifact shows `**********` instead of the secret.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path("data")
+US_TRACK_URL = "https://track.customer.io"
+EU_TRACK_URL = "https://track-eu.customer.io"
+DEFAULT_FIREHOSE_URL = "https://firehose.hullapp.io"
+
+
+class MissingSettingsError(ValueError):
+    """Raised before any call is made when required settings are absent."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        super().__init__(
+            "Missing settings: "
+            + ", ".join(names)
+            + ". Set them as environment variables (or in a .env file) and run again."
+        )
+
+
+def _env_config(prefix: str = "") -> SettingsConfigDict:
+    return SettingsConfigDict(
+        env_prefix=prefix, env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+
+class HullCredentials(BaseSettings):
+    model_config = _env_config("HULL_")
+
+    organization: str | None = None
+    api_url: str | None = None
+    firehose_url: str = DEFAULT_FIREHOSE_URL
+    connector_id: str | None = None
+    connector_secret: SecretStr | None = None
+
+    @property
+    def base_url(self) -> str:
+        if self.api_url:
+            return self.api_url.rstrip("/")
+        return f"https://{self.organization}/api/v1"
+
+    def missing(self) -> list[str]:
+        missing = []
+        if not self.organization and not self.api_url:
+            missing.append("HULL_ORGANIZATION")
+        if not self.connector_id:
+            missing.append("HULL_CONNECTOR_ID")
+        if not self.connector_secret or not self.connector_secret.get_secret_value():
+            missing.append("HULL_CONNECTOR_SECRET")
+        return missing
+
+
+class CustomerIoCredentials(BaseSettings):
+    model_config = _env_config("CUSTOMERIO_")
+
+    site_id: str | None = None
+    api_key: SecretStr | None = None
+    region: Literal["us", "eu"] = "us"
+    track_url: str | None = None
+    webhook_signing_key: SecretStr | None = None
+
+    @field_validator("region", mode="before")
+    @classmethod
+    def _lower_region(cls, value: Any) -> Any:
+        return value.lower().strip() if isinstance(value, str) else value
+
+    @property
+    def base_url(self) -> str:
+        if self.track_url:
+            return self.track_url.rstrip("/")
+        return EU_TRACK_URL if self.region == "eu" else US_TRACK_URL
+
+    def missing(self) -> list[str]:
+        missing = []
+        if not self.site_id:
+            missing.append("CUSTOMERIO_SITE_ID")
+        if not self.api_key or not self.api_key.get_secret_value():
+            missing.append("CUSTOMERIO_API_KEY")
+        return missing
+
+
+class StateSettings(BaseSettings):
+    model_config = _env_config()
+
+    state_database_url: str = Field(
+        default_factory=lambda: f"sqlite:///{(DEFAULT_DATA_DIR / 'state.db').as_posix()}"
+    )
+
+
+class ConnectorSettings(BaseSettings):
+    """The original connector's settings, kept under their names.
+
+    Each is also a flow parameter; an explicit parameter wins over the environment
+    variable of the same name in upper case (lists as JSON).
+    """
+
+    model_config = _env_config()
+
+    synchronized_segments: list[str] = Field(default_factory=list)
+    synchronized_attributes: list[str] = Field(default_factory=list)
+    user_id_mapping: str = "external_id"
+    enable_user_deletion: bool = False
+    events_filter: list[str] = Field(default_factory=list)
+    anonymous_events: bool = False
+    max_attributes_per_call: int = Field(default=30, ge=1, le=300)
+    max_attribute_name_length: int = Field(default=150, ge=1)
+    max_attribute_value_length: int = Field(default=1000, ge=1)
+    max_identifier_value_length: int = Field(default=150, ge=1)
+    # Operational knobs (not in the original connector).
+    rate_limit_per_second: float = Field(default=100.0, ge=0)  # 0 disables the limiter
+    push_concurrency: int = Field(default=4, ge=1, le=64)
+    users_per_batch: int = Field(default=500, ge=1, le=10_000)
+
+    @classmethod
+    def resolve(cls, **overrides: Any) -> "ConnectorSettings":
+        """Build settings from explicit values (flow parameters) over the environment."""
+        return cls(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def require(*missing_lists: list[str]) -> None:
+    names = [name for names in missing_lists for name in names]
+    if names:
+        raise MissingSettingsError(names)
