@@ -1,0 +1,63 @@
+"""Customer.io Track API client (v1). Knows endpoints and auth; no business rules."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from connectors.http import ApiClient, RetryPolicy
+from connectors.ratelimit import RateLimiter
+
+
+def customer_path(identifier: str) -> str:
+    # Ids may hold '/', '@', spaces or non-ASCII: every byte outside the unreserved set is encoded.
+    return f"/api/v1/customers/{quote(str(identifier), safe='')}"
+
+
+class CustomerIoClient(ApiClient):
+    service = "Customer.io"
+    auth_hint = "Check CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY (and CUSTOMERIO_REGION)."
+
+    def __init__(
+        self,
+        base_url: str,
+        site_id: str,
+        api_key: str,
+        *,
+        retry: RetryPolicy | None = None,
+        rate_limiter: RateLimiter | None = None,
+        pool_size: int = 16,
+    ):
+        super().__init__(base_url, retry=retry, rate_limiter=rate_limiter, pool_size=pool_size)
+        self.session.auth = (site_id, api_key)
+
+    @classmethod
+    def from_settings(cls, credentials, *, rate_limiter=None, retry=None, pool_size=16) -> "CustomerIoClient":
+        return cls(
+            credentials.base_url,
+            credentials.site_id,
+            credentials.api_key.get_secret_value(),
+            retry=retry,
+            rate_limiter=rate_limiter,
+            pool_size=pool_size,
+        )
+
+    def check_credentials(self) -> dict[str, Any]:
+        """`GET /api/v1/accounts/region`: validates credentials and tells the workspace's region."""
+        return self.request("GET", "/api/v1/accounts/region").json()
+
+    def identify(self, identifier: str, attributes: dict[str, Any]) -> None:
+        self.request("PUT", customer_path(identifier), json_body=attributes)
+
+    def delete(self, identifier: str) -> None:
+        self.request("DELETE", customer_path(identifier))
+
+    def track(self, identifier: str, event: dict[str, Any]) -> None:
+        self.request("POST", customer_path(identifier) + "/events", json_body=event)
+
+    def track_anonymous(self, event: dict[str, Any]) -> None:
+        self.request("POST", "/api/v1/events", json_body=event)
+
+    def batch(self, entries: list[dict[str, Any]]):
+        """`POST /api/v2/batch`; returns the response (200, or 207 with per-entry errors)."""
+        return self.request("POST", "/api/v2/batch", json_body={"batch": entries})

@@ -1,0 +1,173 @@
+"""The one place that decides which HTTP failures are transient and which are fatal.
+
+Every client in `connectors/` sends through `ApiClient.request`, which:
+- retries 429, 5xx, timeouts and dropped connections with exponential backoff and
+  jitter, honouring `Retry-After`, within a bounded budget (urllib3's `Retry`);
+- raises `AuthError` on 401/403 (the run must stop: the credentials are wrong);
+- raises `PermanentError` on other 4xx (this request will never succeed as it is);
+- raises `TransientError` once the retry budget is spent.
+
+Exception messages carry the method, the path and the service's own error text, never
+headers, credentials or request bodies.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from connectors.ratelimit import RateLimiter
+
+TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class ApiError(Exception):
+    """Base of every error raised by a connector client."""
+
+    def __init__(self, service: str, method: str, path: str, status: int | None, message: str):
+        self.service = service
+        self.method = method
+        self.path = path
+        self.status = status
+        self.message = message
+        status_text = f"HTTP {status}" if status is not None else "no response"
+        super().__init__(f"{service} {method} {path}: {status_text}: {message}")
+
+
+class AuthError(ApiError):
+    """401/403: the credentials are wrong. Stops the run."""
+
+
+class PermanentError(ApiError):
+    """A 4xx other than auth: retrying the same request cannot help."""
+
+
+class TransientError(ApiError):
+    """429, 5xx, timeouts, connection errors that outlived the retry budget."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    total: int = 5
+    backoff_factor: float = 0.5  # sleeps 0.5, 1, 2, 4 ... seconds (plus jitter)
+    backoff_max: float = 30.0
+    backoff_jitter: float = 0.25
+    timeout: float = 10.0
+
+    def to_urllib3(self) -> Retry:
+        return Retry(
+            total=self.total,
+            connect=self.total,
+            read=self.total,
+            status=self.total,
+            other=self.total,
+            allowed_methods=None,  # every call here is idempotent: ids and event ULIDs dedupe
+            status_forcelist=TRANSIENT_STATUSES,
+            backoff_factor=self.backoff_factor,
+            backoff_max=self.backoff_max,
+            backoff_jitter=self.backoff_jitter,
+            respect_retry_after_header=True,
+            raise_on_status=False,
+            raise_on_redirect=False,
+        )
+
+
+def error_text(response: requests.Response) -> str:
+    """The service's own error message, trimmed; both services answer JSON errors."""
+    try:
+        body = response.json()
+    except ValueError:
+        return (response.text or response.reason or "").strip()[:300]
+    if isinstance(body, dict):
+        meta = body.get("meta")
+        if isinstance(meta, dict):
+            if meta.get("error"):
+                return str(meta["error"])[:300]
+            if meta.get("errors"):
+                return "; ".join(str(e) for e in meta["errors"])[:300]
+        for key in ("message", "error", "errors"):
+            if body.get(key):
+                value = body[key]
+                return (value if isinstance(value, str) else json.dumps(value))[:300]
+    return json.dumps(body)[:300]
+
+
+class ApiClient:
+    service = "API"
+    auth_hint = ""  # appended to AuthError messages: which settings to fix
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        retry: RetryPolicy | None = None,
+        rate_limiter: RateLimiter | None = None,
+        pool_size: int = 16,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self.rate_limiter = rate_limiter
+        self.session = requests.Session()
+        adapter = HTTPAdapter(
+            max_retries=self.retry.to_urllib3(), pool_connections=pool_size, pool_maxsize=pool_size
+        )
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.requests_sent = 0
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}{path}"
+
+    def request(
+        self, method: str, path: str, *, json_body: Any = None, url: str | None = None, headers=None
+    ) -> requests.Response:
+        if self.rate_limiter is not None:
+            self.rate_limiter.acquire()
+        self.requests_sent += 1
+        try:
+            response = self.session.request(
+                method,
+                url or self.url(path),
+                json=json_body,
+                headers=headers,
+                timeout=self.retry.timeout,
+                allow_redirects=True,
+            )
+        except requests.exceptions.RetryError as exc:
+            raise TransientError(self.service, method, path, None, f"retries exhausted ({_reason(exc)})") from None
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise TransientError(self.service, method, path, None, f"connection failed ({_reason(exc)})") from None
+        return self._check(method, path, response)
+
+    def _check(self, method: str, path: str, response: requests.Response) -> requests.Response:
+        status = response.status_code
+        if status < 400:
+            return response
+        message = error_text(response)
+        if status in (401, 403):
+            hint = f" {self.auth_hint}" if self.auth_hint else ""
+            raise AuthError(self.service, method, path, status, f"{message}.{hint}".strip())
+        if status in TRANSIENT_STATUSES:
+            raise TransientError(self.service, method, path, status, f"{message} (after {self.retry.total} retries)")
+        raise PermanentError(self.service, method, path, status, message)
+
+
+def _reason(exc: Exception) -> str:
+    """A short cause without URLs' query strings or headers."""
+    inner = exc.args[0] if exc.args else exc
+    reason = getattr(inner, "reason", None)
+    return type(reason or inner).__name__
