@@ -110,7 +110,7 @@ def cio_sim():
 
 
 @pytest.fixture
-def sim_env(monkeypatch, hull_sim, cio_sim, database_url):
+def sim_env(monkeypatch, tmp_path, hull_sim, cio_sim, database_url):
     """Environment pointing every setting at the simulators and the test database."""
     values = {
         "HULL_ORGANIZATION": "acme.hullapp.io",
@@ -132,5 +132,5 @@ def sim_env(monkeypatch, hull_sim, cio_sim, database_url):
             monkeypatch.delenv(key, raising=False)
     for key, value in values.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.chdir(os.path.dirname(database_url.split("///")[-1]) if database_url.startswith("sqlite") else os.getcwd())
+    monkeypatch.chdir(tmp_path)  # no stray .env from the developer's checkout
     return values
