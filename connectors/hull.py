@@ -113,9 +113,14 @@ class HullClient(ApiClient):
                 return segments
             page += 1
 
-    def search_users(self, filters: list[dict], page: int, per_page: int = MAX_PER_PAGE) -> dict:
+    def search_users(
+        self, filters: list[dict], page: int, per_page: int = MAX_PER_PAGE, must_not: list[dict] | None = None
+    ) -> dict:
+        query: dict[str, Any] = {"filter": filters}
+        if must_not:
+            query["must_not"] = must_not
         body = {
-            "query": {"bool": {"filter": filters}},
+            "query": {"bool": query},
             "sort": {"indexed_at": "asc"},
             "raw": True,
             "page": page,

@@ -1,0 +1,211 @@
+"""The `webhook_inbox` table: raw Customer.io payloads and their delivery status.
+
+Life of a row: `pending` (stored by the intake) -> `processing` (claimed by one drain)
+-> `done` (Hull accepted it), `ignored` (not mapped, reason kept) or `failed` (cannot be
+sent, or kept failing; last error kept). A transient failure puts it back to `pending`.
+Rows are never deleted: the inbox is also the audit trail of what Customer.io sent.
+
+Claiming is what keeps two drains running at once from sending a row twice: a row is
+handed to exactly one drain, inside one transaction, and every later status change is
+made only by the drain that holds the claim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import Engine, and_, case, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from cio_sync.db import is_postgres, utcnow, webhook_inbox
+
+PENDING = "pending"
+PROCESSING = "processing"
+DONE = "done"
+IGNORED = "ignored"
+FAILED = "failed"
+STATUSES = (PENDING, PROCESSING, DONE, IGNORED, FAILED)
+
+STORED = "stored"
+DUPLICATE = "duplicate"
+
+DEFAULT_CLAIM_TIMEOUT = timedelta(minutes=10)
+MAX_ERROR_LENGTH = 2000
+
+
+@dataclass(frozen=True)
+class ClaimedRow:
+    id: int
+    event_id: str
+    payload: str
+    attempts: int
+
+
+# ----- intake side ---------------------------------------------------------------------
+
+
+def store_payload(engine: Engine, event_id: str, payload: str) -> str:
+    """Commits a raw payload as `pending`; returns `STORED`, or `DUPLICATE` when a row with
+    this `event_id` already exists (Customer.io retries; the first copy is kept)."""
+    values = {
+        "event_id": event_id,
+        "payload": payload,
+        "received_at": utcnow(),
+        "status": PENDING,
+        "attempts": 0,
+    }
+    dialect_insert = postgresql.insert if is_postgres(engine) else sqlite.insert
+    statement = dialect_insert(webhook_inbox).values(**values).on_conflict_do_nothing(
+        index_elements=["event_id"]
+    )
+    try:
+        with engine.begin() as connection:
+            inserted = connection.execute(statement).rowcount
+    except IntegrityError:  # pragma: no cover - the ON CONFLICT clause should prevent it
+        return DUPLICATE
+    return STORED if inserted == 1 else DUPLICATE
+
+
+# ----- drain side ----------------------------------------------------------------------
+
+
+def claim_batch(
+    engine: Engine, worker_id: str, limit: int, claim_timeout: timedelta = DEFAULT_CLAIM_TIMEOUT
+) -> list[ClaimedRow]:
+    """Marks up to `limit` claimable rows `processing` for `worker_id` and returns them,
+    oldest first. Claimable: `pending`, or `processing` under a claim older than
+    `claim_timeout` (its drain died; the row would otherwise be stuck forever)."""
+    now = utcnow()
+    claimable = or_(
+        webhook_inbox.c.status == PENDING,
+        and_(webhook_inbox.c.status == PROCESSING, webhook_inbox.c.claimed_at < now - claim_timeout),
+    )
+    claim = {"status": PROCESSING, "claimed_by": worker_id, "claimed_at": now}
+    returning = (
+        webhook_inbox.c.id,
+        webhook_inbox.c.event_id,
+        webhook_inbox.c.payload,
+        webhook_inbox.c.attempts,
+    )
+    with engine.begin() as connection:
+        if is_postgres(engine):
+            # Row locks taken by the SELECT are held to the end of the transaction; a second
+            # drain skips them instead of waiting, then finds them no longer claimable.
+            ids = connection.execute(
+                select(webhook_inbox.c.id)
+                .where(claimable)
+                .order_by(webhook_inbox.c.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).scalars().all()
+            if not ids:
+                return []
+            rows = connection.execute(
+                update(webhook_inbox).where(webhook_inbox.c.id.in_(ids)).values(**claim).returning(*returning)
+            ).all()
+        else:
+            # SQLite has no row locks; one UPDATE statement is atomic and SQLite admits one
+            # writer at a time. The transaction's first statement is this write, so it takes
+            # the write lock at once (as BEGIN IMMEDIATE would): two drains serialise here
+            # and the second sees the first one's rows as no longer claimable.
+            oldest_claimable = (
+                select(webhook_inbox.c.id).where(claimable).order_by(webhook_inbox.c.id).limit(limit)
+            )
+            rows = connection.execute(
+                update(webhook_inbox)
+                .where(webhook_inbox.c.id.in_(oldest_claimable.scalar_subquery()), claimable)
+                .values(**claim)
+                .returning(*returning)
+            ).all()
+    # RETURNING does not promise an order.
+    return sorted((ClaimedRow(*row) for row in rows), key=lambda row: row.id)
+
+
+def mark_done(engine: Engine, worker_id: str, ids: Iterable[int]) -> int:
+    return _finish(engine, worker_id, ids, DONE, error=None)
+
+
+def mark_ignored(engine: Engine, worker_id: str, reasons: Mapping[int, str]) -> int:
+    return sum(_finish(engine, worker_id, [row_id], IGNORED, error=reason) for row_id, reason in reasons.items())
+
+
+def mark_failed(engine: Engine, worker_id: str, reasons: Mapping[int, str]) -> int:
+    return sum(_finish(engine, worker_id, [row_id], FAILED, error=reason) for row_id, reason in reasons.items())
+
+
+def release_for_retry(engine: Engine, worker_id: str, ids: Iterable[int], error: str, max_attempts: int) -> int:
+    """After a transient failure: counts an attempt and puts rows back to `pending`, or
+    marks them `failed` once they have had `max_attempts` attempts. Returns rows updated."""
+    ids = list(ids)
+    if not ids:
+        return 0
+    attempts_after = webhook_inbox.c.attempts + 1
+    out_of_attempts = attempts_after >= max_attempts
+    statement = (
+        update(webhook_inbox)
+        .where(_held_by(worker_id, ids))
+        .values(
+            attempts=attempts_after,
+            last_error=_trim(error),
+            status=case((out_of_attempts, FAILED), else_=PENDING),
+            processed_at=case((out_of_attempts, utcnow()), else_=None),
+            claimed_by=None,
+            claimed_at=None,
+        )
+    )
+    with engine.begin() as connection:
+        return connection.execute(statement).rowcount
+
+
+def release_unattempted(engine: Engine, worker_id: str, ids: Iterable[int]) -> int:
+    """Back to `pending` without counting an attempt: the failure was ours (e.g. wrong
+    credentials), not the row's, and must not push good rows towards `failed`."""
+    ids = list(ids)
+    if not ids:
+        return 0
+    statement = (
+        update(webhook_inbox)
+        .where(_held_by(worker_id, ids))
+        .values(status=PENDING, claimed_by=None, claimed_at=None)
+    )
+    with engine.begin() as connection:
+        return connection.execute(statement).rowcount
+
+
+def count_by_status(engine: Engine) -> dict[str, int]:
+    """Rows per status, every status present (0 when none)."""
+    counts = dict.fromkeys(STATUSES, 0)
+    with engine.connect() as connection:
+        for status, count in connection.execute(
+            select(webhook_inbox.c.status, func.count()).group_by(webhook_inbox.c.status)
+        ):
+            counts[status] = count
+    return counts
+
+
+def _finish(engine: Engine, worker_id: str, ids: Iterable[int], status: str, error: str | None) -> int:
+    ids = list(ids)
+    if not ids:
+        return 0
+    values = {"status": status, "processed_at": utcnow(), "claimed_by": None, "claimed_at": None}
+    if error is not None:
+        values["last_error"] = _trim(error)
+    with engine.begin() as connection:
+        return connection.execute(update(webhook_inbox).where(_held_by(worker_id, ids)).values(**values)).rowcount
+
+
+def _held_by(worker_id: str, ids: list[int]):
+    # A drain whose claim expired and was taken over must not overwrite the new owner's
+    # outcome; Hull's event_id dedupe covers the event it may have sent meanwhile.
+    return and_(
+        webhook_inbox.c.id.in_(ids),
+        webhook_inbox.c.status == PROCESSING,
+        webhook_inbox.c.claimed_by == worker_id,
+    )
+
+
+def _trim(error: str) -> str:
+    return error if len(error) <= MAX_ERROR_LENGTH else error[: MAX_ERROR_LENGTH - 3] + "..."

@@ -1,0 +1,83 @@
+"""Diff: map one page of Hull users and decide, against their state rows, what to do with each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from cio_sync.decisions import DELETE, INSERT, PAGE_COLUMNS, SKIP, UPDATE, decide
+from cio_sync.mapping import MalformedUserError, MappedUser, map_user
+from cio_sync.settings import ConnectorSettings
+
+
+@dataclass
+class UserPlan:
+    hull_id: str
+    action: str  # insert | update | delete | skip
+    reason: str
+    mapped: MappedUser | None
+    external_id: str | None
+    target_id: str | None  # Customer.io identifier the calls go to
+    created_at: Any = None  # from state: first creation in Customer.io
+
+
+def plan_page(
+    users: list[dict[str, Any]],
+    state: pd.DataFrame,
+    settings: ConnectorSettings,
+    segment_names: dict[str, str],
+    whitelisted_ids: set[str],
+) -> list[UserPlan]:
+    plans: list[UserPlan] = []
+    mapped_users: list[tuple[dict, MappedUser]] = []
+    for user in users:
+        try:
+            mapped_users.append((user, map_user(user, settings, segment_names, whitelisted_ids)))
+        except MalformedUserError as exc:
+            hull_id = user.get("id") if isinstance(user, dict) and isinstance(user.get("id"), str) else None
+            plans.append(UserPlan(hull_id or "?", SKIP, f"malformed: {exc}", None, None, None))
+    if not mapped_users:
+        return plans
+
+    page = pd.DataFrame(
+        [
+            (m.hull_id, m.email is not None, bool(m.whitelisted_segment_ids), m.cio_id is not None,
+             m.id_error is None, m.attributes_hash)
+            for _, m in mapped_users
+        ],
+        columns=PAGE_COLUMNS,
+    )
+    state_frame = pd.DataFrame(
+        {
+            "hull_id": state["hull_id"],
+            "state_created": state["created_at"].notna(),
+            "state_deleted": state["deleted_at"].notna(),
+            "state_hash": state["attributes_hash"],
+        }
+    )
+    decided = decide(page, state_frame, settings.enable_user_deletion)
+    state_by_id = state.set_index("hull_id") if len(state) else None
+
+    for (user, mapped), action, reason in zip(mapped_users, decided["action"], decided["reason"]):
+        known = state_by_id is not None and mapped.hull_id in state_by_id.index
+        state_row = state_by_id.loc[mapped.hull_id] if known else None
+        target = mapped.cio_id
+        if action == DELETE:
+            target = state_row["cio_id"]  # delete the person that was created, even if the id changed
+        plans.append(
+            UserPlan(
+                hull_id=mapped.hull_id,
+                action=action,
+                reason=reason,
+                mapped=mapped,
+                external_id=user.get("external_id"),
+                target_id=target,
+                created_at=state_row["created_at"] if known and action == UPDATE else None,
+            )
+        )
+    return plans
+
+
+__all__ = ["UserPlan", "plan_page", "INSERT", "UPDATE", "DELETE", "SKIP"]

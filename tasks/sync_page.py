@@ -1,0 +1,150 @@
+"""One coarse Prefect task per page of users: diff → push → record state → write back.
+
+The state rows and the stream cursor are written in one transaction, after Customer.io
+answered: a crash before it re-sends the page (idempotent identify calls), a crash after
+it sends nothing again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy import insert
+
+from cio_sync.db import failed_batches, utcnow
+from cio_sync.runtime import SyncRuntime
+from cio_sync.state import Cursor, load_user_state, record_user_outcomes, write_cursor
+from cio_sync.summary import SyncSummary
+from tasks.diff import DELETE, INSERT, SKIP, UserPlan, plan_page
+from tasks.load import CustomerIoUnavailable, UserOutcome, push_page
+from tasks.writeback import write_back
+
+
+class PageIncomplete(Exception):
+    """Customer.io stopped answering mid-page; what succeeded is recorded, the cursor is not moved."""
+
+    def __init__(self, summary: SyncSummary, message: str):
+        self.summary = summary
+        super().__init__(message)
+
+
+def summarize_plans(plans: list[UserPlan], summary: SyncSummary) -> None:
+    for plan in plans:
+        summary.decisions[plan.action] += 1
+        if plan.action == SKIP:
+            summary.skip_reasons[plan.reason.split(":")[0]] += 1
+        if plan.mapped is not None and plan.action != SKIP:
+            for name, _reason in plan.mapped.dropped:
+                summary.dropped_attributes[name] += 1
+
+
+def outcome_row(outcome: UserOutcome, now) -> dict[str, Any]:
+    plan = outcome.plan
+    row: dict[str, Any] = {"hull_id": plan.hull_id, "last_decision": plan.action}
+    if outcome.ok:
+        row.update(last_error=None, last_error_at=None, writeback_pending=True, synced_at=now)
+        if plan.action == DELETE:
+            row.update(deleted_at=now, segment_ids=[])
+        else:
+            row.update(
+                cio_id=plan.target_id,
+                attributes_hash=plan.mapped.attributes_hash,
+                segment_ids=plan.mapped.whitelisted_segment_ids,
+                deleted_at=None,
+            )
+            if plan.action == INSERT:
+                row["created_at"] = now
+        return row
+    row.update(last_error=outcome.error, last_error_at=now, writeback_pending=False)
+    if plan.action == INSERT and outcome.created:
+        # Some chunks were accepted: the person exists and must be deletable later.
+        row.update(cio_id=plan.target_id, created_at=now, deleted_at=None)
+    return row
+
+
+def record_page(
+    runtime: SyncRuntime,
+    outcomes: list[UserOutcome],
+    summary: SyncSummary,
+    cursor_name: str,
+    next_cursor: Cursor | None,
+    flow_run_id: str | None,
+) -> None:
+    now = utcnow()
+    rows = [outcome_row(o, now) for o in outcomes]
+    retryable = [o.plan.hull_id for o in outcomes if o.error_kind == "transient"]
+    with runtime.engine.begin() as connection:
+        record_user_outcomes(connection, rows)
+        if retryable and next_cursor is not None:
+            batch_id = connection.execute(
+                insert(failed_batches).values(
+                    kind="users",
+                    payload={"hull_ids": retryable},
+                    error=next(o.error for o in outcomes if o.error_kind == "transient"),
+                    attempts=1,
+                    flow_run_id=flow_run_id,
+                    status="open",
+                    created_at=now,
+                    updated_at=now,
+                )
+            ).inserted_primary_key[0]
+            summary.failed_batches.append(batch_id)
+        if next_cursor is not None:
+            write_cursor(connection, cursor_name, next_cursor)
+    for outcome in outcomes:
+        summary.calls["identify"] += outcome.identify_calls
+        summary.calls["delete"] += outcome.delete_calls
+        if not outcome.ok:
+            summary.failed_users[outcome.error_kind] += 1
+            summary.add_error(f"user {outcome.plan.hull_id}: {outcome.error}")
+
+
+def sync_page(
+    runtime: SyncRuntime,
+    users: list[dict[str, Any]],
+    cursor_name: str,
+    next_cursor: Cursor,
+    flow_run_id: str | None = None,
+) -> SyncSummary:
+    summary = SyncSummary(pages=1, users_seen=len(users))
+    ids = [u["id"] for u in users if isinstance(u, dict) and isinstance(u.get("id"), str)]
+    state = load_user_state(runtime.engine, ids)
+    settings = runtime.settings
+    plans = plan_page(users, state, settings, runtime.segment_names, runtime.whitelisted_segment_ids)
+    summarize_plans(plans, summary)
+    if runtime.dry_run:
+        return summary
+
+    try:
+        outcomes = push_page(
+            runtime.customerio,
+            plans,
+            max_attributes_per_call=settings.max_attributes_per_call,
+            concurrency=settings.push_concurrency,
+        )
+    except CustomerIoUnavailable as stopped:
+        done = [o for o in stopped.args[0] if o.error_kind != "not_attempted"]
+        record_page(runtime, [o for o in done if o.ok or o.error_kind == "permanent"], summary,
+                    cursor_name, None, flow_run_id)
+        raise PageIncomplete(
+            summary,
+            "Customer.io is failing transiently (429/5xx/timeouts) even after retries; "
+            "the run stopped and this page will be picked up again by the next run.",
+        ) from None
+
+    record_page(runtime, outcomes, summary, cursor_name, next_cursor, flow_run_id)
+    synced = [o.plan.hull_id for o in outcomes if o.ok]
+    if synced:
+        sent, error = write_back(runtime.hull, runtime.engine, settings.user_id_mapping, hull_ids=synced)
+        summary.writeback_sent += sent
+        if error:
+            summary.warnings.append(error)
+    return summary
+
+
+@task(name="sync-users-page", cache_policy=NO_CACHE)
+def sync_page_task(runtime: SyncRuntime, users: list[dict[str, Any]], cursor_name: str,
+                   next_cursor: Cursor, flow_run_id: str | None = None) -> SyncSummary:
+    return sync_page(runtime, users, cursor_name, next_cursor, flow_run_id)
