@@ -135,9 +135,14 @@ class HullClient(ApiClient):
             users.extend(self.search_users([{"terms": {"id": chunk}}], 1, MAX_PER_PAGE)["data"])
         return users
 
-    def search_events(self, filters: list[dict], page: int, per_page: int = MAX_PER_PAGE) -> dict:
+    def search_events(
+        self, filters: list[dict], page: int, per_page: int = MAX_PER_PAGE, must_not: list[dict] | None = None
+    ) -> dict:
+        query: dict[str, Any] = {"filter": filters}
+        if must_not:
+            query["must_not"] = must_not
         body = {
-            "query": {"bool": {"filter": filters}},
+            "query": {"bool": query},
             "sort": {"created_at": "asc"},
             "raw": True,
             "page": page,

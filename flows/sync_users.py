@@ -15,6 +15,7 @@ from cio_sync.state import count_pending_writebacks, read_cursor
 from cio_sync.summary import SyncSummary
 from connectors.http import AuthError
 from tasks.extract import fetch_users_task, segment_names
+from tasks.events import EVENTS_CURSOR, fetch_events_task, sync_events_page_task
 from tasks.sync_page import PageIncomplete, sync_page_task
 from tasks.writeback import write_back
 
@@ -132,6 +133,9 @@ def _run(runtime, summary: SyncSummary, logger, max_pages: int | None) -> dict[s
             ", ".join(f"{k}={v}" for k, v in sorted(page_summary.decisions.items())),
         )
 
+    if failure is None and settings.events_filter and runtime.whitelisted_segment_ids:
+        failure = _sync_events(runtime, summary, logger, run_id)
+
     if not runtime.dry_run:
         summary.writeback_pending = count_pending_writebacks(runtime.engine)
     publish_summary(summary, runtime.dry_run)
@@ -145,3 +149,19 @@ def _run(runtime, summary: SyncSummary, logger, max_pages: int | None) -> dict[s
             f"saved as failed batches {summary.failed_batches} (see `cio-sync failed list`)."
         )
     return summary.to_dict()
+
+
+def _sync_events(runtime, summary: SyncSummary, logger, run_id: str) -> str | None:
+    """Events go out after every changed user's identify calls of this run."""
+    cursor = read_cursor(runtime.engine, EVENTS_CURSOR)
+    while True:
+        try:
+            events, next_cursor = fetch_events_task(runtime, cursor)
+            if not events:
+                return None
+            page_summary = sync_events_page_task(runtime, events, next_cursor, run_id)
+        except AuthError as exc:
+            return f"Stopped while sending events: {exc}"
+        summary.merge(page_summary)
+        cursor = next_cursor
+        logger.info("events page: %s", dict(page_summary.events))

@@ -136,12 +136,15 @@ def mark_failed(engine: Engine, worker_id: str, reasons: Mapping[int, str]) -> i
     return sum(_finish(engine, worker_id, [row_id], FAILED, error=reason) for row_id, reason in reasons.items())
 
 
-def release_for_retry(engine: Engine, worker_id: str, ids: Iterable[int], error: str, max_attempts: int) -> int:
+def release_for_retry(
+    engine: Engine, worker_id: str, ids: Iterable[int], error: str, max_attempts: int
+) -> tuple[int, int]:
     """After a transient failure: counts an attempt and puts rows back to `pending`, or
-    marks them `failed` once they have had `max_attempts` attempts. Returns rows updated."""
+    marks them `failed` once they have had `max_attempts` attempts.
+    Returns (rows back to pending, rows now failed)."""
     ids = list(ids)
     if not ids:
-        return 0
+        return 0, 0
     attempts_after = webhook_inbox.c.attempts + 1
     out_of_attempts = attempts_after >= max_attempts
     statement = (
@@ -155,9 +158,12 @@ def release_for_retry(engine: Engine, worker_id: str, ids: Iterable[int], error:
             claimed_by=None,
             claimed_at=None,
         )
+        .returning(webhook_inbox.c.status)
     )
     with engine.begin() as connection:
-        return connection.execute(statement).rowcount
+        statuses = connection.execute(statement).scalars().all()
+    failed = sum(1 for status in statuses if status == FAILED)
+    return len(statuses) - failed, failed
 
 
 def release_unattempted(engine: Engine, worker_id: str, ids: Iterable[int]) -> int:

@@ -96,10 +96,15 @@ MappingResult = Mapped | Ignored | Failed
 
 def parse_payload(body: bytes | str) -> dict[str, Any]:
     """Decodes and validates a request body; raises `InvalidPayload` with the reason."""
+    if isinstance(body, bytes):
+        # Explicitly UTF-8 (JSON's only interchange encoding): json.loads would also guess
+        # UTF-16/32 from bytes, and the inbox stores the body as UTF-8 text.
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidPayload("body is not UTF-8 text") from None
     try:
         payload = json.loads(body)
-    except UnicodeDecodeError:
-        raise InvalidPayload("body is not UTF-8 text") from None
     except ValueError as exc:
         raise InvalidPayload(f"body is not valid JSON ({exc})") from None
     validate_payload(payload)

@@ -1,0 +1,98 @@
+"""The `drain-webhooks` flow: stored Customer.io webhooks -> Hull track events.
+
+Runs on a schedule (every minute). Each run drains the inbox batch by batch until no
+claimable row is left (or `max_batches`), then publishes what it did. Several runs may
+overlap safely: rows are claimed in a transaction, so each is sent by one run only.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+
+from cio_sync.db import get_engine
+from cio_sync.settings import ConnectorSettings, HullCredentials, StateSettings, require
+from cio_sync.webhooks.inbox import DONE, FAILED, IGNORED, PENDING, PROCESSING, count_by_status
+from tasks.drain import drain_batch_task
+
+SUMMARY_ARTIFACT_KEY = "drain-webhooks-summary"
+
+
+class DrainStopped(Exception):
+    """Hull was unavailable: the rows not sent are pending again; the run is marked Failed
+    so the outage shows in the Prefect UI."""
+
+
+def worker_id() -> str:
+    """Unique per run, readable in the inbox's `claimed_by` (fits its 64 characters)."""
+    return f"{socket.gethostname()[:32]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def summary_table(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    inbox = summary["inbox"]
+    return [
+        {"outcome": "sent", "this run": summary["sent"], "inbox total": inbox[DONE]},
+        {"outcome": "ignored", "this run": summary["ignored"], "inbox total": inbox[IGNORED]},
+        {"outcome": "failed", "this run": summary["failed"], "inbox total": inbox[FAILED]},
+        {"outcome": "pending", "this run": summary["requeued"], "inbox total": summary["pending"]},
+    ]
+
+
+@flow(name="drain-webhooks", log_prints=False)
+def drain_webhooks(
+    batch_size: int = 500,
+    max_batches: int | None = None,
+    user_id_mapping: str | None = None,
+) -> dict[str, Any]:
+    """Sends stored Customer.io webhooks to Hull.
+
+    `user_id_mapping` falls back to the USER_ID_MAPPING environment variable, then to
+    `external_id`. Credentials come only from the environment, never from parameters.
+    """
+    logger = get_run_logger()
+    hull_credentials = HullCredentials()
+    require(hull_credentials.missing())
+    settings = ConnectorSettings.resolve(user_id_mapping=user_id_mapping)
+    database_url = StateSettings().state_database_url
+    worker = worker_id()
+
+    totals = {"batches": 0, "sent": 0, "ignored": 0, "failed": 0, "requeued": 0}
+    stopped: str | None = None
+    while max_batches is None or totals["batches"] < max_batches:
+        counts = drain_batch_task(database_url, hull_credentials, settings, batch_size, worker)
+        if counts["claimed"] == 0:
+            break
+        totals["batches"] += 1
+        for key in ("sent", "ignored", "failed", "requeued"):
+            totals[key] += counts[key]
+        logger.info(
+            "batch %d: %d claimed, %d sent, %d ignored, %d failed, %d back to pending",
+            totals["batches"], counts["claimed"], counts["sent"], counts["ignored"],
+            counts["failed"], counts["requeued"],
+        )
+        if counts["stopped"]:
+            stopped = counts["stopped"]
+            break
+        if counts["claimed"] < batch_size:
+            break  # the inbox was emptied; new arrivals wait for the next scheduled run
+
+    inbox = count_by_status(get_engine(database_url))
+    # Rows claimed by another run still in progress are not done either.
+    summary = {**totals, "pending": inbox[PENDING] + inbox[PROCESSING], "inbox": inbox}
+    create_table_artifact(
+        key=SUMMARY_ARTIFACT_KEY,
+        table=summary_table(summary),
+        description="Customer.io webhooks this drain-webhooks run sent to Hull, and the inbox totals.",
+    )
+    logger.info(
+        "drained %d batches: %d sent, %d ignored, %d failed; %d pending in the inbox",
+        totals["batches"], totals["sent"], totals["ignored"], totals["failed"], summary["pending"],
+    )
+    if stopped:
+        raise DrainStopped(stopped)
+    return summary

@@ -1,0 +1,754 @@
+"""Hull simulator: REST search API (``/api/v1``) and firehose (``/firehose``).
+
+Follows shared/reference/hull.md; this file is the executable form of that
+contract.  Point a client at ``HULL_API_URL=<url>/api/v1`` and
+``HULL_FIREHOSE_URL=<url>/firehose``.
+
+Design notes:
+* ``indexed_at`` has second precision and comes from a controllable clock
+  (``sim.now``, ``sim.advance()``), so many users share one value, exactly the
+  situation keyset pagination must survive.  Ties are ordered by hull id.
+* Users are kept in a list sorted by (indexed_at, id), maintained on every
+  write, so "changed since" searches over 100k users stay cheap.
+* Stored user dicts are only ever updated at the top level; nested values
+  (segment_ids, account, ...) are replaced, never mutated, so a shallow copy is
+  a safe snapshot.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import random
+import time
+from bisect import bisect_left, bisect_right, insort
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable
+
+import jwt
+
+from ._search import (QueryError, field_matcher, filter_clauses, in_range, page_params,
+                      paginate, parse_time, range_of, sort_direction, terms_of)
+from ._server import HttpError, Request, Router, SimulatorServer
+
+DEFAULT_START = datetime(2026, 11, 26, 10, 0, 0, tzinfo=timezone.utc)
+DEFAULT_CONNECTOR_ID = "5f0c5e11c0ffee0123456789"
+MAX_SEGMENTS_PER_PAGE = 200
+FIREHOSE_MAX_BATCH = 100
+FIREHOSE_TYPES = ("traits", "track", "alias", "unalias", "incinerate")
+TRAIT_OPERATIONS = ("set", "setIfNull", "inc", "dec")
+IDENTITY_CLAIMS = ("id", "external_id", "email", "anonymous_id")
+# Trait names the firehose writes as top-level user attributes instead of traits_<name>.
+TOP_LEVEL_ATTRIBUTES = frozenset({"email", "name", "first_name", "last_name", "phone",
+                                  "picture", "description"})
+
+
+def iso_seconds(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+def sign_user_token(connector_id: str, secret: str, as_user: dict, *, sub: str | None = None,
+                    create: bool | None = None, issued_at: int | None = None,
+                    **extra_claims: Any) -> str:
+    """A firehose per-message token, as the connector must build it (handy in tests)."""
+    claims = {"iss": connector_id, "iat": int(time.time() if issued_at is None else issued_at),
+              "io.hull.asUser": as_user, "io.hull.subjectType": "user", **extra_claims}
+    if sub is not None:
+        claims["sub"] = sub
+    if create is not None:
+        claims["io.hull.create"] = create
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def _props_list(properties: dict) -> list[dict]:
+    """Hull's raw-index form of event properties."""
+    props = []
+    for name, value in properties.items():
+        prop = {"field_name": name, "text_value": None, "num_value": None,
+                "bool_value": None, "date_value": None}
+        if isinstance(value, bool):
+            prop["bool_value"] = value
+        elif isinstance(value, (int, float)):
+            prop["num_value"] = value
+        elif isinstance(value, datetime):
+            prop["date_value"] = iso_seconds(_utc(value).timestamp())
+        elif value is not None:
+            prop["text_value"] = value if isinstance(value, str) else str(value)
+        props.append(prop)
+    return props
+
+
+def _date_matcher(field: str, bounds: dict[str, float]):
+    def matches(doc: dict) -> bool:
+        try:
+            return in_range(parse_time(doc.get(field)), bounds)
+        except QueryError:
+            return False  # missing or not a date: excluded, as Elasticsearch would
+    return matches
+
+
+def _first(key: tuple) -> float:
+    return key[0]
+
+
+class HullSimulator(SimulatorServer):
+    """In-memory Hull organization with one connector.
+
+    Inspect ``users`` (hull id → user report), ``segments``, ``events``,
+    ``tracked_events`` and ``firehose_messages``; hold ``sim.lock`` while
+    reading them if requests are in flight.
+    """
+
+    name = "hull"
+
+    def __init__(self, organization: str = "acme.hullapp.io",
+                 connector_id: str = DEFAULT_CONNECTOR_ID, connector_secret: str = "secret", *,
+                 start_time: datetime = DEFAULT_START, seed: int = 0,
+                 host: str = "127.0.0.1", port: int = 0) -> None:
+        self.organization = organization
+        self.connector_id = connector_id
+        self.connector_secret = connector_secret
+        self._start_time = _utc(start_time)
+        self._seed = seed
+        super().__init__(host=host, port=port)
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api/v1"
+
+    @property
+    def firehose_url(self) -> str:
+        return f"{self.url}/firehose"
+
+    def user_token(self, as_user: dict, **kwargs: Any) -> str:
+        return sign_user_token(self.connector_id, self.connector_secret, as_user, **kwargs)
+
+    # -- state -------------------------------------------------------------------
+    def _reset_state(self) -> None:
+        self._now = self._start_time
+        self._stamp_cache: tuple = (None, "", 0)
+        self._rng = random.Random(self._seed)
+        self.users: dict[str, dict] = {}
+        self.segments: dict[str, dict] = {}
+        self.events: list[dict] = []
+        self._events_by_user: dict[str, list[tuple]] = {}  # id → [(epoch, event id, event)]
+        self.tracked_events: list[dict] = []
+        self._tracked_ids: set = set()
+        self.firehose_messages: list[dict] = []
+        self.firehose_batches = 0
+        self._order: list[tuple[int, str]] = []  # (indexed_at epoch, hull id), sorted
+        self._order_key: dict[str, tuple[int, str]] = {}
+        self._by_external_id: dict[str, str] = {}
+        self._by_email: dict[str, str] = {}
+        self._by_anonymous_id: dict[str, str] = {}
+
+    def state(self, summary: bool = False) -> dict:
+        with self.lock:
+            result = {"now": self._stamp()[0], "users_count": len(self.users),
+                      "segments_count": len(self.segments), "events_count": len(self.events),
+                      "tracked_events_count": len(self.tracked_events),
+                      "firehose_messages": len(self.firehose_messages),
+                      "firehose_batches": self.firehose_batches}
+            if not summary:
+                result.update(users=self.users, segments=list(self.segments.values()),
+                              tracked_events=self.tracked_events, events=self.events)
+            return result
+
+    # -- clock -------------------------------------------------------------------
+    @property
+    def now(self) -> datetime:
+        return self._now
+
+    @now.setter
+    def now(self, value: datetime) -> None:
+        with self.lock:
+            self._now = _utc(value)
+
+    def advance(self, seconds: float) -> datetime:
+        with self.lock:
+            self._now += timedelta(seconds=seconds)
+            return self._now
+
+    def _stamp(self) -> tuple[str, int]:
+        """(indexed_at string, epoch seconds) for the current clock, cached per value."""
+        now, iso, epoch = self._stamp_cache
+        if now != self._now:
+            epoch = math.floor(self._now.timestamp())
+            iso = iso_seconds(epoch)
+            self._stamp_cache = (self._now, iso, epoch)
+        return iso, epoch
+
+    def _new_id(self) -> str:
+        while True:
+            candidate = f"{self._rng.getrandbits(96):024x}"
+            if candidate not in self.users:
+                return candidate
+
+    # -- users ---------------------------------------------------------------------
+    def upsert_user(self, user: dict) -> dict:
+        """Create or shallow-merge a user report (needs "id"); indexed_at = clock."""
+        hull_id = user.get("id")
+        if not isinstance(hull_id, str) or not hull_id:
+            raise ValueError("a user needs a string 'id'")
+        with self.lock:
+            stored = self.users.get(hull_id)
+            if stored is None:
+                stored = {"id": hull_id, "created_at": self._stamp()[0], "segment_ids": [],
+                          "anonymous_ids": []}
+                self.users[hull_id] = stored
+            else:
+                self._unindex_identity(stored)
+            stored.update(user)
+            stored.pop("indexed_at", None)  # always the clock's, set by _touch
+            self._index_identity(stored)
+            self._touch(stored)
+            return dict(stored)
+
+    def set_trait(self, hull_id: str, name: str, value: Any) -> None:
+        """Set ``traits_<name>`` (a name already starting with ``traits_`` is kept)."""
+        with self.lock:
+            user = self._require_user(hull_id)
+            user[name if name.startswith("traits_") else f"traits_{name}"] = value
+            self._touch(user)
+
+    def set_segments(self, hull_id: str, segment_ids: Iterable[str]) -> None:
+        with self.lock:
+            user = self._require_user(hull_id)
+            user["segment_ids"] = list(segment_ids)
+            self._touch(user)
+
+    def remove_user(self, hull_id: str) -> None:
+        with self.lock:
+            user = self.users.pop(hull_id, None)
+            if user is None:
+                return
+            self._unindex_identity(user)
+            self._drop_order_key(hull_id)
+            if self._events_by_user.pop(hull_id, None):
+                self.events = [e for e in self.events if e.get("user_id") != hull_id]
+
+    def user(self, hull_id: str) -> dict | None:
+        with self.lock:
+            found = self.users.get(hull_id)
+            return dict(found) if found is not None else None
+
+    def find_user(self, *, external_id: str | None = None, email: str | None = None,
+                  anonymous_id: str | None = None) -> dict | None:
+        with self.lock:
+            hull_id = ((external_id is not None and self._by_external_id.get(str(external_id)))
+                       or (email is not None and self._by_email.get(email.lower()))
+                       or (anonymous_id is not None and self._by_anonymous_id.get(anonymous_id)))
+            return self.user(hull_id) if hull_id else None
+
+    def _require_user(self, hull_id: str) -> dict:
+        user = self.users.get(hull_id)
+        if user is None:
+            raise KeyError(f"unknown hull user {hull_id!r}")
+        return user
+
+    def _touch(self, user: dict) -> None:
+        """Re-index the user at the current clock (caller holds the lock)."""
+        iso, epoch = self._stamp()
+        user["indexed_at"] = iso
+        hull_id = user["id"]
+        key = (epoch, hull_id)
+        if self._order_key.get(hull_id) == key:
+            return
+        self._drop_order_key(hull_id)
+        self._order_key[hull_id] = key
+        if not self._order or key > self._order[-1]:
+            self._order.append(key)  # the common case: the clock only moves forward
+        else:
+            insort(self._order, key)
+
+    def _drop_order_key(self, hull_id: str) -> None:
+        old = self._order_key.pop(hull_id, None)
+        if old is not None:
+            index = bisect_left(self._order, old)
+            if index < len(self._order) and self._order[index] == old:
+                del self._order[index]
+
+    def _index_identity(self, user: dict) -> None:
+        hull_id = user["id"]
+        if user.get("external_id") is not None:
+            self._by_external_id[str(user["external_id"])] = hull_id
+        if isinstance(user.get("email"), str):
+            self._by_email[user["email"].lower()] = hull_id
+        for anonymous_id in user.get("anonymous_ids") or ():
+            self._by_anonymous_id[anonymous_id] = hull_id
+
+    def _unindex_identity(self, user: dict) -> None:
+        hull_id = user["id"]
+        for index, value in ((self._by_external_id, user.get("external_id")),
+                             (self._by_email, (user.get("email") or "").lower() or None)):
+            if value is not None and index.get(str(value)) == hull_id:
+                del index[str(value)]
+        for anonymous_id in user.get("anonymous_ids") or ():
+            if self._by_anonymous_id.get(anonymous_id) == hull_id:
+                del self._by_anonymous_id[anonymous_id]
+
+    # -- segments ------------------------------------------------------------------
+    def add_segment(self, segment_id: str, name: str) -> dict:
+        with self.lock:
+            iso = self._stamp()[0]
+            segment = {"id": segment_id, "name": name, "type": "users_segment",
+                       "created_at": iso, "updated_at": iso, "stats": {"users": 0}}
+            self.segments[segment_id] = segment
+            return dict(segment)
+
+    # -- events --------------------------------------------------------------------
+    def add_event(self, event: dict) -> dict:
+        """Store an event in the form Hull handed to connectors (``event_id``, ``properties``)."""
+        stored = self._normalise_event(event)
+        with self.lock:
+            self._store_event(stored, stored["event_id"])
+        return dict(stored)
+
+    def add_raw_event(self, event: dict) -> dict:
+        """Store an event in the raw-index form (``_id``, ``props`` list).
+
+        Accepts either the connector form (converted) or a dict already in raw form.
+        """
+        if "_id" in event or "props" in event:
+            raw = dict(event)
+            raw.setdefault("_id", self._new_event_id())
+            raw.setdefault("created_at", self._stamp()[0])
+            raw.setdefault("props", [])
+        else:
+            normal = self._normalise_event(event)
+            raw = {"_id": normal.pop("event_id"), "event": normal.pop("event"),
+                   "created_at": normal.pop("created_at"),
+                   "props": _props_list(normal.pop("properties")), **normal}
+        if not isinstance(raw.get("user_id"), str) or not isinstance(raw.get("event"), str):
+            raise ValueError("an event needs 'user_id' and 'event'")
+        with self.lock:
+            self._store_event(raw, raw["_id"])
+        return dict(raw)
+
+    def _new_event_id(self) -> str:
+        with self.lock:
+            return f"{self._rng.getrandbits(128):032x}"
+
+    def _normalise_event(self, event: dict) -> dict:
+        if not isinstance(event.get("user_id"), str) or not isinstance(event.get("event"), str):
+            raise ValueError("an event needs 'user_id' and 'event'")
+        created_at = event.get("created_at")
+        if isinstance(created_at, datetime):
+            created_at = iso_seconds(_utc(created_at).timestamp())
+        return {"event_id": event.get("event_id") or self._new_event_id(),
+                "event": event["event"],
+                "created_at": created_at or self._stamp()[0],
+                "properties": event.get("properties") or {},
+                "context": event.get("context") or {},
+                "user_id": event["user_id"],
+                "anonymous_id": event.get("anonymous_id"),
+                "event_source": event.get("event_source", "track"),
+                "event_type": event.get("event_type", "track"),
+                **{k: v for k, v in event.items() if k not in _EVENT_FIELDS}}
+
+    def _store_event(self, event: dict, event_id: str) -> None:
+        try:
+            epoch = parse_time(event["created_at"])
+        except QueryError as exc:
+            raise ValueError(str(exc)) from None
+        self.events.append(event)
+        self._events_by_user.setdefault(event["user_id"], []).append((epoch, event_id, event))
+
+    # -- HTTP shape ----------------------------------------------------------------
+    def error_payload(self, message: str) -> Any:
+        return {"message": message}
+
+    def not_found_payload(self) -> Any:
+        return {"message": "Not found"}
+
+    def register_routes(self, r: Router) -> None:
+        r.add("GET", r"/api/v1/users_segments", self._list_segments)
+        r.add("POST", r"/api/v1/search/user_reports", self._search_user_reports)
+        r.add("POST", r"/api/v1/search/events", self._search_events)
+        r.add("POST", r"/firehose/?", self._firehose)
+
+    def register_control_routes(self, r: Router) -> None:
+        r.add("POST", r"/_sim/users", self._control_users)
+        r.add("DELETE", r"/_sim/users/(?P<hull_id>[^/]+)", self._control_remove_user)
+        r.add("POST", r"/_sim/segments", self._control_segments)
+        r.add("POST", r"/_sim/events", self._control_events)
+        r.add("POST", r"/_sim/advance", self._control_advance)
+        r.add("POST", r"/_sim/seed", self._control_seed)
+        r.add("POST", r"/_sim/token", self._control_token)
+
+    def _authorize(self, req: Request) -> None:
+        app_id = req.headers.get("Hull-App-Id") or ""
+        token = req.headers.get("Hull-Access-Token") or ""
+        if not (hmac.compare_digest(app_id.encode(), self.connector_id.encode())
+                and hmac.compare_digest(token.encode(), self.connector_secret.encode())):
+            raise HttpError(401, {"message": "Invalid credentials"})
+
+    def _json_object(self, req: Request) -> dict:
+        body = req.json({})
+        if not isinstance(body, dict):
+            raise HttpError(400, {"message": "request body must be a JSON object"})
+        return body
+
+    # -- REST routes ---------------------------------------------------------------
+    def _list_segments(self, req: Request):
+        self._authorize(req)
+        query = req.query
+        try:
+            page = int(query.get("page", 1))
+            per_page = int(query.get("per_page", 50))
+        except ValueError:
+            raise HttpError(400, {"message": "page and per_page must be integers"}) from None
+        if page < 1 or not 1 <= per_page <= MAX_SEGMENTS_PER_PAGE:
+            raise HttpError(400, {"message": f"per_page must be between 1 and "
+                                             f"{MAX_SEGMENTS_PER_PAGE}"})
+        with self.lock:
+            start = (page - 1) * per_page
+            chosen = list(self.segments.values())[start:start + per_page]
+            wanted = {segment["id"] for segment in chosen}
+            counts = dict.fromkeys(wanted, 0)
+            if wanted:
+                for user in self.users.values():
+                    for segment_id in user.get("segment_ids") or ():
+                        if segment_id in counts:
+                            counts[segment_id] += 1
+            return 200, [{**segment, "stats": {"users": counts[segment["id"]]}}
+                         for segment in chosen]
+
+    def _search_user_reports(self, req: Request):
+        self._authorize(req)
+        body = self._json_object(req)
+        try:
+            page, per_page = page_params(body, req.query)
+            direction = sort_direction(body.get("sort"), "indexed_at")
+            with self.lock:
+                keys = self._matching_user_keys(body.get("query"))
+                if direction == "desc":
+                    keys.reverse()
+                chosen, pagination = paginate(keys, page, per_page)
+                data = [dict(self.users[hull_id]) for _, hull_id in chosen]
+        except QueryError as exc:
+            raise HttpError(400, {"message": str(exc)}) from None
+        return 200, {"data": data, "pagination": pagination}
+
+    def _matching_user_keys(self, query: Any) -> list[tuple[int, str]]:
+        """Sorted (indexed_at epoch, id) keys of users matching ``query`` (lock held)."""
+        ranges, id_sets, predicates = [], [], []
+        for clause in filter_clauses(query):
+            kind = next(iter(clause))
+            if kind == "range":
+                field, bounds = range_of(clause)
+                if field == "indexed_at":
+                    ranges.append(bounds)
+                else:
+                    predicates.append(_date_matcher(field, bounds))
+            elif kind in ("terms", "term"):
+                field, values = terms_of(clause)
+                if field in ("id", "_id"):
+                    id_sets.append(values)
+                else:
+                    predicates.append(field_matcher(field, values))
+            else:
+                raise QueryError(f"unsupported filter {kind!r} on user_reports")
+        if id_sets:
+            ids = set.intersection(*id_sets)
+            keys = sorted(self._order_key[i] for i in ids if i in self._order_key)
+            keys = [key for key in keys if all(in_range(key[0], b) for b in ranges)]
+        else:
+            order, low, high = self._order, 0, len(self._order)
+            # Binary search on the sorted index instead of scanning every user.
+            for bounds in ranges:
+                if "gte" in bounds:
+                    low = max(low, bisect_left(order, bounds["gte"], key=_first))
+                if "gt" in bounds:
+                    low = max(low, bisect_right(order, bounds["gt"], key=_first))
+                if "lte" in bounds:
+                    high = min(high, bisect_right(order, bounds["lte"], key=_first))
+                if "lt" in bounds:
+                    high = min(high, bisect_left(order, bounds["lt"], key=_first))
+            keys = order[low:high]
+        if predicates:
+            users = self.users
+            keys = [key for key in keys if all(p(users[key[1]]) for p in predicates)]
+        return keys
+
+    def _search_events(self, req: Request):
+        self._authorize(req)
+        body = self._json_object(req)
+        try:
+            page, per_page = page_params(body, req.query)
+            direction = sort_direction(body.get("sort"), "created_at")
+            with self.lock:
+                entries = self._matching_events(body.get("query"))
+                entries.sort(key=lambda entry: (entry[0], entry[1]),
+                             reverse=direction == "desc")
+                chosen, pagination = paginate(entries, page, per_page)
+                data = [dict(entry[2]) for entry in chosen]
+        except QueryError as exc:
+            raise HttpError(400, {"message": str(exc)}) from None
+        return 200, {"data": data, "pagination": pagination}
+
+    def _matching_events(self, query: Any) -> list[tuple]:
+        user_ids: set | None = None
+        ranges, predicates = [], []
+        for clause in filter_clauses(query):
+            kind = next(iter(clause))
+            if kind == "has_parent":
+                spec = clause["has_parent"]
+                if not isinstance(spec, dict) or spec.get("parent_type") != "user_report":
+                    raise QueryError("has_parent needs parent_type user_report")
+                ids = {hull_id for _, hull_id in self._matching_user_keys(spec.get("query"))}
+                user_ids = ids if user_ids is None else user_ids & ids
+            elif kind == "range":
+                field, bounds = range_of(clause)
+                if field == "created_at":
+                    ranges.append(bounds)
+                else:
+                    predicates.append(_date_matcher(field, bounds))
+            elif kind in ("terms", "term"):
+                field, values = terms_of(clause)
+                if field == "user_id":
+                    user_ids = values if user_ids is None else user_ids & values
+                else:
+                    predicates.append(field_matcher(field, values))
+            else:
+                raise QueryError(f"unsupported filter {kind!r} on events")
+        if user_ids is None:
+            candidates = [e for entries in self._events_by_user.values() for e in entries]
+        else:
+            candidates = [e for hull_id in user_ids
+                          for e in self._events_by_user.get(hull_id, ())]
+        return [entry for entry in candidates
+                if all(in_range(entry[0], b) for b in ranges)
+                and all(p(entry[2]) for p in predicates)]
+
+    # -- firehose ------------------------------------------------------------------
+    def _firehose(self, req: Request):
+        self._authorize(req)
+        body = req.json()
+        batch = body.get("batch") if isinstance(body, dict) else None
+        if not isinstance(batch, list):
+            raise HttpError(400, {"message": 'body must be {"batch": [...]}'})
+        if len(batch) > FIREHOSE_MAX_BATCH:
+            raise HttpError(400, {"message": f"batch cannot contain more than "
+                                             f"{FIREHOSE_MAX_BATCH} messages"})
+        # Verify every message before applying any: a bad token rejects the whole batch.
+        verified = [self._verify_message(index, message) for index, message in enumerate(batch)]
+        with self.lock:
+            self.firehose_batches += 1
+            for message, claims in verified:
+                self._apply_message(message, claims)
+        return 204, None
+
+    def _verify_message(self, index: int, message: Any) -> tuple[dict, dict]:
+        def invalid(reason: str) -> HttpError:
+            return HttpError(400, {"message": f"invalid message {index}: {reason}"})
+
+        def invalid_token(reason: str) -> HttpError:
+            return HttpError(400, {"message": f"invalid token in message {index}: {reason}"})
+
+        if not isinstance(message, dict):
+            raise invalid("must be an object")
+        message_type = message.get("type")
+        if message_type not in FIREHOSE_TYPES:
+            raise invalid(f"type must be one of {', '.join(FIREHOSE_TYPES)}")
+        headers = message.get("headers")
+        token = headers.get("Hull-Access-Token") if isinstance(headers, dict) else None
+        if not isinstance(token, str) or not token:
+            raise invalid_token("missing headers.Hull-Access-Token")
+        try:
+            claims = jwt.decode(token, self.connector_secret, algorithms=["HS256"],
+                                issuer=self.connector_id, leeway=60,
+                                options={"require": ["iss"], "verify_aud": False})
+        except jwt.PyJWTError as exc:
+            raise invalid_token(str(exc)) from None
+        as_user = claims.get("io.hull.asUser")
+        if not isinstance(as_user, dict) or not any(as_user.get(k) for k in IDENTITY_CLAIMS):
+            raise invalid_token("io.hull.asUser needs one of id, external_id, email, anonymous_id")
+        if claims.get("io.hull.subjectType") != "user":
+            raise invalid_token('io.hull.subjectType must be "user"')
+        body = message.get("body")
+        if message_type in ("traits", "track") and not isinstance(body, dict):
+            raise invalid("body must be an object")
+        if message_type == "traits":
+            for name, value in body.items():
+                if (isinstance(value, dict) and "operation" in value
+                        and value["operation"] not in TRAIT_OPERATIONS):
+                    raise invalid(f"unknown operation for trait {name!r}")
+        if message_type == "track" and not (isinstance(body.get("event"), str) and body["event"]):
+            raise invalid("track body needs an event name")
+        return message, claims
+
+    def _apply_message(self, message: dict, claims: dict) -> None:
+        """Apply one verified message (lock held)."""
+        message_type = message["type"]
+        body = message.get("body")
+        create = claims.get("io.hull.create", True) is not False
+        record = {"type": message_type, "claims": claims, "body": body,
+                  "timestamp": message.get("timestamp"), "request_id": message.get("requestId"),
+                  "user_id": None}
+        if message_type == "traits":
+            hull_id = record["user_id"] = self._resolve_user(claims, create)
+            if hull_id is not None:
+                user = self.users[hull_id]
+                self._unindex_identity(user)  # traits may change the email
+                for name, value in body.items():
+                    self._apply_trait(user, name, value)
+                self._index_identity(user)
+                self._touch(user)
+        elif message_type == "track":
+            record["user_id"] = self._resolve_user(claims, create)
+            event_id = body.get("event_id")
+            if event_id is not None and event_id in self._tracked_ids:
+                record["duplicate"] = True  # Hull deduplicates track events on event_id
+            else:
+                if event_id is not None:
+                    self._tracked_ids.add(event_id)
+                self.tracked_events.append({
+                    "user_id": record["user_id"], "as_user": claims["io.hull.asUser"],
+                    "event": body["event"], "event_id": event_id, "body": body,
+                    "timestamp": message.get("timestamp")})
+        # alias / unalias / incinerate are recorded only.
+        self.firehose_messages.append(record)
+
+    @staticmethod
+    def _apply_trait(user: dict, name: str, value: Any) -> None:
+        key = name if name in TOP_LEVEL_ATTRIBUTES or name.startswith("traits_") \
+            else f"traits_{name}"
+        if isinstance(value, dict) and "operation" in value:
+            operation, operand = value["operation"], value.get("value")
+            current = user.get(key)
+            if operation == "setIfNull":
+                if current is None:
+                    user[key] = operand
+                return
+            if operation in ("inc", "dec"):
+                step = operand if isinstance(operand, (int, float)) else 1
+                base = current if isinstance(current, (int, float)) else 0
+                user[key] = base + step if operation == "inc" else base - step
+                return
+            value = operand
+        user[key] = value
+
+    def _resolve_user(self, claims: dict, create: bool) -> str | None:
+        """Hull id for the claims: sub/id, then external_id, email, anonymous_id."""
+        as_user = claims["io.hull.asUser"]
+        for candidate in (claims.get("sub"), as_user.get("id")):
+            if candidate in self.users:
+                return self._merge_identity(candidate, as_user)
+        for value, index in ((as_user.get("external_id"), self._by_external_id),
+                             (as_user.get("email"), self._by_email),
+                             (as_user.get("anonymous_id"), self._by_anonymous_id)):
+            if value is None:
+                continue
+            lookup = value.lower() if index is self._by_email else str(value)
+            if lookup in index:
+                return self._merge_identity(index[lookup], as_user)
+        if not create:
+            return None
+        user = {"id": self._new_id()}
+        if as_user.get("external_id") is not None:
+            user["external_id"] = as_user["external_id"]
+        if as_user.get("email"):
+            user["email"] = as_user["email"]
+        if as_user.get("anonymous_id"):
+            user["anonymous_ids"] = [as_user["anonymous_id"]]
+        return self.upsert_user(user)["id"]
+
+    def _merge_identity(self, hull_id: str, as_user: dict) -> str:
+        """Hull attaches claimed identifiers the user does not have yet."""
+        user = self.users[hull_id]
+        changes = {}
+        if as_user.get("external_id") is not None and user.get("external_id") is None:
+            changes["external_id"] = as_user["external_id"]
+        if as_user.get("email") and not user.get("email"):
+            changes["email"] = as_user["email"]
+        anonymous_id = as_user.get("anonymous_id")
+        if anonymous_id and anonymous_id not in (user.get("anonymous_ids") or ()):
+            changes["anonymous_ids"] = [*(user.get("anonymous_ids") or ()), anonymous_id]
+        if changes:
+            self.upsert_user({"id": hull_id, **changes})
+        return hull_id
+
+    # -- control routes (seeding over HTTP) ------------------------------------------
+    @staticmethod
+    def _items(body: Any, key: str) -> list:
+        if isinstance(body, dict) and isinstance(body.get(key), list):
+            return body[key]
+        if isinstance(body, list):
+            return body
+        if isinstance(body, dict):
+            return [body]
+        raise HttpError(400, {"message": f"expected an object, a list or {{{key!r}: [...]}}"})
+
+    def _control_users(self, req: Request):
+        users = self._items(req.json({}), "users")
+        try:
+            stored = [self.upsert_user(user) for user in users]
+        except (ValueError, AttributeError) as exc:
+            raise HttpError(400, {"message": str(exc)}) from None
+        return 200, {"upserted": len(stored), "ids": [user["id"] for user in stored]}
+
+    def _control_remove_user(self, req: Request, hull_id: str):
+        self.remove_user(hull_id)
+        return 200, {"ok": True}
+
+    def _control_segments(self, req: Request):
+        segments = self._items(req.json({}), "segments")
+        try:
+            for segment in segments:
+                self.add_segment(segment["id"], segment["name"])
+        except (KeyError, TypeError) as exc:
+            raise HttpError(400, {"message": f"segments need id and name: {exc}"}) from None
+        return 200, {"added": len(segments)}
+
+    def _control_events(self, req: Request):
+        events = self._items(req.json({}), "events")
+        try:
+            for event in events:
+                if event.pop("raw", False) or "_id" in event or "props" in event:
+                    self.add_raw_event(event)
+                else:
+                    self.add_event(event)
+        except (ValueError, AttributeError) as exc:
+            raise HttpError(400, {"message": str(exc)}) from None
+        return 200, {"added": len(events)}
+
+    def _control_advance(self, req: Request):
+        body = req.json({})
+        if "now" in body:
+            try:
+                self.now = datetime.fromisoformat(body["now"])
+            except (TypeError, ValueError):
+                raise HttpError(400, {"message": "now must be an ISO 8601 date"}) from None
+        if "seconds" in body:
+            self.advance(float(body["seconds"]))
+        return 200, {"now": self.now.isoformat().replace("+00:00", "Z")}
+
+    def _control_seed(self, req: Request):
+        from .seed import seed_synthetic  # seed imports nothing from here at module level
+
+        body = dict(req.json({}))
+        n_users = int(body.pop("n_users", 0))
+        if "segments" in body:
+            body["segments"] = tuple(tuple(pair) for pair in body["segments"])
+        if "events_per_user" in body:
+            body["events_per_user"] = tuple(body["events_per_user"])
+        try:
+            return 200, seed_synthetic(self, n_users, **body)
+        except TypeError as exc:
+            raise HttpError(400, {"message": str(exc)}) from None
+
+    def _control_token(self, req: Request):
+        body = req.json({})
+        as_user = body.pop("as_user", None) if isinstance(body, dict) else None
+        if not isinstance(as_user, dict):
+            raise HttpError(400, {"message": "as_user is required"})
+        return 200, {"token": self.user_token(as_user, **body)}
+
+
+_EVENT_FIELDS = frozenset({"event_id", "event", "created_at", "properties", "context", "user_id",
+                           "anonymous_id", "event_source", "event_type"})
