@@ -46,7 +46,7 @@ def run_demo(users: int = 300, seed: int = 7) -> int:
 
     data_dir = Path(os.environ.get("CIO_SYNC_DEMO_DIR") or tempfile.mkdtemp(prefix="cio-sync-demo-"))
     data_dir.mkdir(parents=True, exist_ok=True)
-    connector_id, secret = "5bd329d5e2bcf3eeaf00d3m0", "demo-connector-secret"
+    connector_id, secret = "5bd329d5e2bcf3eeaf00d3m0", "demo-connector-secret-0123456789abcdefgh"
     hull = HullSimulator(organization="demo.hullapp.io", connector_id=connector_id, connector_secret=secret).start()
     cio = CustomerIoSimulator(site_id="demo-site", api_key="demo-key").start()
     try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -48,11 +48,12 @@ class SyncSummary:
         return sum(self.failed_users.values())
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        for key, value in data.items():
-            if isinstance(value, Counter):
-                data[key] = dict(value)
-        return data
+        # dataclasses.asdict would rebuild each Counter from its items and count the pairs.
+        return {
+            f.name: dict(value) if isinstance(value, Counter) else (list(value) if isinstance(value, list) else value)
+            for f in fields(self)
+            for value in [getattr(self, f.name)]
+        }
 
     def table(self) -> list[dict[str, Any]]:
         """Rows for `create_table_artifact`: one metric per row."""

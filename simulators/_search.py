@@ -17,30 +17,40 @@ class QueryError(ValueError):
     """The search body cannot be honoured; answered 400 with this message."""
 
 
-def filter_clauses(query: Any) -> list[dict]:
-    """Flatten ``query`` into a list of leaf clauses that must all hold."""
-    if query is None or query == {} or query == {"match_all": {}}:
+def _as_list(value: Any) -> list:
+    if value is None:
         return []
+    return value if isinstance(value, list) else [value]
+
+
+def split_query(query: Any) -> tuple[list[dict], list[Any]]:
+    """Split ``query`` into (leaf clauses that must all hold, queries that must not match).
+
+    ``filter``/``must`` are flattened recursively (a nested ``must_not`` still
+    excludes); each ``must_not`` entry is kept whole, as it may be a bool itself.
+    """
+    if query is None or query == {}:
+        return [], []
     if not isinstance(query, dict) or len(query) != 1:
         raise QueryError(f"unsupported query: {query!r}")
     (kind, spec), = query.items()
     if kind == "match_all":
-        return []
+        return [], []
     if kind != "bool":
-        return [query]
+        return [query], []
     if not isinstance(spec, dict):
         raise QueryError("bool query must be an object")
-    unsupported = set(spec) - {"filter", "must"}
+    unsupported = set(spec) - {"filter", "must", "must_not"}
     if unsupported:
         raise QueryError(f"unsupported bool clauses: {sorted(unsupported)}")
-    clauses: list[dict] = []
+    required: list[dict] = []
+    excluded: list[Any] = list(_as_list(spec.get("must_not")))
     for key in ("filter", "must"):
-        value = spec.get(key)
-        if value is None:
-            continue
-        for clause in value if isinstance(value, list) else [value]:
-            clauses.extend(filter_clauses(clause))
-    return clauses
+        for clause in _as_list(spec.get(key)):
+            clause_required, clause_excluded = split_query(clause)
+            required.extend(clause_required)
+            excluded.extend(clause_excluded)
+    return required, excluded
 
 
 def terms_of(clause: dict) -> tuple[str, set]:
@@ -75,7 +85,8 @@ def parse_time(value: Any) -> float:
     if not isinstance(value, str):
         raise QueryError(f"expected an ISO 8601 date, got {value!r}")
     try:
-        parsed = datetime.fromisoformat(value)
+        # Python < 3.11 does not read a trailing "Z".
+        parsed = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
     except ValueError:
         raise QueryError(f"expected an ISO 8601 date, got {value!r}") from None
     if parsed.tzinfo is None:
@@ -107,24 +118,36 @@ def in_range(epoch: float, bounds: dict[str, float]) -> bool:
                 or ("lt" in bounds and epoch >= bounds["lt"]))
 
 
-def sort_direction(sort: Any, field: str) -> str:
-    """Accept ``{f: "asc"}``, ``{f: {"order": "asc"}}``, ``[...]`` or ``"f"``; only on ``field``."""
-    if sort is None:
-        return "asc"
-    if isinstance(sort, list):
-        if len(sort) != 1:
-            raise QueryError(f"only one sort key ({field}) is supported")
-        sort = sort[0]
-    if isinstance(sort, str):
-        sort = {sort: "asc"}
-    if not isinstance(sort, dict) or set(sort) != {field}:
-        raise QueryError(f"only sorting on {field} is supported")
-    order = sort[field]
+def _sort_entry(entry: Any) -> tuple[str, str]:
+    if isinstance(entry, str):
+        return entry, "asc"
+    if not isinstance(entry, dict) or len(entry) != 1:
+        raise QueryError(f"unsupported sort {entry!r}")
+    (field, order), = entry.items()
     if isinstance(order, dict):
         order = order.get("order", "asc")
     if order not in ("asc", "desc"):
         raise QueryError(f"sort order must be asc or desc, got {order!r}")
-    return order
+    return field, order
+
+
+def sort_direction(sort: Any, field: str, tie_breakers: tuple[str, ...]) -> str:
+    """Direction of a sort on ``field``; results are always ordered (field, id).
+
+    Accepts ``{f: "asc"}``, ``{f: {"order": "asc"}}``, ``"f"`` or a list of those,
+    where the list may add the id tie-breaker the simulator applies anyway.
+    """
+    if sort is None:
+        return "asc"
+    entries = [_sort_entry(entry) for entry in (sort if isinstance(sort, list) else [sort])]
+    if not entries or entries[0][0] != field:
+        raise QueryError(f"only sorting on {field} is supported")
+    direction = entries[0][1]
+    for extra_field, extra_order in entries[1:]:
+        if extra_field not in tie_breakers or extra_order != direction:
+            raise QueryError(f"only {field} then {'/'.join(tie_breakers)} "
+                             f"in the same direction can be sorted on")
+    return direction
 
 
 def page_params(body: dict, query: dict) -> tuple[int, int]:

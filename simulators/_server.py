@@ -316,11 +316,13 @@ class _HttpServer(ThreadingHTTPServer):
         self.simulator = simulator
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+        self.connections_accepted = 0  # lets a benchmark check that keep-alive works
         super().__init__(address, _RequestHandler)
 
     def track(self, conn: socket.socket) -> None:
         with self._connections_lock:
             self._connections.add(conn)
+            self.connections_accepted += 1
 
     def untrack(self, conn: socket.socket) -> None:
         with self._connections_lock:
@@ -475,6 +477,11 @@ class SimulatorServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def connections_accepted(self) -> int:
+        """TCP connections accepted since start (a keep-alive client should open few)."""
+        return self._httpd.connections_accepted if self._httpd else 0
+
     def __enter__(self) -> "SimulatorServer":
         return self.start()
 
@@ -610,4 +617,6 @@ class SimulatorServer:
     def _control_state(self, req: Request):
         summary = req.query.get("summary", "") not in ("", "0", "false")
         with self.lock:
-            return 200, dumps(self.state(summary=summary))  # serialised under the lock
+            state = self.state(summary=summary)
+            state["connections_accepted"] = self.connections_accepted
+            return 200, dumps(state)  # serialised under the lock

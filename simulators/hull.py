@@ -13,6 +13,11 @@ Design notes:
 * Stored user dicts are only ever updated at the top level; nested values
   (segment_ids, account, ...) are replaced, never mutated, so a shallow copy is
   a safe snapshot.
+* Firehose ``traits``: keys become ``traits_<key>`` (a few like ``email``/``name``
+  stay top-level), null stores None, ``setIfNull``/``inc``/``dec`` operations are
+  honoured; unknown users are created unless ``io.hull.create`` is false.
+  ``track`` is stored in ``tracked_events`` once per ``event_id``; ``alias``,
+  ``unalias`` and ``incinerate`` are only recorded in ``firehose_messages``.
 """
 
 from __future__ import annotations
@@ -27,8 +32,8 @@ from typing import Any, Iterable
 
 import jwt
 
-from ._search import (QueryError, field_matcher, filter_clauses, in_range, page_params,
-                      paginate, parse_time, range_of, sort_direction, terms_of)
+from ._search import (QueryError, field_matcher, in_range, page_params, paginate, parse_time,
+                      range_of, sort_direction, split_query, terms_of)
 from ._server import HttpError, Request, Router, SimulatorServer
 
 DEFAULT_START = datetime(2026, 11, 26, 10, 0, 0, tzinfo=timezone.utc)
@@ -44,6 +49,7 @@ TOP_LEVEL_ATTRIBUTES = frozenset({"email", "name", "first_name", "last_name", "p
 
 
 def iso_seconds(epoch: float) -> str:
+    """``YYYY-MM-DDTHH:MM:SSZ``: Hull's indexed_at precision."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
@@ -283,8 +289,9 @@ class HullSimulator(SimulatorServer):
 
     def _unindex_identity(self, user: dict) -> None:
         hull_id = user["id"]
+        email = user.get("email")
         for index, value in ((self._by_external_id, user.get("external_id")),
-                             (self._by_email, (user.get("email") or "").lower() or None)):
+                             (self._by_email, email.lower() if isinstance(email, str) else None)):
             if value is not None and index.get(str(value)) == hull_id:
                 del index[str(value)]
         for anonymous_id in user.get("anonymous_ids") or ():
@@ -348,7 +355,7 @@ class HullSimulator(SimulatorServer):
                 "anonymous_id": event.get("anonymous_id"),
                 "event_source": event.get("event_source", "track"),
                 "event_type": event.get("event_type", "track"),
-                **{k: v for k, v in event.items() if k not in _EVENT_FIELDS}}
+                **{k: event[k] for k in event.keys() - _EVENT_FIELDS}}
 
     def _store_event(self, event: dict, event_id: str) -> None:
         try:
@@ -423,7 +430,7 @@ class HullSimulator(SimulatorServer):
         body = self._json_object(req)
         try:
             page, per_page = page_params(body, req.query)
-            direction = sort_direction(body.get("sort"), "indexed_at")
+            direction = sort_direction(body.get("sort"), "indexed_at", ("id", "_id"))
             with self.lock:
                 keys = self._matching_user_keys(body.get("query"))
                 if direction == "desc":
@@ -435,24 +442,29 @@ class HullSimulator(SimulatorServer):
         return 200, {"data": data, "pagination": pagination}
 
     def _matching_user_keys(self, query: Any) -> list[tuple[int, str]]:
-        """Sorted (indexed_at epoch, id) keys of users matching ``query`` (lock held)."""
-        ranges, id_sets, predicates = [], [], []
-        for clause in filter_clauses(query):
+        """Sorted (indexed_at epoch, id) keys of users matching ``query`` (lock held).
+
+        ``indexed_at`` ranges and ``id`` terms use the sorted index; every other
+        clause, and every ``must_not``, is checked user by user.
+        """
+        required, excluded = split_query(query)
+        ranges, id_sets, predicates, excluded_ids = [], [], [], set()
+        for clause in required:
             kind = next(iter(clause))
-            if kind == "range":
-                field, bounds = range_of(clause)
-                if field == "indexed_at":
-                    ranges.append(bounds)
-                else:
-                    predicates.append(_date_matcher(field, bounds))
-            elif kind in ("terms", "term"):
-                field, values = terms_of(clause)
-                if field in ("id", "_id"):
-                    id_sets.append(values)
-                else:
-                    predicates.append(field_matcher(field, values))
+            if kind == "range" and next(iter(clause["range"]), None) == "indexed_at":
+                ranges.append(range_of(clause)[1])
+            elif kind in ("terms", "term") and terms_of(clause)[0] in ("id", "_id"):
+                id_sets.append(terms_of(clause)[1])
             else:
-                raise QueryError(f"unsupported filter {kind!r} on user_reports")
+                predicates.append(self._user_clause_predicate(clause))
+        for excluded_query in excluded:
+            kind = next(iter(excluded_query), None) if isinstance(excluded_query, dict) else None
+            if kind in ("terms", "term") and terms_of(excluded_query)[0] in ("id", "_id"):
+                # The connector's keyset walk: "not the ids already handled".
+                excluded_ids |= terms_of(excluded_query)[1]
+            else:
+                matches = self._user_query_predicate(excluded_query)
+                predicates.append(lambda doc, matches=matches: not matches(doc))
         if id_sets:
             ids = set.intersection(*id_sets)
             keys = sorted(self._order_key[i] for i in ids if i in self._order_key)
@@ -470,17 +482,37 @@ class HullSimulator(SimulatorServer):
                 if "lt" in bounds:
                     high = min(high, bisect_left(order, bounds["lt"], key=_first))
             keys = order[low:high]
+        if excluded_ids:
+            keys = [key for key in keys if key[1] not in excluded_ids]
         if predicates:
             users = self.users
             keys = [key for key in keys if all(p(users[key[1]]) for p in predicates)]
         return keys
+
+    @staticmethod
+    def _user_clause_predicate(clause: dict):
+        kind = next(iter(clause))
+        if kind == "range":
+            return _date_matcher(*range_of(clause))
+        if kind in ("terms", "term"):
+            field, values = terms_of(clause)
+            return field_matcher("id" if field == "_id" else field, values)
+        raise QueryError(f"unsupported filter {kind!r} on user_reports")
+
+    def _user_query_predicate(self, query: Any):
+        required, excluded = split_query(query)
+        must = [self._user_clause_predicate(clause) for clause in required]
+        must_not = [self._user_query_predicate(q) for q in excluded]
+        return lambda doc: (all(p(doc) for p in must)
+                            and not any(p(doc) for p in must_not))
 
     def _search_events(self, req: Request):
         self._authorize(req)
         body = self._json_object(req)
         try:
             page, per_page = page_params(body, req.query)
-            direction = sort_direction(body.get("sort"), "created_at")
+            direction = sort_direction(body.get("sort"), "created_at",
+                                       ("event_id", "_id"))
             with self.lock:
                 entries = self._matching_events(body.get("query"))
                 entries.sort(key=lambda entry: (entry[0], entry[1]),
@@ -492,38 +524,62 @@ class HullSimulator(SimulatorServer):
         return 200, {"data": data, "pagination": pagination}
 
     def _matching_events(self, query: Any) -> list[tuple]:
-        user_ids: set | None = None
-        ranges, predicates = [], []
-        for clause in filter_clauses(query):
+        """(created_at epoch, event id, event) entries matching ``query`` (lock held)."""
+        required, excluded = split_query(query)
+        user_ids: set | None = None  # narrowed through the per-user event index
+        predicates = []
+        for clause in required:
             kind = next(iter(clause))
             if kind == "has_parent":
-                spec = clause["has_parent"]
-                if not isinstance(spec, dict) or spec.get("parent_type") != "user_report":
-                    raise QueryError("has_parent needs parent_type user_report")
-                ids = {hull_id for _, hull_id in self._matching_user_keys(spec.get("query"))}
-                user_ids = ids if user_ids is None else user_ids & ids
-            elif kind == "range":
-                field, bounds = range_of(clause)
-                if field == "created_at":
-                    ranges.append(bounds)
-                else:
-                    predicates.append(_date_matcher(field, bounds))
-            elif kind in ("terms", "term"):
-                field, values = terms_of(clause)
-                if field == "user_id":
-                    user_ids = values if user_ids is None else user_ids & values
-                else:
-                    predicates.append(field_matcher(field, values))
+                ids = self._parent_user_ids(clause)
+            elif kind in ("terms", "term") and terms_of(clause)[0] == "user_id":
+                ids = terms_of(clause)[1]
             else:
-                raise QueryError(f"unsupported filter {kind!r} on events")
+                predicates.append(self._event_clause_predicate(clause))
+                continue
+            user_ids = ids if user_ids is None else user_ids & ids
+        for excluded_query in excluded:
+            matches = self._event_query_predicate(excluded_query)
+            predicates.append(lambda entry, matches=matches: not matches(entry))
         if user_ids is None:
             candidates = [e for entries in self._events_by_user.values() for e in entries]
         else:
             candidates = [e for hull_id in user_ids
                           for e in self._events_by_user.get(hull_id, ())]
-        return [entry for entry in candidates
-                if all(in_range(entry[0], b) for b in ranges)
-                and all(p(entry[2]) for p in predicates)]
+        return [entry for entry in candidates if all(p(entry) for p in predicates)]
+
+    def _parent_user_ids(self, clause: dict) -> set:
+        spec = clause["has_parent"]
+        if not isinstance(spec, dict) or spec.get("parent_type") != "user_report":
+            raise QueryError("has_parent needs parent_type user_report")
+        return {hull_id for _, hull_id in self._matching_user_keys(spec.get("query"))}
+
+    def _event_clause_predicate(self, clause: dict):
+        """A predicate on index entries; event ids match whichever form (event_id/_id)."""
+        kind = next(iter(clause))
+        if kind == "has_parent":
+            ids = self._parent_user_ids(clause)
+            return lambda entry: entry[2].get("user_id") in ids
+        if kind == "range":
+            field, bounds = range_of(clause)
+            if field == "created_at":
+                return lambda entry: in_range(entry[0], bounds)
+            matches = _date_matcher(field, bounds)
+            return lambda entry: matches(entry[2])
+        if kind in ("terms", "term"):
+            field, values = terms_of(clause)
+            if field in ("event_id", "_id"):
+                return lambda entry: entry[1] in values
+            matches = field_matcher(field, values)
+            return lambda entry: matches(entry[2])
+        raise QueryError(f"unsupported filter {kind!r} on events")
+
+    def _event_query_predicate(self, query: Any):
+        required, excluded = split_query(query)
+        must = [self._event_clause_predicate(clause) for clause in required]
+        must_not = [self._event_query_predicate(q) for q in excluded]
+        return lambda entry: (all(p(entry) for p in must)
+                              and not any(p(entry) for p in must_not))
 
     # -- firehose ------------------------------------------------------------------
     def _firehose(self, req: Request):
@@ -721,8 +777,8 @@ class HullSimulator(SimulatorServer):
         body = req.json({})
         if "now" in body:
             try:
-                self.now = datetime.fromisoformat(body["now"])
-            except (TypeError, ValueError):
+                self.now = datetime.fromtimestamp(parse_time(body["now"]), timezone.utc)
+            except QueryError:
                 raise HttpError(400, {"message": "now must be an ISO 8601 date"}) from None
         if "seconds" in body:
             self.advance(float(body["seconds"]))

@@ -75,11 +75,10 @@ def drain_batch(
     Returns `BatchCounts` as a dict; `claimed == 0` means the inbox had nothing to do.
     Raises `AuthError` when Hull rejects the credentials (rows released first).
     """
-    webhook_settings = WebhookSettings()
-    if max_attempts is None:
-        max_attempts = webhook_settings.webhook_max_attempts
-    if claim_timeout_seconds is None:
-        claim_timeout_seconds = webhook_settings.webhook_claim_timeout_seconds
+    if max_attempts is None or claim_timeout_seconds is None:
+        webhook_settings = WebhookSettings()
+        max_attempts = max_attempts or webhook_settings.webhook_max_attempts
+        claim_timeout_seconds = claim_timeout_seconds or webhook_settings.webhook_claim_timeout_seconds
 
     engine = get_engine(database_url)
     rows = claim_batch(engine, worker_id, batch_size, timedelta(seconds=claim_timeout_seconds))

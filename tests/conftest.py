@@ -14,7 +14,7 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "CIO_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 HULL_CONNECTOR_ID = "5bd329d5e2bcf3eeaf000001"
-HULL_SECRET = "hull-test-secret"
+HULL_SECRET = "hull-test-connector-secret-0123456789abcdef"
 CIO_SITE_ID = "test-site"
 CIO_API_KEY = "test-api-key"
 

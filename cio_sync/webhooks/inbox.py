@@ -18,7 +18,6 @@ from datetime import timedelta
 
 from sqlalchemy import Engine, and_, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 
 from cio_sync.db import is_postgres, utcnow, webhook_inbox
 
@@ -58,15 +57,18 @@ def store_payload(engine: Engine, event_id: str, payload: str) -> str:
         "attempts": 0,
     }
     dialect_insert = postgresql.insert if is_postgres(engine) else sqlite.insert
-    statement = dialect_insert(webhook_inbox).values(**values).on_conflict_do_nothing(
-        index_elements=["event_id"]
+    # ON CONFLICT DO NOTHING rather than catching IntegrityError: a conflict is expected
+    # (Customer.io retries), and on PostgreSQL an error would abort the transaction.
+    # RETURNING yields a row only when one was inserted (rowcount is not reliable here).
+    statement = (
+        dialect_insert(webhook_inbox)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["event_id"])
+        .returning(webhook_inbox.c.id)
     )
-    try:
-        with engine.begin() as connection:
-            inserted = connection.execute(statement).rowcount
-    except IntegrityError:  # pragma: no cover - the ON CONFLICT clause should prevent it
-        return DUPLICATE
-    return STORED if inserted == 1 else DUPLICATE
+    with engine.begin() as connection:
+        inserted = connection.execute(statement).first()
+    return STORED if inserted is not None else DUPLICATE
 
 
 # ----- drain side ----------------------------------------------------------------------
@@ -92,8 +94,9 @@ def claim_batch(
     )
     with engine.begin() as connection:
         if is_postgres(engine):
-            # Row locks taken by the SELECT are held to the end of the transaction; a second
-            # drain skips them instead of waiting, then finds them no longer claimable.
+            # The SELECT locks the rows it returns until this transaction commits; another
+            # drain claiming at the same moment skips locked rows instead of waiting for
+            # them, so overlapping drains take disjoint rows without blocking each other.
             ids = connection.execute(
                 select(webhook_inbox.c.id)
                 .where(claimable)
@@ -125,15 +128,20 @@ def claim_batch(
 
 
 def mark_done(engine: Engine, worker_id: str, ids: Iterable[int]) -> int:
-    return _finish(engine, worker_id, ids, DONE, error=None)
+    """Hull accepted these rows' events. Returns rows updated. `attempts` and `last_error`
+    stay as they were: the history of a row that needed retries."""
+    ids = list(ids)
+    return _settle(engine, worker_id, DONE, {None: ids} if ids else {})
 
 
 def mark_ignored(engine: Engine, worker_id: str, reasons: Mapping[int, str]) -> int:
-    return sum(_finish(engine, worker_id, [row_id], IGNORED, error=reason) for row_id, reason in reasons.items())
+    """Deliberately not sent; the reason is kept in `last_error`. Returns rows updated."""
+    return _settle(engine, worker_id, IGNORED, _ids_by_reason(reasons))
 
 
 def mark_failed(engine: Engine, worker_id: str, reasons: Mapping[int, str]) -> int:
-    return sum(_finish(engine, worker_id, [row_id], FAILED, error=reason) for row_id, reason in reasons.items())
+    """Cannot be sent as it is; the reason is kept in `last_error`. Returns rows updated."""
+    return _settle(engine, worker_id, FAILED, _ids_by_reason(reasons))
 
 
 def release_for_retry(
@@ -192,15 +200,28 @@ def count_by_status(engine: Engine) -> dict[str, int]:
     return counts
 
 
-def _finish(engine: Engine, worker_id: str, ids: Iterable[int], status: str, error: str | None) -> int:
-    ids = list(ids)
-    if not ids:
+def _ids_by_reason(reasons: Mapping[int, str]) -> dict[str | None, list[int]]:
+    # Rows of a batch tend to share a few reasons: one UPDATE per reason, not per row.
+    grouped: dict[str | None, list[int]] = {}
+    for row_id, reason in reasons.items():
+        grouped.setdefault(reason, []).append(row_id)
+    return grouped
+
+
+def _settle(engine: Engine, worker_id: str, status: str, ids_by_reason: Mapping[str | None, list[int]]) -> int:
+    """Final status for rows this worker holds, in one transaction; `None` keeps last_error."""
+    if not ids_by_reason:
         return 0
-    values = {"status": status, "processed_at": utcnow(), "claimed_by": None, "claimed_at": None}
-    if error is not None:
-        values["last_error"] = _trim(error)
+    settled = 0
+    now = utcnow()
     with engine.begin() as connection:
-        return connection.execute(update(webhook_inbox).where(_held_by(worker_id, ids)).values(**values)).rowcount
+        for reason, ids in ids_by_reason.items():
+            values = {"status": status, "processed_at": now, "claimed_by": None, "claimed_at": None}
+            if reason is not None:
+                values["last_error"] = _trim(reason)
+            statement = update(webhook_inbox).where(_held_by(worker_id, ids)).values(**values)
+            settled += connection.execute(statement).rowcount
+    return settled
 
 
 def _held_by(worker_id: str, ids: list[int]):
