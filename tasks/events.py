@@ -20,6 +20,7 @@ from cio_sync.mapping import MalformedUserError, map_user
 from cio_sync.runtime import SyncRuntime
 from cio_sync.state import Cursor, upsert, write_cursor
 from cio_sync.summary import SyncSummary
+from tasks.extract import seen_at_position
 from connectors.http import AuthError, PermanentError, TransientError
 from connectors.hull import MAX_PER_PAGE
 
@@ -32,10 +33,10 @@ def events_query(runtime: SyncRuntime, cursor: Cursor) -> tuple[list[dict], list
         {"has_parent": {"parent_type": "user_report",
                         "query": {"terms": {"segment_ids": sorted(runtime.whitelisted_segment_ids)}}}},
     ]
-    if cursor.position:
-        filters.append({"range": {"created_at": {"gte": cursor.position}}})
-    must_not = [{"terms": {"event_id": sorted(cursor.seen_ids)}}] if cursor.seen_ids else []
-    return filters, must_not
+    if not cursor.position:
+        return filters, []
+    filters.append({"range": {"created_at": {"gte": cursor.position}}})
+    return filters, seen_at_position(cursor, "created_at", "event_id")
 
 
 def fetch_events_page(runtime: SyncRuntime, cursor: Cursor, per_page: int = MAX_PER_PAGE):

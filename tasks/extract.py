@@ -15,9 +15,20 @@ def users_query(cursor: Cursor) -> tuple[list[dict], list[dict]]:
     """Keyset pagination on `indexed_at`: always page 1 of `indexed_at >= position`, excluding
     the ids already handled at exactly `position`. Offsets are never used, because write-backs
     re-index users during the walk and would shift every later page."""
-    filters = [{"range": {"indexed_at": {"gte": cursor.position}}}] if cursor.position else []
-    must_not = [{"terms": {"id": sorted(cursor.seen_ids)}}] if cursor.seen_ids else []
-    return filters, must_not
+    if not cursor.position:
+        return [], []
+    return [{"range": {"indexed_at": {"gte": cursor.position}}}], seen_at_position(cursor, "indexed_at", "id")
+
+
+def seen_at_position(cursor: Cursor, time_field: str, id_field: str) -> list[dict]:
+    """Excludes the ids handled at exactly the cursor's timestamp, and only there: a user
+    re-indexed later must be found again."""
+    if not cursor.seen_ids:
+        return []
+    return [{"bool": {"filter": [
+        {"terms": {id_field: sorted(cursor.seen_ids)}},
+        {"range": {time_field: {"gte": cursor.position, "lte": cursor.position}}},
+    ]}}]
 
 
 def fetch_users_batch(hull: HullClient, cursor: Cursor, batch_size: int) -> tuple[list[dict[str, Any]], Cursor]:
