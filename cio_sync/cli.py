@@ -11,9 +11,9 @@ import sys
 
 def _quiet_prefect_defaults() -> None:
     # Without PREFECT_API_URL Prefect starts a throwaway server per command; keep its
-    # shutdown chatter out of a successful command's output.
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    # start-up and shutdown chatter (and its telemetry) out of a successful command's output.
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def cmd_sync_users(args) -> int:
@@ -39,6 +39,13 @@ def cmd_check(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    if not os.environ.get("PREFECT_API_URL"):
+        # A throwaway Prefect home: the demo's runs never mix with a real one, and the
+        # flow-run log lines stay out of the way of the demo's own report.
+        import tempfile
+
+        os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="cio-sync-demo-prefect-"))
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from cio_sync.demo import run_demo
 
     return run_demo(users=args.users)

@@ -68,8 +68,9 @@ def run_demo(users: int = 300, seed: int = 7) -> int:
         )
         print(f"Hull simulator on {hull.url}, Customer.io simulator on {cio.url}")
         print(f"State database: {data_dir / 'state.db'}")
-        seeded = seed_synthetic(hull, users, seed=seed, events_per_user=(0, 0))
-        print(f"Seeded {users} Hull users across segments: {seeded.get('segments', '')}\n")
+        seed_synthetic(hull, users, seed=seed, events_per_user=(0, 0))
+        print(f"Seeded {users} Hull users in segments {', '.join(s['name'] for s in hull.segments.values())}; "
+              f"synchronizing {', '.join(DEMO_SEGMENTS)}, deletion enabled\n")
 
         from flows.sync_users import sync_users
 
@@ -92,9 +93,14 @@ def run_demo(users: int = 300, seed: int = 7) -> int:
         started = time.perf_counter()
         runs.append(("2nd run", sync_users()))
         print(f"2nd run: {time.perf_counter() - started:.1f}s")
+        hull.advance(60)
+        touched = rng.sample(ids, k=max(1, users // 6))
+        for hull_id in touched:  # a trait that is not synchronized: Hull re-indexes, nothing to send
+            hull.set_trait(hull_id, "page_views", rng.randint(1, 500))
+        print(f"Touched {len(touched)} users in Hull without changing anything that is synchronized")
         started = time.perf_counter()
         runs.append(("3rd run", sync_users()))
-        print(f"3rd run (nothing changed in Hull since): {time.perf_counter() - started:.1f}s\n")
+        print(f"3rd run: {time.perf_counter() - started:.1f}s\n")
 
         print(_table(runs))
         print(
