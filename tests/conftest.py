@@ -112,6 +112,12 @@ def cio_sim():
 @pytest.fixture
 def sim_env(monkeypatch, tmp_path, hull_sim, cio_sim, database_url):
     """Environment pointing every setting at the simulators and the test database."""
+    monkeypatch.chdir(tmp_path)  # no stray .env from the developer's checkout
+    values = point_env_at(monkeypatch, hull_sim, cio_sim, database_url)
+    return {**values, "_sims": (hull_sim, cio_sim)}
+
+
+def point_env_at(monkeypatch, hull_sim, cio_sim, database_url) -> dict[str, str]:
     values = {
         "HULL_ORGANIZATION": "acme.hullapp.io",
         "HULL_API_URL": f"{hull_sim.url}/api/v1",
@@ -132,5 +138,7 @@ def sim_env(monkeypatch, tmp_path, hull_sim, cio_sim, database_url):
             monkeypatch.delenv(key, raising=False)
     for key, value in values.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.chdir(tmp_path)  # no stray .env from the developer's checkout
+    # Fast retries: the policy is the same, only the waits are shorter.
+    monkeypatch.setenv("HTTP_BACKOFF_SECONDS", "0.01")
+    monkeypatch.setenv("HTTP_TIMEOUT_SECONDS", "5")
     return values
