@@ -176,6 +176,9 @@ def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
+MIGRATION_LOCK_ID = 0x63696F73  # "cios": any constant shared by every process of this project
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Apply Alembic migrations up to `revision`."""
     from alembic import command
@@ -184,5 +187,11 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     config = Config()
     config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     with engine.begin() as connection:
+        # Processes starting together on an empty database would otherwise all migrate at once:
+        # each takes a lock first, and the later ones find the schema done.
+        if is_postgres(engine):
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
+        elif engine.dialect.name == "sqlite":
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
         config.attributes["connection"] = connection
         command.upgrade(config, revision)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from prefect.settings import PREFECT_API_URL
 
 from cio_sync import db
 from cio_sync.failed import list_failed_batches
@@ -117,7 +118,6 @@ def test_sigkill_mid_run_then_rerun_converges(baseline, sim_env, hull_sim, cio_s
     env = {
         **os.environ,
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": "",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PUSH_CONCURRENCY": "2",
         "SYNC_LEASE_TTL_SECONDS": "1",
@@ -126,10 +126,10 @@ def test_sigkill_mid_run_then_rerun_converges(baseline, sim_env, hull_sim, cio_s
         "EVENTS_FILTER": '["Signed Up", "page"]',
         "ENABLE_USER_DELETION": "true",
     }
-    env.pop("PREFECT_API_URL")
+    env["PREFECT_API_URL"] = PREFECT_API_URL.value()  # the session's test server: no start-up wait
     process = subprocess.Popen(
         [sys.executable, "-m", "cio_sync.cli", "sync-users"], cwd=REPO, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 120
@@ -137,11 +137,11 @@ def test_sigkill_mid_run_then_rerun_converges(baseline, sim_env, hull_sim, cio_s
             if sum(1 for e in cio_sim.journal() if e["method"] == "PUT") >= 40:
                 break
             time.sleep(0.01)
-        process.send_signal(signal.SIGKILL)
+        os.killpg(process.pid, signal.SIGKILL)  # the whole group: nothing of the run survives
         assert process.wait(timeout=10) == -signal.SIGKILL
     finally:
         if process.poll() is None:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
     sent_before_kill = len(cio_sim.people)
     assert 0 < sent_before_kill < len(expected["people"])  # it really died mid-run
 
