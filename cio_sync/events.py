@@ -92,7 +92,10 @@ def plan_event(event: dict[str, Any], user: EventUser | None, settings: Connecto
     if event.get("event") not in settings.events_filter:
         plan.reason = "not_in_events_filter"
         return plan
-    if user is None or not user.in_segments:
+    if user is None:  # Hull no longer returns the user (removed, or unreadable)
+        plan.reason = "user_not_found"
+        return plan
+    if not user.in_segments:
         plan.reason = "user_not_in_segments"
         return plan
     body, reason = event_body(event, created_at, cio_event_id)
