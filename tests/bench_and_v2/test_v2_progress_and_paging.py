@@ -1,0 +1,172 @@
+"""Progress reporting, the prefetching page reader, and the Hull simulator's keyset fast path
+(which keeps the benchmark's walk over a large workspace linear)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from cio_sync import progress
+from cio_sync.state import Cursor
+from connectors.hull import HullClient
+from simulators._search import paginate
+from simulators.seed import seed_synthetic
+from tasks.extract import UserPagePrefetcher, fetch_users_page, users_query, walk_bound
+from tests.conftest import HULL_CONNECTOR_ID, HULL_SECRET
+
+
+@pytest.fixture
+def artifact_calls(monkeypatch):
+    """Records what would reach Prefect's artifact API."""
+    import prefect.artifacts
+
+    calls = []
+    monkeypatch.setattr(prefect.artifacts, "create_progress_artifact",
+                        lambda progress, key=None, description=None: calls.append(("create", progress, key)) or "id-1")
+    monkeypatch.setattr(prefect.artifacts, "update_progress_artifact",
+                        lambda artifact_id, progress, description=None: calls.append(("update", progress, description)))
+    return calls
+
+
+def test_progress_total_is_done_plus_what_hull_says_is_left(artifact_calls, monkeypatch):
+    monkeypatch.setattr(progress.SyncProgress, "ARTIFACT_INTERVAL_SECONDS", 0)
+    seen = []
+    progress.add_listener(lambda done, total: seen.append((done, total)))
+    try:
+        tracker = progress.SyncProgress()
+        tracker.page_done(500, 1200)   # 1,200 left when page 1 was read
+        tracker.page_done(500, 800)    # Hull now says 800 left (100 users were re-indexed)
+        tracker.page_done(300, None)   # Hull said nothing: the estimate stands
+        tracker.finish()
+    finally:
+        progress._listeners.clear()
+    assert seen == [(500, 1200), (1000, 1300), (1300, 1300), (1300, 1300)]
+    assert artifact_calls[0] == ("create", 0.0, "sync-users-progress")
+    updates = [(round(p, 1), d) for kind, p, d in artifact_calls[1:]]
+    assert updates[0] == (41.7, "500 of 1,200 users done (42%)") and updates[-1][0] == 100.0
+
+
+def test_artifact_updates_are_throttled_but_the_last_one_always_goes(artifact_calls):
+    tracker = progress.SyncProgress()
+    for _ in range(50):
+        tracker.page_done(500, 100_000)
+    tracker.finish()
+    updates = [c for c in artifact_calls if c[0] == "update"]
+    assert 2 <= len(updates) < 10 and updates[-1][1] == 100.0
+
+
+def test_terminal_bar_redraws_one_line():
+    out = io.StringIO()
+    bar = progress.TerminalProgressBar(out)
+    bar(250, 1000)
+    bar(1000, 1000)
+    bar.close()
+    text = out.getvalue()
+    assert text.count("\r\x1b[K") == 2 and text.endswith("\n") and text.count("\n") == 1
+    assert "25%  250 of 1,000 users" in text and "[" + "#" * 30 + "] 100%" in text
+
+
+@pytest.fixture
+def seeded_hull(hull_sim):
+    # 150 users per indexed_at second: ties cross every page boundary.
+    seed_synthetic(hull_sim, 1234, events_per_user=(0, 0))
+    client = HullClient(f"{hull_sim.url}/api/v1", f"{hull_sim.url}/firehose", "acme.hullapp.io",
+                        HULL_CONNECTOR_ID, HULL_SECRET)
+    yield hull_sim, client
+    client.close()
+
+
+def walk(read) -> list[str]:
+    cursor, ids = Cursor(), []
+    while True:
+        page = read(cursor)
+        if not page.users:
+            return ids
+        ids.extend(u["id"] for u in page.users)
+        cursor = page.cursor
+
+
+def test_prefetching_reader_walks_exactly_like_the_plain_one(seeded_hull):
+    hull_sim, client = seeded_hull
+    plain = walk(lambda c: fetch_users_page(client, c, 200))
+    reader = UserPagePrefetcher(client, 200)
+    try:
+        prefetched = walk(reader.fetch)
+        # A cursor other than the one read ahead is read afresh, not answered from the prefetch.
+        first = reader.fetch(Cursor())
+        other = reader.fetch(Cursor())
+    finally:
+        reader.close()
+    assert prefetched == plain and len(plain) == 1234 == len(set(plain))
+    assert [u["id"] for u in first.users] == [u["id"] for u in other.users] == plain[:200]
+    assert first.remaining == 1234
+
+
+def test_hull_simulator_keyset_fast_path_matches_the_general_search(seeded_hull):
+    hull_sim, client = seeded_hull
+    cursors = [Cursor()]
+    cursor = Cursor()
+    for _ in range(8):
+        page = fetch_users_page(client, cursor, 130)
+        cursor = page.cursor
+        cursors.append(cursor)
+    assert any(len(c.seen_ids) > 1 for c in cursors)
+    with hull_sim.lock:
+        for c in cursors:
+            filters, must_not = users_query(c)
+            query = {"bool": {"filter": filters, "must_not": must_not}}
+            for page_number, direction in ((1, "asc"), (3, "asc"), (2, "desc")):
+                fast = hull_sim._keyset_page(query, page_number, 100, direction)
+                keys = hull_sim._matching_user_keys(query)
+                if direction == "desc":
+                    keys.reverse()
+                assert fast == paginate(keys, page_number, 100)
+        # Anything else still takes the general path.
+        other = {"bool": {"filter": [{"terms": {"segment_ids": ["seg-vip"]}}]}}
+        assert hull_sim._keyset_page(other, 1, 100, "asc") is None
+
+
+def test_a_run_reads_up_to_what_hull_had_indexed_when_it_started(seeded_hull):
+    hull_sim, client = seeded_hull
+    until = walk_bound(client)
+    assert until == max(u["indexed_at"] for u in hull_sim.users.values())
+    first_page = fetch_users_page(client, Cursor(), 500, until=until)
+    # A user is re-indexed mid-run (as the run's own write-back does): this run does not chase it...
+    hull_sim.advance(5)
+    touched = first_page.users[0]["id"]
+    hull_sim.set_trait(touched, "customerio/id", "u-x")
+    cursor, rest = first_page.cursor, []
+    while (page := fetch_users_page(client, cursor, 500, until=until)).users:
+        rest.extend(u["id"] for u in page.users)
+        cursor = page.cursor
+    assert len(first_page.users) + len(rest) == 1234 and touched not in rest
+    # ...the next run does, from where this one stopped.
+    assert [u["id"] for u in fetch_users_page(client, cursor, 500, until=walk_bound(client)).users] == [touched]
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_cli_draws_a_bar_only_on_a_terminal(monkeypatch, terminal):
+    import flows.sync_users
+    from cio_sync import cli
+
+    def fake_sync_users(**kwargs):
+        for done in (500, 1000):
+            for listener in list(progress._listeners):
+                listener(done, 1000)
+        return {"pages": 2}
+
+    monkeypatch.setattr(flows.sync_users, "sync_users", fake_sync_users)
+    out = FakeTerminal() if terminal else io.StringIO()
+    monkeypatch.setattr("sys.stdout", out)
+    assert cli.main(["sync-users"]) == 0
+    assert progress._listeners == []  # removed after the run
+    if terminal:
+        assert "1,000 of 1,000 users" in out.getvalue() and out.getvalue().endswith("\n")
+    else:
+        assert out.getvalue() == ""
