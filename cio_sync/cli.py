@@ -16,14 +16,33 @@ def _quiet_prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+def _require_credentials(hull: bool = True, customerio: bool = True) -> None:
+    """Missing settings are reported before Prefect starts, in one line, not as a flow traceback."""
+    from cio_sync.settings import CustomerIoCredentials, HullCredentials, require
+
+    require(HullCredentials().missing() if hull else [], CustomerIoCredentials().missing() if customerio else [])
+
+
 def cmd_sync_users(args) -> int:
+    _require_credentials()
+    from cio_sync import progress
     from flows.sync_users import SyncFailed, sync_users
 
+    # A bar only for a person watching: piped or scheduled output stays plain text.
+    bar = progress.TerminalProgressBar(sys.stdout) if sys.stdout.isatty() else None
+    if bar is not None:
+        progress.add_listener(bar)
     try:
         summary = sync_users(dry_run=args.dry_run, max_pages=args.max_pages)
     except SyncFailed as exc:
+        if bar is not None:
+            bar.close()  # end the bar's line before the message
         print(f"sync-users failed: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if bar is not None:
+            progress.remove_listener(bar)
+            bar.close()
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -59,10 +78,49 @@ def cmd_webhook_server(args) -> int:
 
 
 def cmd_drain_webhooks(args) -> int:
-    from flows.drain_webhooks import drain_webhooks
+    from connectors.http import AuthError
+    from flows.drain_webhooks import DrainStopped, drain_webhooks
 
-    summary = drain_webhooks(batch_size=args.batch_size)
+    _require_credentials(customerio=False)
+
+    try:
+        summary = drain_webhooks(batch_size=args.batch_size, max_batches=args.max_batches)
+    except (DrainStopped, AuthError) as exc:
+        print(f"drain-webhooks stopped: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_failed_list(args) -> int:
+    from cio_sync import db
+    from cio_sync.failed import describe, list_failed_batches
+    from cio_sync.settings import StateSettings
+
+    engine = db.get_engine(StateSettings().state_database_url)
+    batches = list_failed_batches(engine, status=None if args.all else "open")
+    if not batches:
+        print("no failed batches" if args.all else "no open failed batches")
+    for batch in batches:
+        print(describe(batch))
+    return 0
+
+
+def cmd_failed_rerun(args) -> int:
+    from connectors.http import AuthError
+    from flows.rerun_failed_batches import RerunIncomplete, rerun_failed_batches
+
+    _require_credentials()
+
+    try:
+        result = rerun_failed_batches(batch_ids=args.ids or None)
+    except (RerunIncomplete, AuthError) as exc:
+        print(f"rerun incomplete: {exc}", file=sys.stderr)
+        return 1
+    for row in result["batches"]:
+        print(f"#{row['batch']} {row['kind']}: {row['result']} {row['error']}".rstrip())
+    if not result["batches"]:
+        print("nothing to rerun")
     return 0
 
 
@@ -73,6 +131,31 @@ def cmd_db_upgrade(args) -> int:
     url = StateSettings().state_database_url
     db.upgrade(db.get_engine(url, migrate=False))
     print("state database is at the latest schema")
+    return 0
+
+
+def cmd_setup(args) -> int:
+    from cio_sync.serve import NeedsPrefectServer
+    from cio_sync.workspace import setup_workspace
+
+    try:
+        result = setup_workspace(args.work_pool, args.requests_per_second, args.burst)
+    except NeedsPrefectServer as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for line in result.lines():
+        print(line)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from cio_sync.serve import DeployedOnWorkPool, NeedsPrefectServer, serve_deployments
+
+    try:
+        serve_deployments(limit=args.limit, replace=args.replace)
+    except (NeedsPrefectServer, DeployedOnWorkPool) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -102,12 +185,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("drain-webhooks", help="send stored webhooks to Hull once")
     p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--max-batches", type=int, default=None)
     p.set_defaults(func=cmd_drain_webhooks)
+
+    p = sub.add_parser("failed", help="work that failed after retries")
+    failed_sub = p.add_subparsers(dest="failed_command", required=True)
+    listing = failed_sub.add_parser("list", help="show open failed batches")
+    listing.add_argument("--all", action="store_true", help="resolved ones too")
+    listing.set_defaults(func=cmd_failed_list)
+    rerun = failed_sub.add_parser("rerun", help="redo failed batches (all open ones when no id is given)")
+    rerun.add_argument("ids", nargs="*", type=int)
+    rerun.set_defaults(func=cmd_failed_rerun)
 
     p = sub.add_parser("db", help="state database maintenance")
     db_sub = p.add_subparsers(dest="db_command", required=True)
     up = db_sub.add_parser("upgrade", help="apply schema migrations")
     up.set_defaults(func=cmd_db_upgrade)
+
+    p = sub.add_parser("setup", help="create the Prefect work pool and the shared Customer.io rate limit")
+    p.add_argument("--work-pool", default="cio-sync", help="process work pool of prefect.yaml")
+    p.add_argument("--requests-per-second", type=float, default=100.0,
+                   help="Customer.io requests/s for all runs, shards and workers together")
+    p.add_argument("--burst", type=int, default=None, help="requests allowed at once (default: a tenth of a second's)")
+    p.set_defaults(func=cmd_setup)
+
+    p = sub.add_parser("serve", help="run every deployment on its schedule in this process (no worker needed)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many runs at once")
+    p.add_argument("--replace", action="store_true",
+                   help="delete deployments of the same names made by `prefect deploy` (work pool) first")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

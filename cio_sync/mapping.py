@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
+from functools import cached_property, lru_cache
 from typing import Any
 
 from cio_sync.settings import ConnectorSettings
@@ -26,8 +27,10 @@ class MappedUser:
     id_error: str | None = None  # set when the id value breaks a limit
     dropped: list[tuple[str, str]] = field(default_factory=list)  # (attribute, reason)
 
-    @property
+    @cached_property
     def attributes_hash(self) -> str:
+        # Cached: the diff and the state row of a synced user both need it, and the mapping
+        # never changes `attributes` after it built them.
         return attributes_hash(self.attributes)
 
 
@@ -79,9 +82,12 @@ def is_date_attribute(name: str) -> bool:
 
 def byte_length(value: Any) -> int:
     if isinstance(value, str):
-        return len(value.encode("utf-8"))
+        # ASCII text is one byte a character; isascii() is O(1) and spares an encode per value.
+        return len(value) if value.isascii() else len(value.encode("utf-8"))
     if isinstance(value, (dict, list, tuple)):
         return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8"))
+    if isinstance(value, (int, float)):
+        return len(str(value))  # numbers (and bools) print as ASCII
     return len(str(value).encode("utf-8"))
 
 
@@ -151,23 +157,36 @@ def map_user(
         attributes["created_at"] = to_unix_seconds(user["created_at"])
     attributes["hull_segments"] = sorted(segment_names.get(s, s) for s in segment_ids)
 
-    for hull_name in settings.synchronized_attributes:
-        if is_own_trait(hull_name):
+    max_value_length = settings.max_attribute_value_length
+    for hull_name, trait_key, account_key, name, is_date, name_too_long in _attribute_plan(
+        tuple(settings.synchronized_attributes), settings.max_attribute_name_length
+    ):
+        # `lookup`, inlined with its keys precomputed: this loop runs for every attribute of
+        # every user read, changed or not.
+        if account_key is not None:
+            account = user.get("account") or {}
+            if account_key not in account:
+                continue
+            value = account[account_key]
+        elif hull_name in user:
+            value = user[hull_name]
+        elif trait_key in user:
+            value = user[trait_key]
+        else:
             continue
-        present, value = lookup(user, hull_name)
-        if not present:
-            continue
-        name = attribute_name(hull_name)
-        if name in ("id", "email"):
-            continue  # always-sent attributes are not overridden by a whitelisted one
-        if is_date_attribute(name):
+        if is_date:
             value = to_unix_seconds(value)
-        if byte_length(name) > settings.max_attribute_name_length:
+        if name_too_long:
             dropped.append((name, f"name longer than {settings.max_attribute_name_length} bytes"))
             continue
-        if value is not None and byte_length(value) > settings.max_attribute_value_length:
-            dropped.append((name, f"value longer than {settings.max_attribute_value_length} bytes"))
-            continue
+        if value is not None:
+            if type(value) is str:
+                size = len(value) if value.isascii() else len(value.encode("utf-8"))
+            else:
+                size = byte_length(value)
+            if size > max_value_length:
+                dropped.append((name, f"value longer than {max_value_length} bytes"))
+                continue
         attributes[name] = value
 
     return MappedUser(
@@ -179,6 +198,25 @@ def map_user(
         id_error=id_error,
         dropped=dropped,
     )
+
+
+@lru_cache(maxsize=64)
+def _attribute_plan(hull_names: tuple[str, ...], max_name_length: int) -> tuple[tuple, ...]:
+    """What map_user needs to know about each whitelisted attribute that does not depend on the
+    user: (Hull name, `traits_` key, account key or None, Customer.io name, is a date, name too
+    long). Worked out once per settings instead of once per user and attribute. Own traits,
+    and `id`/`email` (always sent, never overridden by a whitelisted one), are left out."""
+    plan = []
+    for hull_name in hull_names:
+        if is_own_trait(hull_name):
+            continue
+        name = attribute_name(hull_name)
+        if name in ("id", "email"):
+            continue
+        account_key = hull_name[len("account.") :] if hull_name.startswith("account.") else None
+        plan.append((hull_name, f"traits_{hull_name}", account_key, name, is_date_attribute(name),
+                     byte_length(name) > max_name_length))
+    return tuple(plan)
 
 
 def chunk_attributes(attributes: dict[str, Any], max_per_call: int) -> list[dict[str, Any]]:

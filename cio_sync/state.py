@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any, Iterable
 
 import pandas as pd
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cio_sync.db import as_utc, sync_cursor, user_state, utcnow
@@ -44,11 +44,12 @@ def upsert(connection: Connection, table, rows: list[dict[str, Any]], key: str) 
     for row in rows:
         groups.setdefault(tuple(sorted(row)), []).append(row)
     for names, group in groups.items():
-        stmt = statement.values(group)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[key], set_={c: stmt.excluded[c] for c in names if c != key and c in columns}
+        stmt = statement.on_conflict_do_update(
+            index_elements=[key], set_={c: statement.excluded[c] for c in names if c != key and c in columns}
         )
-        connection.execute(stmt)
+        # executemany of one cached statement: a multi-VALUES statement of a whole page was
+        # compiled anew for every page (~0.1 s a page of 500 rows).
+        connection.execute(stmt, group)
 
 
 def read_cursor(engine: Engine, name: str) -> Cursor:
@@ -108,14 +109,19 @@ def pending_writebacks(engine: Engine, limit: int, hull_ids: list[str] | None = 
 
 def clear_writeback_pending(engine: Engine, rows: list[dict[str, Any]]) -> None:
     """Clears the flag only where the row was not synced again since it was read."""
+    if not rows:
+        return
+    statement = (
+        update(user_state)
+        .where(user_state.c.hull_id == bindparam("row_hull_id"))
+        .where(user_state.c.updated_at == bindparam("row_updated_at"))
+        .values(writeback_pending=False)
+    )
     with engine.begin() as connection:
-        for row in rows:
-            connection.execute(
-                update(user_state)
-                .where(user_state.c.hull_id == row["hull_id"])
-                .where(user_state.c.updated_at == row["updated_at"])
-                .values(writeback_pending=False)
-            )
+        # One executemany instead of one statement (compiled and sent) per row.
+        connection.execute(
+            statement, [{"row_hull_id": r["hull_id"], "row_updated_at": r["updated_at"]} for r in rows]
+        )
 
 
 def count_pending_writebacks(engine: Engine) -> int:

@@ -8,6 +8,8 @@ from urllib.parse import quote
 from connectors.http import ApiClient, RetryPolicy
 from connectors.ratelimit import RateLimiter
 
+JSON_HEADERS = {"Content-Type": "application/json"}
+
 
 def customer_path(identifier: str) -> str:
     # Ids may hold '/', '@', spaces or non-ASCII: every byte outside the unreserved set is encoded.
@@ -61,3 +63,8 @@ class CustomerIoClient(ApiClient):
     def batch(self, entries: list[dict[str, Any]]):
         """`POST /api/v2/batch`; returns the response (200, or 207 with per-entry errors)."""
         return self.request("POST", "/api/v2/batch", json_body={"batch": entries})
+
+    def request_batch(self, body: bytes):
+        """`POST /api/v2/batch` with a body serialised by the caller, so that the bytes checked
+        against the 500 KB limit are exactly the bytes sent."""
+        return self.request("POST", "/api/v2/batch", data=body, headers=JSON_HEADERS)

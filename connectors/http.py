@@ -133,7 +133,8 @@ class ApiClient:
         return f"{self.base_url}{path}"
 
     def request(
-        self, method: str, path: str, *, json_body: Any = None, url: str | None = None, headers=None
+        self, method: str, path: str, *, json_body: Any = None, url: str | None = None, headers=None,
+        data: bytes | None = None,
     ) -> requests.Response:
         if self.rate_limiter is not None:
             self.rate_limiter.acquire()
@@ -143,6 +144,7 @@ class ApiClient:
                 method,
                 url or self.url(path),
                 json=json_body,
+                data=data,  # an already serialised body (sent as is, e.g. a size-checked v2 batch)
                 headers=headers,
                 timeout=self.retry.timeout,
                 allow_redirects=True,

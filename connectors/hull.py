@@ -114,14 +114,15 @@ class HullClient(ApiClient):
             page += 1
 
     def search_users(
-        self, filters: list[dict], page: int, per_page: int = MAX_PER_PAGE, must_not: list[dict] | None = None
+        self, filters: list[dict], page: int, per_page: int = MAX_PER_PAGE, must_not: list[dict] | None = None,
+        order: str = "asc",
     ) -> dict:
         query: dict[str, Any] = {"filter": filters}
         if must_not:
             query["must_not"] = must_not
         body = {
             "query": {"bool": query},
-            "sort": {"indexed_at": "asc"},
+            "sort": {"indexed_at": order},
             "raw": True,
             "page": page,
             "per_page": per_page,
@@ -151,6 +152,13 @@ class HullClient(ApiClient):
         result = self.request("POST", "/search/events", json_body=body).json()
         result["data"] = [normalize_event(e) for e in result.get("data", [])]
         return result
+
+    def events_by_ids(self, hull_event_ids: list[str]) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        for start in range(0, len(hull_event_ids), MAX_PER_PAGE):
+            chunk = hull_event_ids[start : start + MAX_PER_PAGE]
+            events.extend(self.search_events([{"terms": {"event_id": chunk}}], 1, MAX_PER_PAGE)["data"])
+        return events
 
     def iter_events(self, filters: list[dict], per_page: int = MAX_PER_PAGE) -> Iterator[dict[str, Any]]:
         """Walks every page of an event search that fits in one result window."""

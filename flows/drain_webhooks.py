@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from cio_sync.db import get_engine
+from cio_sync.secrets import load_secret_blocks
 from cio_sync.settings import ConnectorSettings, HullCredentials, StateSettings, require
 from cio_sync.webhooks.inbox import DONE, FAILED, IGNORED, PENDING, PROCESSING, count_by_status
 from tasks.drain import drain_batch_task
@@ -55,6 +56,7 @@ def drain_webhooks(
     `external_id`. Credentials come only from the environment, never from parameters.
     """
     logger = get_run_logger()
+    load_secret_blocks()  # only for variables the environment lacks
     hull_credentials = HullCredentials()
     require(hull_credentials.missing())
     settings = ConnectorSettings.resolve(user_id_mapping=user_id_mapping)

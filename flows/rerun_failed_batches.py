@@ -20,6 +20,7 @@ from cio_sync.settings import ConnectorSettings
 from cio_sync.summary import SyncSummary
 from connectors.http import ApiError, AuthError
 from tasks.extract import load_segments
+from tasks.global_rate_limit import use_global_rate_limit
 from tasks.events import sync_events_page
 from tasks.sync_page import PageIncomplete, sync_page
 
@@ -28,10 +29,13 @@ class RerunIncomplete(Exception):
     """Some batches are still open; the run is marked Failed so the Prefect UI shows it."""
 
 
-def rerun_batch(batch: dict[str, Any], run_id: str | None) -> tuple[bool, str | None, SyncSummary]:
+def rerun_batch(batch: dict[str, Any], run_id: str | None, global_rate_limit: bool = False
+                ) -> tuple[bool, str | None, SyncSummary]:
     """Returns (resolved, error, summary)."""
     settings = ConnectorSettings.resolve(**(batch["payload"].get("settings") or {}))
     runtime = build_runtime(settings)
+    if global_rate_limit:  # reruns spend the same Customer.io budget as the sync runs
+        use_global_rate_limit(runtime)
     summary = SyncSummary()
     try:
         load_segments(runtime, summary, get_run_logger())
@@ -59,8 +63,9 @@ def rerun_batch(batch: dict[str, Any], run_id: str | None) -> tuple[bool, str | 
 
 
 @flow(name="rerun-failed-batches", log_prints=False)
-def rerun_failed_batches(batch_ids: list[int] | None = None) -> dict[str, Any]:
-    """Reruns the given failed batches, or every open one when `batch_ids` is empty."""
+def rerun_failed_batches(batch_ids: list[int] | None = None, global_rate_limit: bool = False) -> dict[str, Any]:
+    """Reruns the given failed batches, or every open one when `batch_ids` is empty.
+    `global_rate_limit`: take Customer.io request slots from the limit shared with sync runs."""
     logger = get_run_logger()
     from cio_sync import db
     from cio_sync.settings import StateSettings
@@ -73,7 +78,7 @@ def rerun_failed_batches(batch_ids: list[int] | None = None) -> dict[str, Any]:
         if batch["status"] != "open":
             rows.append({"batch": batch["id"], "kind": batch["kind"], "result": "already resolved", "error": ""})
             continue
-        resolved, error, summary = rerun_batch(batch, run_id)
+        resolved, error, summary = rerun_batch(batch, run_id, global_rate_limit)
         mark_rerun(engine, batch["id"], resolved, error)
         total.merge(summary)
         rows.append({"batch": batch["id"], "kind": batch["kind"],

@@ -432,14 +432,90 @@ class HullSimulator(SimulatorServer):
             page, per_page = page_params(body, req.query)
             direction = sort_direction(body.get("sort"), "indexed_at", ("id", "_id"))
             with self.lock:
-                keys = self._matching_user_keys(body.get("query"))
-                if direction == "desc":
-                    keys.reverse()
-                chosen, pagination = paginate(keys, page, per_page)
+                fast = self._keyset_page(body.get("query"), page, per_page, direction)
+                if fast is not None:
+                    chosen, pagination = fast
+                else:
+                    keys = self._matching_user_keys(body.get("query"))
+                    if direction == "desc":
+                        keys.reverse()
+                    chosen, pagination = paginate(keys, page, per_page)
                 data = [dict(self.users[hull_id]) for _, hull_id in chosen]
         except QueryError as exc:
             raise HttpError(400, {"message": str(exc)}) from None
         return 200, {"data": data, "pagination": pagination}
+
+    def _keyset_page(self, query: Any, page: int, per_page: int, direction: str):
+        """The connector's keyset walk (``indexed_at`` ranges, minus ids, minus ids pinned to
+        one ``indexed_at`` second) answered without building the list of every later user:
+        O(page + excluded ids) instead of O(users after the cursor), which made a walk over
+        a large workspace quadratic. Returns None for any other query (the general path)."""
+        required, excluded = split_query(query)
+        ranges = []
+        for clause in required:
+            if next(iter(clause)) != "range" or next(iter(clause["range"]), None) != "indexed_at":
+                return None
+            ranges.append(range_of(clause)[1])
+        excluded_keys: set = set()
+        for excluded_query in excluded:
+            kind = next(iter(excluded_query), None) if isinstance(excluded_query, dict) else None
+            if kind in ("terms", "term") and terms_of(excluded_query)[0] in ("id", "_id"):
+                ids, bounds = terms_of(excluded_query)[1], {}
+            else:
+                pinned = self._ids_at_one_time(excluded_query)
+                if pinned is None:
+                    return None
+                ids, bounds = pinned
+            for hull_id in ids:
+                key = self._order_key.get(hull_id)
+                if key is not None and in_range(key[0], bounds):
+                    excluded_keys.add(key)
+        order, low, high = self._order, 0, len(self._order)
+        for bounds in ranges:
+            if "gte" in bounds:
+                low = max(low, bisect_left(order, bounds["gte"], key=_first))
+            if "gt" in bounds:
+                low = max(low, bisect_right(order, bounds["gt"], key=_first))
+            if "lte" in bounds:
+                high = min(high, bisect_right(order, bounds["lte"], key=_first))
+            if "lt" in bounds:
+                high = min(high, bisect_left(order, bounds["lt"], key=_first))
+        if low >= high:
+            return [], {"page": page, "per_page": per_page, "pages": 0, "total": 0}
+        first, last = order[low], order[high - 1]
+        total = (high - low) - sum(1 for key in excluded_keys if first <= key <= last)
+        start, chosen = (page - 1) * per_page, []
+        positions = range(low, high) if direction != "desc" else range(high - 1, low - 1, -1)
+        skipped = 0
+        for position in positions:
+            key = order[position]
+            if key in excluded_keys:
+                continue
+            if skipped < start:
+                skipped += 1
+                continue
+            chosen.append(key)
+            if len(chosen) == per_page:
+                break
+        return chosen, {"page": page, "per_page": per_page, "pages": math.ceil(total / per_page), "total": total}
+
+    @staticmethod
+    def _ids_at_one_time(query: Any):
+        """``bool`` of exactly ``terms id`` + ``range indexed_at`` → (ids, bounds), else None."""
+        if not (isinstance(query, dict) and set(query) == {"bool"} and isinstance(query["bool"], dict)
+                and set(query["bool"]) <= {"filter", "must"}):
+            return None
+        required, excluded = split_query(query)
+        if excluded or len(required) != 2:
+            return None
+        ids = bounds = None
+        for clause in required:
+            kind = next(iter(clause))
+            if kind in ("terms", "term") and terms_of(clause)[0] in ("id", "_id"):
+                ids = terms_of(clause)[1]
+            elif kind == "range" and next(iter(clause["range"]), None) == "indexed_at":
+                bounds = range_of(clause)[1]
+        return (ids, bounds) if ids is not None and bounds is not None else None
 
     def _matching_user_keys(self, query: Any) -> list[tuple[int, str]]:
         """Sorted (indexed_at epoch, id) keys of users matching ``query`` (lock held).

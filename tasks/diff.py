@@ -58,14 +58,17 @@ def plan_page(
         }
     )
     decided = decide(page, state_frame, settings.enable_user_deletion)
-    state_by_id = state.set_index("hull_id") if len(state) else None
+    # Row positions in a plain dict, values read only for the users that need them: `.loc` per
+    # user (or converting every row) cost more than the whole vectorised decision.
+    state_position = {hull_id: i for i, hull_id in enumerate(state["hull_id"])}
 
     for (user, mapped), action, reason in zip(mapped_users, decided["action"], decided["reason"]):
-        known = state_by_id is not None and mapped.hull_id in state_by_id.index
-        state_row = state_by_id.loc[mapped.hull_id] if known else None
+        position = state_position.get(mapped.hull_id)
+        known = position is not None
         target = mapped.cio_id
         if action == DELETE:
-            target = state_row["cio_id"]  # delete the person that was created, even if the id changed
+            # delete the person that was created, even if the id changed
+            target = state["cio_id"].iat[position]
         plans.append(
             UserPlan(
                 hull_id=mapped.hull_id,
@@ -74,7 +77,7 @@ def plan_page(
                 mapped=mapped,
                 external_id=user.get("external_id"),
                 target_id=target,
-                created_at=state_row["created_at"] if known and action == UPDATE else None,
+                created_at=state["created_at"].iat[position] if known and action == UPDATE else None,
             )
         )
     return plans

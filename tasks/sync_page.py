@@ -11,14 +11,14 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import insert
-
-from cio_sync.db import failed_batches, utcnow
+from cio_sync.db import utcnow
+from cio_sync.failed import USERS, record_failed_batch
 from cio_sync.runtime import SyncRuntime
 from cio_sync.state import Cursor, load_user_state, record_user_outcomes, write_cursor
 from cio_sync.summary import SyncSummary
 from tasks.diff import DELETE, INSERT, SKIP, UserPlan, plan_page
 from tasks.load import CustomerIoUnavailable, UserOutcome, push_page
+from tasks.load_v2 import push_page_v2
 from tasks.writeback import write_back
 
 
@@ -74,22 +74,17 @@ def record_page(
 ) -> None:
     now = utcnow()
     rows = [outcome_row(o, now) for o in outcomes]
-    retryable = [o.plan.hull_id for o in outcomes if o.error_kind == "transient"]
+    retryable = [o for o in outcomes if o.error_kind in ("transient", "not_attempted")]
     with runtime.engine.begin() as connection:
         record_user_outcomes(connection, rows)
+        # A rerun of a failed batch (no cursor) reports what is left instead of filing a new batch.
         if retryable and next_cursor is not None:
-            batch_id = connection.execute(
-                insert(failed_batches).values(
-                    kind="users",
-                    payload={"hull_ids": retryable},
-                    error=next(o.error for o in outcomes if o.error_kind == "transient"),
-                    attempts=1,
-                    flow_run_id=flow_run_id,
-                    status="open",
-                    created_at=now,
-                    updated_at=now,
-                )
-            ).inserted_primary_key[0]
+            batch_id = record_failed_batch(
+                connection, USERS,
+                # The settings travel with the batch: a rerun redoes it as the failed run would have.
+                {"hull_ids": [o.plan.hull_id for o in retryable], "settings": runtime.settings.model_dump(mode="json")},
+                next(o.error for o in retryable if o.error_kind == "transient"), flow_run_id,
+            )
             summary.failed_batches.append(batch_id)
         if next_cursor is not None:
             write_cursor(connection, cursor_name, next_cursor)
@@ -118,25 +113,38 @@ def sync_page(
         return summary
 
     try:
-        outcomes = push_page(
-            runtime.customerio,
-            plans,
-            max_attributes_per_call=settings.max_attributes_per_call,
-            concurrency=settings.push_concurrency,
-        )
+        if settings.customerio_api == "v2_batch":
+            outcomes = push_page_v2(
+                runtime.customerio,
+                plans,
+                user_id_mapping=settings.user_id_mapping,
+                max_attributes_per_call=settings.max_attributes_per_call,
+                concurrency=settings.push_concurrency,
+                calls=summary.calls,
+            )
+        else:
+            outcomes = push_page(
+                runtime.customerio,
+                plans,
+                max_attributes_per_call=settings.max_attributes_per_call,
+                concurrency=settings.push_concurrency,
+            )
     except CustomerIoUnavailable as stopped:
-        done = [o for o in stopped.args[0] if o.error_kind != "not_attempted"]
-        record_page(runtime, [o for o in done if o.ok or o.error_kind == "permanent"], summary,
-                    cursor_name, None, flow_run_id)
+        # Customer.io is down: what went through is recorded, the rest of the page becomes a
+        # failed batch (rerun it, or the next run retries it first), and the run stops here.
+        record_page(runtime, stopped.args[0], summary, cursor_name, next_cursor, flow_run_id)
+        where = f"saved as failed batch {summary.failed_batches}" if summary.failed_batches else "to be retried"
         raise PageIncomplete(
             summary,
-            "Customer.io is failing transiently (429/5xx/timeouts) even after retries; "
-            "the run stopped and this page will be picked up again by the next run.",
+            "Customer.io kept failing (429/5xx/timeouts) even after retries, so the run stopped; "
+            f"the unsent users of the page are {where}.",
         ) from None
 
     record_page(runtime, outcomes, summary, cursor_name, next_cursor, flow_run_id)
     synced = [o.plan.hull_id for o in outcomes if o.ok]
-    if synced:
+    if synced and runtime.write_backs is not None:
+        runtime.write_backs.submit(synced)  # sent while the next page is synced; counted at the end
+    elif synced:
         sent, error = write_back(runtime.hull, runtime.engine, settings.user_id_mapping, hull_ids=synced)
         summary.writeback_sent += sent
         if error:

@@ -6,6 +6,7 @@ Hull accepted the traits, so a Hull outage delays write-backs but never loses th
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy import Engine
@@ -54,3 +55,39 @@ def write_back(
         return 0, f"Hull write-back of {len(rows)} users postponed: {exc}"
     clear_writeback_pending(engine, rows)
     return len(rows), None
+
+
+class WriteBackPipeline:
+    """Sends each page's write-back from a background thread while the flow syncs the next
+    page, so Hull's time (signing and verifying a token per user) overlaps with Customer.io's
+    instead of adding to it. At most one page is in flight: `submit` first collects the
+    previous page's result. Rows stay `writeback_pending` until Hull accepted them, exactly as
+    with the synchronous `write_back`, so a crash loses nothing. AuthError surfaces at the
+    next `submit` or at `drain`."""
+
+    def __init__(self, hull: HullClient, engine: Engine, user_id_mapping: str):
+        self.hull, self.engine, self.user_id_mapping = hull, engine, user_id_mapping
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hull-writeback")
+        self._in_flight: Future | None = None
+        self.sent = 0
+        self.errors: list[str] = []
+
+    def submit(self, hull_ids: list[str]) -> None:
+        self._collect()
+        self._in_flight = self._pool.submit(write_back, self.hull, self.engine, self.user_id_mapping, hull_ids=hull_ids)
+
+    def drain(self) -> tuple[int, list[str]]:
+        """Waits for the last page; returns (sent, errors) of every page submitted."""
+        try:
+            self._collect()
+        finally:
+            self._pool.shutdown(wait=True)
+        return self.sent, self.errors
+
+    def _collect(self) -> None:
+        future, self._in_flight = self._in_flight, None
+        if future is not None:
+            sent, error = future.result()
+            self.sent += sent
+            if error:
+                self.errors.append(error)

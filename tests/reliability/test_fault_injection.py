@@ -150,3 +150,21 @@ def test_sigkill_mid_run_then_rerun_converges(baseline, sim_env, hull_sim, cio_s
     sync_users(**SETTINGS)
     assert customerio_state(cio_sim) == expected
     assert_events_exactly_once(cio_sim, expected)
+
+
+def test_events_failing_after_retries_go_to_a_failed_batch_and_rerun_once(baseline, sim_env, hull_sim, cio_sim):
+    expected = baseline(40)
+    seed(hull_sim, 40)
+    cio_sim.faults.force("/events", 503, method="POST")
+    with pytest.raises(SyncFailed, match=r"0 users and \d+ events could not be sent"):
+        sync_users(**SETTINGS)
+    batches = list_failed_batches(db.get_engine(sim_env["STATE_DATABASE_URL"]))
+    assert [b["kind"] for b in batches] == ["events"] and cio_sim.events == []
+
+    cio_sim.faults.clear()
+    result = rerun_failed_batches()
+    assert {row["result"] for row in result["batches"]} == {"resolved"}
+    rerun_failed_batches(batch_ids=[batches[0]["id"]])  # twice: nothing new
+    sync_users(**SETTINGS)
+    assert customerio_state(cio_sim) == expected
+    assert_events_exactly_once(cio_sim, expected)
