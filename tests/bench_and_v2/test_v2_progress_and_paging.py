@@ -162,6 +162,9 @@ def test_cli_draws_a_bar_only_on_a_terminal(monkeypatch, terminal):
         return {"pages": 2}
 
     monkeypatch.setattr(flows.sync_users, "sync_users", fake_sync_users)
+    for name in ("HULL_ORGANIZATION", "HULL_CONNECTOR_ID", "HULL_CONNECTOR_SECRET",
+                 "CUSTOMERIO_SITE_ID", "CUSTOMERIO_API_KEY"):  # the CLI checks they are set first
+        monkeypatch.setenv(name, "set-for-the-test")
     out = FakeTerminal() if terminal else io.StringIO()
     monkeypatch.setattr("sys.stdout", out)
     assert cli.main(["sync-users"]) == 0
