@@ -113,52 +113,38 @@ class HullClient(ApiClient):
                 return segments
             page += 1
 
+    def _search(self, path: str, sort_field: str, order: str, filters: list[dict], page: int, per_page: int,
+                must_not: list[dict] | None) -> dict:
+        query: dict[str, Any] = {"filter": filters}
+        if must_not:
+            query["must_not"] = must_not
+        body = {"query": {"bool": query}, "sort": {sort_field: order}, "raw": True, "page": page, "per_page": per_page}
+        return self.request("POST", path, json_body=body).json()
+
+    def _by_ids(self, search, field: str, ids: list[str]) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(ids), MAX_PER_PAGE):
+            found.extend(search([{"terms": {field: ids[start : start + MAX_PER_PAGE]}}], 1, MAX_PER_PAGE)["data"])
+        return found
+
     def search_users(
         self, filters: list[dict], page: int, per_page: int = MAX_PER_PAGE, must_not: list[dict] | None = None,
         order: str = "asc",
     ) -> dict:
-        query: dict[str, Any] = {"filter": filters}
-        if must_not:
-            query["must_not"] = must_not
-        body = {
-            "query": {"bool": query},
-            "sort": {"indexed_at": order},
-            "raw": True,
-            "page": page,
-            "per_page": per_page,
-        }
-        return self.request("POST", "/search/user_reports", json_body=body).json()
+        return self._search("/search/user_reports", "indexed_at", order, filters, page, per_page, must_not)
 
     def users_by_ids(self, hull_ids: list[str]) -> list[dict[str, Any]]:
-        users: list[dict[str, Any]] = []
-        for start in range(0, len(hull_ids), MAX_PER_PAGE):
-            chunk = hull_ids[start : start + MAX_PER_PAGE]
-            users.extend(self.search_users([{"terms": {"id": chunk}}], 1, MAX_PER_PAGE)["data"])
-        return users
+        return self._by_ids(self.search_users, "id", hull_ids)
 
     def search_events(
         self, filters: list[dict], page: int, per_page: int = MAX_PER_PAGE, must_not: list[dict] | None = None
     ) -> dict:
-        query: dict[str, Any] = {"filter": filters}
-        if must_not:
-            query["must_not"] = must_not
-        body = {
-            "query": {"bool": query},
-            "sort": {"created_at": "asc"},
-            "raw": True,
-            "page": page,
-            "per_page": per_page,
-        }
-        result = self.request("POST", "/search/events", json_body=body).json()
+        result = self._search("/search/events", "created_at", "asc", filters, page, per_page, must_not)
         result["data"] = [normalize_event(e) for e in result.get("data", [])]
         return result
 
     def events_by_ids(self, hull_event_ids: list[str]) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
-        for start in range(0, len(hull_event_ids), MAX_PER_PAGE):
-            chunk = hull_event_ids[start : start + MAX_PER_PAGE]
-            events.extend(self.search_events([{"terms": {"event_id": chunk}}], 1, MAX_PER_PAGE)["data"])
-        return events
+        return self._by_ids(self.search_events, "event_id", hull_event_ids)
 
     def iter_events(self, filters: list[dict], per_page: int = MAX_PER_PAGE) -> Iterator[dict[str, Any]]:
         """Walks every page of an event search that fits in one result window."""

@@ -7,6 +7,7 @@ from sqlalchemy import select
 
 from cio_sync import db, progress
 from flows.sync_users import sync_users
+from tests.builders import hull_user
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -17,17 +18,7 @@ SETTINGS = dict(
 )
 
 
-def user(n: int, segments=("s-vip",), **extra) -> dict:
-    return {
-        "id": f"5bd329d5e2bcf3eeaf{n:06d}",
-        "email": f"user{n}@example.com",
-        "external_id": f"u-{n}",
-        "created_at": "2020-01-01T00:00:00Z",
-        "segment_ids": list(segments),
-        "traits_plan": "gold",
-        "traits_coconuts": n,
-        **extra,
-    }
+user = hull_user
 
 
 @pytest.fixture

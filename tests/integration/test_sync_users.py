@@ -9,22 +9,12 @@ from cio_sync import db
 from cio_sync.settings import MissingSettingsError
 from flows.sync_users import SyncFailed, sync_users
 from tests.conftest import HULL_CONNECTOR_ID
+from tests.builders import hull_user
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
-def user(n: int, segments=("s-vip",), **extra) -> dict:
-    return {
-        "id": f"5bd329d5e2bcf3eeaf{n:06d}",
-        "email": f"user{n}@example.com",
-        "external_id": f"u-{n}",
-        "name": f"User {n}",
-        "created_at": "2020-01-01T00:00:00Z",
-        "segment_ids": list(segments),
-        "traits_plan": "gold",
-        "traits_coconuts": n,
-        **extra,
-    }
+user = hull_user
 
 
 @pytest.fixture
