@@ -103,7 +103,11 @@ def test_prefetching_reader_walks_exactly_like_the_plain_one(seeded_hull):
     assert first.remaining == 1234
 
 
-def test_hull_simulator_keyset_fast_path_matches_the_general_search(seeded_hull):
+@pytest.mark.parametrize("sweep_every", [5_000, 7])
+def test_hull_simulator_keyset_fast_path_matches_the_general_search(seeded_hull, monkeypatch, sweep_every):
+    import simulators.hull
+
+    monkeypatch.setattr(simulators.hull, "DEAD_KEYS_SWEEP", sweep_every)
     hull_sim, client = seeded_hull
     cursors = [Cursor()]
     cursor = Cursor()
@@ -111,8 +115,14 @@ def test_hull_simulator_keyset_fast_path_matches_the_general_search(seeded_hull)
         page = fetch_users_page(client, cursor, 130)
         cursor = page.cursor
         cursors.append(cursor)
+        # As the write-back does: re-index some users just read, leaving stale index entries.
+        hull_sim.advance(1)
+        for user in page.users[:20]:
+            hull_sim.set_trait(user["id"], "customerio/id", user.get("external_id"))
+    hull_sim.remove_user(page.users[-1]["id"])
     assert any(len(c.seen_ids) > 1 for c in cursors)
     with hull_sim.lock:
+        assert len(hull_sim._order) - len(hull_sim._dead_keys) == len(hull_sim.users) == 1233
         for c in cursors:
             filters, must_not = users_query(c)
             query = {"bool": {"filter": filters, "must_not": must_not}}
