@@ -226,10 +226,3 @@ def chunk_attributes(attributes: dict[str, Any], max_per_call: int) -> list[dict
     """
     ordered = sorted(attributes.items(), key=lambda kv: (kv[0] not in ("id", "email"), kv[0]))
     return [dict(ordered[i : i + max_per_call]) for i in range(0, len(ordered), max_per_call)] or [{}]
-
-
-def hull_identity(user_claims_source: dict[str, Any], user_id_mapping: str) -> dict[str, Any]:
-    """Whom a write-back to Hull is about: the external_id when that is the mapped id, else the Hull id."""
-    if user_id_mapping == "external_id" and user_claims_source.get("external_id"):
-        return {"external_id": user_claims_source["external_id"]}
-    return {"id": user_claims_source["hull_id"]}

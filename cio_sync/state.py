@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Iterable
 
 import pandas as pd
@@ -131,9 +130,3 @@ def count_pending_writebacks(engine: Engine) -> int:
         return connection.execute(
             select(func.count()).select_from(user_state).where(user_state.c.writeback_pending.is_(True))
         ).scalar_one()
-
-
-def parse_time(value: str | datetime | None) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))

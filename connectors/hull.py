@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -145,17 +144,6 @@ class HullClient(ApiClient):
 
     def events_by_ids(self, hull_event_ids: list[str]) -> list[dict[str, Any]]:
         return self._by_ids(self.search_events, "event_id", hull_event_ids)
-
-    def iter_events(self, filters: list[dict], per_page: int = MAX_PER_PAGE) -> Iterator[dict[str, Any]]:
-        """Walks every page of an event search that fits in one result window."""
-        page = 1
-        while True:
-            result = self.search_events(filters, page, per_page)
-            yield from result["data"]
-            pages = result.get("pagination", {}).get("pages", 0)
-            if page >= pages or not result["data"] or (page + 1) * per_page > RESULT_WINDOW:
-                return
-            page += 1
 
     # ----- writes ------------------------------------------------------------------
     def token(self, claims: dict[str, Any], hull_id: str | None = None, create: bool = True) -> str:

@@ -6,8 +6,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from cio_sync.mapping import resolve_segments
 from cio_sync.sharding import WHOLE, Shard
@@ -126,19 +124,6 @@ class UserPagePrefetcher:
     def close(self) -> None:
         self._ahead = None
         self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def fetch_users_batch(
-    hull: HullClient, cursor: Cursor, batch_size: int, shard: Shard = WHOLE
-) -> tuple[list[dict[str, Any]], Cursor]:
-    """Up to `batch_size` users after `cursor` (only `shard`'s), and the cursor just past them."""
-    page = fetch_users_page(hull, cursor, batch_size, shard)
-    return page.users, page.cursor
-
-
-@task(name="fetch-users", cache_policy=NO_CACHE)
-def fetch_users_task(hull: HullClient, cursor: Cursor, batch_size: int, shard: Shard = WHOLE):
-    return fetch_users_batch(hull, cursor, batch_size, shard)
 
 
 def load_segments(runtime, summary, logger) -> None:

@@ -83,7 +83,7 @@ def record_page(
                 connection, USERS,
                 # The settings travel with the batch: a rerun redoes it as the failed run would have.
                 {"hull_ids": [o.plan.hull_id for o in retryable], "settings": runtime.settings.model_dump(mode="json")},
-                next(o.error for o in retryable if o.error_kind == "transient"), flow_run_id,
+                next((o.error for o in retryable if o.error_kind == "transient"), retryable[0].error), flow_run_id,
             )
             summary.failed_batches.append(batch_id)
         if next_cursor is not None:
