@@ -103,6 +103,12 @@ def cmd_failed_list(args) -> int:
         print("no failed batches" if args.all else "no open failed batches")
     for batch in batches:
         print(describe(batch))
+    from cio_sync.webhooks.inbox import FAILED, count_by_status
+
+    failed_webhooks = count_by_status(engine)[FAILED]
+    if failed_webhooks:
+        print(f"webhook inbox: {failed_webhooks} rows failed (their reasons are on the rows; "
+              "`cio-sync failed rerun --webhooks` sends them again)")
     return 0
 
 
@@ -113,7 +119,7 @@ def cmd_failed_rerun(args) -> int:
     _require_credentials()
 
     try:
-        result = rerun_failed_batches(batch_ids=args.ids or None)
+        result = rerun_failed_batches(batch_ids=args.ids or None, requeue_failed_webhooks=args.webhooks)
     except (RerunIncomplete, AuthError) as exc:
         print(f"rerun incomplete: {exc}", file=sys.stderr)
         return 1
@@ -195,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(func=cmd_failed_list)
     rerun = failed_sub.add_parser("rerun", help="redo failed batches (all open ones when no id is given)")
     rerun.add_argument("ids", nargs="*", type=int)
+    rerun.add_argument("--webhooks", action="store_true", help="also send webhook inbox rows marked failed again")
     rerun.set_defaults(func=cmd_failed_rerun)
 
     p = sub.add_parser("db", help="state database maintenance")

@@ -63,9 +63,13 @@ def rerun_batch(batch: dict[str, Any], run_id: str | None, global_rate_limit: bo
 
 
 @flow(name="rerun-failed-batches", log_prints=False)
-def rerun_failed_batches(batch_ids: list[int] | None = None, global_rate_limit: bool = False) -> dict[str, Any]:
+def rerun_failed_batches(
+    batch_ids: list[int] | None = None, global_rate_limit: bool = False, requeue_failed_webhooks: bool = False
+) -> dict[str, Any]:
     """Reruns the given failed batches, or every open one when `batch_ids` is empty.
-    `global_rate_limit`: take Customer.io request slots from the limit shared with sync runs."""
+    `global_rate_limit`: take Customer.io request slots from the limit shared with sync runs.
+    `requeue_failed_webhooks`: also put webhook inbox rows marked `failed` back to pending and
+    drain them now (after fixing what made them fail, e.g. a long Hull outage)."""
     logger = get_run_logger()
     from cio_sync import db
     from cio_sync.settings import StateSettings
@@ -74,6 +78,8 @@ def rerun_failed_batches(batch_ids: list[int] | None = None, global_rate_limit: 
     batches = list_failed_batches(engine, status=None if batch_ids else "open", ids=batch_ids)
     run_id = str(flow_run.get_id() or "") or None
     rows, total = [], SyncSummary()
+    if requeue_failed_webhooks:
+        rows.append(_rerun_webhooks(engine))
     for batch in batches:
         if batch["status"] != "open":
             rows.append({"batch": batch["id"], "kind": batch["kind"], "result": "already resolved", "error": ""})
@@ -90,3 +96,16 @@ def rerun_failed_batches(batch_ids: list[int] | None = None, global_rate_limit: 
     if still_open:
         raise RerunIncomplete(f"failed batches still open after this rerun: {still_open}")
     return {"batches": rows, "summary": total.to_dict()}
+
+
+def _rerun_webhooks(engine) -> dict[str, Any]:
+    from cio_sync.webhooks.inbox import FAILED, count_by_status, requeue_failed
+    from flows.drain_webhooks import drain_webhooks
+
+    requeued = requeue_failed(engine)
+    if requeued:
+        drain_webhooks()
+    left = count_by_status(engine)[FAILED]
+    return {"batch": "webhooks", "kind": "webhooks",
+            "result": "resolved" if not left else "still open",
+            "error": f"{requeued} failed inbox rows requeued, {left} failed again" if requeued else ""}

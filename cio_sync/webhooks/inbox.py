@@ -236,3 +236,14 @@ def _held_by(worker_id: str, ids: list[int]):
 
 def _trim(error: str) -> str:
     return error if len(error) <= MAX_ERROR_LENGTH else error[: MAX_ERROR_LENGTH - 3] + "..."
+
+
+def requeue_failed(engine: Engine) -> int:
+    """Puts every `failed` row back to `pending` with a fresh attempt budget, for a manual
+    rerun after the cause was fixed. The last error stays on the row until it is retried."""
+    with engine.begin() as connection:
+        return connection.execute(
+            update(webhook_inbox)
+            .where(webhook_inbox.c.status == FAILED)
+            .values(status=PENDING, attempts=0, claimed_by=None, claimed_at=None)
+        ).rowcount
