@@ -17,14 +17,17 @@ DEMO_ATTRIBUTES = ["first_name", "last_name", "traits_plan", "traits_coconuts", 
 def _table(runs: list[tuple[str, dict]]) -> str:
     metrics: list[str] = []
     values: dict[str, dict[str, object]] = {}
+    # Every run shows the same rows, in the same order, even where one run had none of a kind.
+    reasons = sorted({k for _, summary in runs for k in summary["skip_reasons"]})
+    calls = sorted({k for _, summary in runs for k in summary["calls"]})
     for title, summary in runs:
         rows = {}
         for key in ("insert", "update", "delete", "skip"):
             rows[f"decision: {key}"] = summary["decisions"].get(key, 0)
-        for key, value in sorted(summary["skip_reasons"].items()):
-            rows[f"  skipped: {key}"] = value
-        for key, value in sorted(summary["calls"].items()):
-            rows[f"Customer.io calls: {key}"] = value
+        for key in reasons:
+            rows[f"  skipped: {key}"] = summary["skip_reasons"].get(key, 0)
+        for key in calls:
+            rows[f"Customer.io calls: {key}"] = summary["calls"].get(key, 0)
         rows["failed users"] = sum(summary["failed_users"].values())
         rows["Hull write-backs sent"] = summary["writeback_sent"]
         for metric in rows:
