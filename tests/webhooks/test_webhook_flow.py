@@ -27,7 +27,7 @@ def drain_env(monkeypatch, tmp_path, hull_sim, sqlite_url):
 
 def test_drain_flow_sends_the_inbox_and_publishes_a_summary(prefect_harness, drain_env, hull_sim, sqlite_url):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
     from flows.drain_webhooks import SUMMARY_ARTIFACT_KEY, drain_webhooks
 
@@ -39,7 +39,8 @@ def test_drain_flow_sends_the_inbox_and_publishes_a_summary(prefect_harness, dra
     for payload in payloads:
         inbox.store_payload(engine, payload["event_id"], json.dumps(payload))
 
-    summary = drain_webhooks(batch_size=4)
+    state = drain_webhooks(batch_size=4, return_state=True)
+    summary = state.result()
 
     assert {k: summary[k] for k in ("batches", "sent", "ignored", "failed", "pending")} == {
         "batches": 2, "sent": 4, "ignored": 1, "failed": 1, "pending": 0}
@@ -47,7 +48,9 @@ def test_drain_flow_sends_the_inbox_and_publishes_a_summary(prefect_harness, dra
     assert len(hull_sim.tracked_events) == 4
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[SUMMARY_ARTIFACT_KEY]))
+            # This run's artifact only: other tests of the session publish under the same key.
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[SUMMARY_ARTIFACT_KEY]),
+                                           flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]))
         )
     assert artifacts, "the run published no summary artifact"
     table = artifacts[0].data if isinstance(artifacts[0].data, list) else json.loads(artifacts[0].data)
