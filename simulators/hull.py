@@ -102,6 +102,15 @@ def _first(key: tuple) -> float:
     return key[0]
 
 
+def query_predicate(query: Any, clause_predicate):
+    """A bool query as one predicate: every required clause holds and no `must_not` query
+    (itself possibly a bool) matches. Users and events differ only in `clause_predicate`."""
+    required, excluded = split_query(query)
+    must = [clause_predicate(clause) for clause in required]
+    must_not = [query_predicate(q, clause_predicate) for q in excluded]
+    return lambda item: all(p(item) for p in must) and not any(p(item) for p in must_not)
+
+
 class HullSimulator(SimulatorServer):
     """In-memory Hull organization with one connector.
 
@@ -589,11 +598,7 @@ class HullSimulator(SimulatorServer):
         raise QueryError(f"unsupported filter {kind!r} on user_reports")
 
     def _user_query_predicate(self, query: Any):
-        required, excluded = split_query(query)
-        must = [self._user_clause_predicate(clause) for clause in required]
-        must_not = [self._user_query_predicate(q) for q in excluded]
-        return lambda doc: (all(p(doc) for p in must)
-                            and not any(p(doc) for p in must_not))
+        return query_predicate(query, self._user_clause_predicate)
 
     def _search_events(self, req: Request):
         self._authorize(req)
@@ -664,11 +669,7 @@ class HullSimulator(SimulatorServer):
         raise QueryError(f"unsupported filter {kind!r} on events")
 
     def _event_query_predicate(self, query: Any):
-        required, excluded = split_query(query)
-        must = [self._event_clause_predicate(clause) for clause in required]
-        must_not = [self._event_query_predicate(q) for q in excluded]
-        return lambda entry: (all(p(entry) for p in must)
-                              and not any(p(entry) for p in must_not))
+        return query_predicate(query, self._event_clause_predicate)
 
     # -- firehose ------------------------------------------------------------------
     def _firehose(self, req: Request):
