@@ -194,7 +194,7 @@ class Ticker:
 def identify_calls(hull_url: str, limit: int) -> list[tuple[str, dict]]:
     """The connector's own identify calls for the first `limit` seeded users: same mapping,
     same chunking, same paths."""
-    from cio_sync.mapping import chunk_attributes, map_user
+    from cio_sync.rules.mapping import chunk_attributes, map_user
     from cio_sync.settings import ConnectorSettings
     from connectors.customerio import customer_path
     from connectors.hull import HullClient

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import MutableMapping
+from collections.abc import MutableMapping
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def load_secret_blocks(environ: MutableMapping[str, str] | None = None) -> list[
         except ValueError:  # no such block: the settings check will name the variable
             logger.debug("no Prefect Secret block %r for %s", block_name, env_name)
             continue
-        value = secret.get()
+        value = secret.get()  # type: ignore[union-attr]  # sync context: a value, not a coroutine
         if value:
             environ[env_name] = str(value)
             loaded.append(env_name)

@@ -8,10 +8,13 @@ an artifact shows `**********` instead of the secret.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from connectors.http import RetryPolicy
 
 DEFAULT_DATA_DIR = Path("data")
 US_TRACK_URL = "https://track.customer.io"
@@ -130,9 +133,19 @@ class ConnectorSettings(BaseSettings):
     customerio_api: Literal["v1", "v2_batch"] = "v1"
 
     @classmethod
-    def resolve(cls, **overrides: Any) -> "ConnectorSettings":
-        """Build settings from explicit values (flow parameters) over the environment."""
-        return cls(**{k: v for k, v in overrides.items() if v is not None})
+    def resolve(cls, **overrides: Any) -> ConnectorSettings:
+        """Build settings from explicit values (flow parameters) over the environment.
+        Names that are not settings (other flow parameters) are ignored, so a flow can pass
+        all of its parameters."""
+        return cls(**{k: v for k, v in overrides.items() if v is not None and k in cls.model_fields})
+
+
+class LeaseSettings(BaseSettings):
+    """How long a sync run's lease lasts without renewal (cio_sync/store/lease.py). Environment only."""
+
+    model_config = _env_config("SYNC_")
+
+    lease_ttl_seconds: float = Field(default=600.0, gt=0)
 
 
 def require(*missing_lists: list[str]) -> None:
@@ -152,7 +165,7 @@ class RetrySettings(BaseSettings):
     backoff_max_seconds: float = Field(default=30.0, ge=0)
     timeout_seconds: float = Field(default=10.0, gt=0)
 
-    def policy(self):
+    def policy(self) -> RetryPolicy:
         from connectors.http import RetryPolicy
 
         return RetryPolicy(

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+import requests
+
 from connectors.http import ApiClient, RetryPolicy
-from connectors.ratelimit import RateLimiter
+from connectors.ratelimit import LocalLimiter
+
+if TYPE_CHECKING:
+    from cio_sync.settings import CustomerIoCredentials
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -27,18 +32,19 @@ class CustomerIoClient(ApiClient):
         api_key: str,
         *,
         retry: RetryPolicy | None = None,
-        rate_limiter: RateLimiter | None = None,
+        rate_limiter: LocalLimiter | None = None,
         pool_size: int = 16,
     ):
         super().__init__(base_url, retry=retry, rate_limiter=rate_limiter, pool_size=pool_size)
         self.session.auth = (site_id, api_key)
 
     @classmethod
-    def from_settings(cls, credentials, *, rate_limiter=None, retry=None, pool_size=16) -> "CustomerIoClient":
+    def from_settings(cls, credentials: CustomerIoCredentials, *, rate_limiter: LocalLimiter | None = None,
+                      retry: RetryPolicy | None = None, pool_size: int = 16) -> CustomerIoClient:
         return cls(
             credentials.base_url,
-            credentials.site_id,
-            credentials.api_key.get_secret_value(),
+            credentials.site_id or "",
+            credentials.api_key.get_secret_value() if credentials.api_key else "",
             retry=retry,
             rate_limiter=rate_limiter,
             pool_size=pool_size,
@@ -46,7 +52,8 @@ class CustomerIoClient(ApiClient):
 
     def check_credentials(self) -> dict[str, Any]:
         """`GET /api/v1/accounts/region`: validates credentials and tells the workspace's region."""
-        return self.request("GET", "/api/v1/accounts/region").json()
+        region: dict[str, Any] = self.request("GET", "/api/v1/accounts/region").json()
+        return region
 
     def identify(self, identifier: str, attributes: dict[str, Any]) -> None:
         self.request("PUT", customer_path(identifier), json_body=attributes)
@@ -60,11 +67,11 @@ class CustomerIoClient(ApiClient):
     def track_anonymous(self, event: dict[str, Any]) -> None:
         self.request("POST", "/api/v1/events", json_body=event)
 
-    def batch(self, entries: list[dict[str, Any]]):
+    def batch(self, entries: list[dict[str, Any]]) -> requests.Response:
         """`POST /api/v2/batch`; returns the response (200, or 207 with per-entry errors)."""
         return self.request("POST", "/api/v2/batch", json_body={"batch": entries})
 
-    def request_batch(self, body: bytes):
+    def request_batch(self, body: bytes) -> requests.Response:
         """`POST /api/v2/batch` with a body serialised by the caller, so that the bytes checked
         against the 500 KB limit are exactly the bytes sent."""
         return self.request("POST", "/api/v2/batch", data=body, headers=JSON_HEADERS)

@@ -19,9 +19,10 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from typing_extensions import Self
 from urllib3.util.retry import Retry
 
-from connectors.ratelimit import RateLimiter
+from connectors.ratelimit import LocalLimiter
 
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -106,7 +107,7 @@ class ApiClient:
         base_url: str,
         *,
         retry: RetryPolicy | None = None,
-        rate_limiter: RateLimiter | None = None,
+        rate_limiter: LocalLimiter | None = None,
         pool_size: int = 16,
     ):
         self.base_url = base_url.rstrip("/")
@@ -123,17 +124,17 @@ class ApiClient:
     def close(self) -> None:
         self.session.close()
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def url(self, path: str) -> str:
         return f"{self.base_url}{path}"
 
     def request(
-        self, method: str, path: str, *, json_body: Any = None, url: str | None = None, headers=None,
+        self, method: str, path: str, *, json_body: Any = None, url: str | None = None, headers: dict[str, str] | None = None,
         data: bytes | None = None,
     ) -> requests.Response:
         if self.rate_limiter is not None:

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 
 from connectors.http import ApiClient, RetryPolicy
+
+if TYPE_CHECKING:
+    from cio_sync.settings import HullCredentials
 
 MAX_PER_PAGE = 100
 RESULT_WINDOW = 10_000  # Elasticsearch's page x per_page limit
@@ -91,14 +95,14 @@ class HullClient(ApiClient):
         )
 
     @classmethod
-    def from_settings(cls, credentials, retry: RetryPolicy | None = None) -> "HullClient":
+    def from_settings(cls, credentials: HullCredentials, retry: RetryPolicy | None = None) -> HullClient:
         organization = credentials.organization or ""
         return cls(
             credentials.base_url,
             credentials.firehose_url,
             organization,
-            credentials.connector_id,
-            credentials.connector_secret.get_secret_value(),
+            credentials.connector_id or "",
+            credentials.connector_secret.get_secret_value() if credentials.connector_secret else "",
             retry=retry,
         )
 
@@ -112,32 +116,33 @@ class HullClient(ApiClient):
                 return segments
             page += 1
 
-    def _search(self, path: str, sort_field: str, order: str, filters: list[dict], page: int, per_page: int,
-                must_not: list[dict] | None) -> dict:
+    def _search(self, path: str, sort_field: str, order: str, filters: list[dict[str, Any]], page: int, per_page: int,
+                must_not: list[dict[str, Any]] | None) -> dict[str, Any]:
         query: dict[str, Any] = {"filter": filters}
         if must_not:
             query["must_not"] = must_not
         body = {"query": {"bool": query}, "sort": {sort_field: order}, "raw": True, "page": page, "per_page": per_page}
-        return self.request("POST", path, json_body=body).json()
+        result: dict[str, Any] = self.request("POST", path, json_body=body).json()
+        return result
 
-    def _by_ids(self, search, field: str, ids: list[str]) -> list[dict[str, Any]]:
+    def _by_ids(self, search: Callable[..., dict[str, Any]], field: str, ids: list[str]) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
         for start in range(0, len(ids), MAX_PER_PAGE):
             found.extend(search([{"terms": {field: ids[start : start + MAX_PER_PAGE]}}], 1, MAX_PER_PAGE)["data"])
         return found
 
     def search_users(
-        self, filters: list[dict], page: int, per_page: int = MAX_PER_PAGE, must_not: list[dict] | None = None,
+        self, filters: list[dict[str, Any]], page: int, per_page: int = MAX_PER_PAGE, must_not: list[dict[str, Any]] | None = None,
         order: str = "asc",
-    ) -> dict:
+    ) -> dict[str, Any]:
         return self._search("/search/user_reports", "indexed_at", order, filters, page, per_page, must_not)
 
     def users_by_ids(self, hull_ids: list[str]) -> list[dict[str, Any]]:
         return self._by_ids(self.search_users, "id", hull_ids)
 
     def search_events(
-        self, filters: list[dict], page: int, per_page: int = MAX_PER_PAGE, must_not: list[dict] | None = None
-    ) -> dict:
+        self, filters: list[dict[str, Any]], page: int, per_page: int = MAX_PER_PAGE, must_not: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
         result = self._search("/search/events", "created_at", "asc", filters, page, per_page, must_not)
         result["data"] = [normalize_event(e) for e in result.get("data", [])]
         return result
@@ -149,7 +154,7 @@ class HullClient(ApiClient):
     def token(self, claims: dict[str, Any], hull_id: str | None = None, create: bool = True) -> str:
         return user_token(self.connector_id, self._secret, claims, hull_id, create)
 
-    def traits_message(self, claims: dict[str, Any], traits: dict[str, Any], hull_id: str | None = None) -> dict:
+    def traits_message(self, claims: dict[str, Any], traits: dict[str, Any], hull_id: str | None = None) -> dict[str, Any]:
         now = iso(datetime.now(timezone.utc))
         return {
             "type": "traits",
@@ -159,7 +164,7 @@ class HullClient(ApiClient):
             "timestamp": now,
         }
 
-    def track_message(self, claims: dict[str, Any], event: dict[str, Any]) -> dict:
+    def track_message(self, claims: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
         return {
             "type": "track",
             "requestId": str(uuid.uuid4()),

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Protocol
+
+
+class LocalLimiter(Protocol):
+    """Anything that hands out one request slot per `acquire()`."""
+
+    def acquire(self) -> None: ...
 
 
 class RateLimiter:

@@ -14,7 +14,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from cio_sync import check
+from cio_sync.pipeline import check
 from cio_sync.secrets import load_secret_blocks
 from cio_sync.settings import ConnectorSettings
 

@@ -15,11 +15,11 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from cio_sync.db import get_engine
 from cio_sync.secrets import load_secret_blocks
 from cio_sync.settings import ConnectorSettings, HullCredentials, StateSettings, require
+from cio_sync.store.db import get_engine
 from cio_sync.webhooks.inbox import DONE, FAILED, IGNORED, PENDING, PROCESSING, count_by_status
-from tasks.drain import drain_batch_task
+from tasks.drain_webhook_batch import drain_webhook_batch_task
 
 SUMMARY_ARTIFACT_KEY = "drain-webhooks-summary"
 
@@ -66,7 +66,7 @@ def drain_webhooks(
     totals = {"batches": 0, "sent": 0, "ignored": 0, "failed": 0, "requeued": 0}
     stopped: str | None = None
     while max_batches is None or totals["batches"] < max_batches:
-        counts = drain_batch_task(database_url, hull_credentials, settings, batch_size, worker)
+        counts = drain_webhook_batch_task(database_url, hull_credentials, settings, batch_size, worker)
         if counts["claimed"] == 0:
             break
         totals["batches"] += 1

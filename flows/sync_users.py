@@ -2,36 +2,48 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
-from cio_sync.lease import Lease, LeaseHeld
-from cio_sync.runtime import build_runtime
-from cio_sync.settings import ConnectorSettings
-from cio_sync.sharding import WHOLE, Shard
-from cio_sync.state import count_pending_writebacks, read_cursor
-from cio_sync.summary import SyncSummary
+from cio_sync.pipeline.events_page import EVENTS_CURSOR
+from cio_sync.pipeline.extract import UserPagePrefetcher, resolve_run_segments, walk_bound
+from cio_sync.pipeline.progress import SyncProgress
+from cio_sync.pipeline.summary import SyncSummary
+from cio_sync.pipeline.users_page import PageIncomplete
+from cio_sync.pipeline.writeback import WriteBackPipeline, write_back
+from cio_sync.rules.sharding import WHOLE, Shard
+from cio_sync.runtime import SyncRuntime, build_runtime
+from cio_sync.settings import ConnectorSettings, LeaseSettings
+from cio_sync.store.cursors import read_cursor
+from cio_sync.store.lease import Lease, LeaseHeld
+from cio_sync.store.users import count_pending_writebacks
 from connectors.http import AuthError
-from cio_sync.progress import SyncProgress
-from tasks.extract import UserPagePrefetcher, load_segments, walk_bound
-from tasks.events import EVENTS_CURSOR, fetch_events_task, sync_events_page_task
-from tasks.global_rate_limit import use_global_rate_limit
-from tasks.sync_page import PageIncomplete, sync_page_task
-from tasks.writeback import WriteBackPipeline, write_back
+from tasks.sync_events_page import sync_events_page_task
+from tasks.sync_users_page import sync_users_page_task
 
 USERS_CURSOR = "users"
 NO_SEGMENTS_WARNING = (
     "No users will be synchronized because you have not specified at least one whitelisted "
     "segment in Settings (synchronized_segments)."
 )
+
+
+T = TypeVar("T")
+
+
+def quoted(value: T) -> T:
+    """`quote(value)`, typed as the value: Prefect passes it through untouched instead of walking
+    every element of every argument to track dependencies (~2 s for a page of 500 users)."""
+    return cast(T, quote(value))
 
 
 class SyncFailed(Exception):
@@ -71,47 +83,31 @@ def sync_users(
     """Pushes users changed in Hull since the last run to Customer.io.
 
     Every setting left empty falls back to the environment variable of the same name in
-    upper case, then to the original connector's default. Credentials come only from the
-    environment, never from parameters.
+    upper case, then to the original connector's default (cio_sync/settings.py). Credentials
+    come only from the environment, never from parameters.
 
     `shard_count`/`shard_index`: this run handles only the users whose Hull id hashes to
-    `shard_index` (see cio_sync/sharding.py), with its own cursors. `global_rate_limit`: also
-    take Customer.io request slots from the Prefect limit shared by all shards and workers.
+    `shard_index` (see cio_sync/rules/sharding.py), with its own cursors. `global_rate_limit`:
+    also take Customer.io request slots from the Prefect limit shared by all shards and workers.
     """
     logger = get_run_logger()
     shard = Shard(shard_index, shard_count)
-    settings = ConnectorSettings.resolve(
-        synchronized_segments=synchronized_segments,
-        synchronized_attributes=synchronized_attributes,
-        user_id_mapping=user_id_mapping,
-        enable_user_deletion=enable_user_deletion,
-        events_filter=events_filter,
-        anonymous_events=anonymous_events,
-        max_attributes_per_call=max_attributes_per_call,
-        max_attribute_name_length=max_attribute_name_length,
-        max_attribute_value_length=max_attribute_value_length,
-        max_identifier_value_length=max_identifier_value_length,
-        rate_limit_per_second=rate_limit_per_second,
-        push_concurrency=push_concurrency,
-        users_per_batch=users_per_batch,
-        customerio_api=customerio_api,
-    )
-    runtime = build_runtime(settings, dry_run=dry_run)
-    if global_rate_limit:
-        use_global_rate_limit(runtime)
-    summary = SyncSummary()
+    # Every parameter that names a setting (the others are dropped by `resolve`).
+    settings = ConnectorSettings.resolve(**locals())
+    runtime = build_runtime(settings, dry_run=dry_run, global_rate_limit=global_rate_limit)
+    lease: Lease | None = None
     try:
         if not dry_run:  # a dry run changes nothing, so it may overlap a real run
-            ttl = timedelta(seconds=float(os.environ.get("SYNC_LEASE_TTL_SECONDS", "600")))
-            runtime.lease = Lease(runtime.engine, lease_name(shard.cursor_name(USERS_CURSOR)), lease_holder(), ttl)
+            ttl = timedelta(seconds=LeaseSettings().lease_ttl_seconds)
+            lease = Lease(runtime.engine, lease_name(shard.cursor_name(USERS_CURSOR)), lease_holder(), ttl)
             try:
-                runtime.lease.acquire()
+                lease.acquire()
             except LeaseHeld as exc:
                 raise SyncFailed(str(exc)) from None
-        return _run(runtime, summary, logger, max_pages, shard)
+        return _run(runtime, lease, logger, max_pages, shard)
     finally:
-        if runtime.lease is not None:
-            runtime.lease.release()
+        if lease is not None:
+            lease.release()
         runtime.close()
 
 
@@ -123,17 +119,22 @@ def lease_holder() -> str:
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{flow_run.get_id() or uuid.uuid4()}"
 
 
-def _run(runtime, summary: SyncSummary, logger, max_pages: int | None, shard: Shard = WHOLE) -> dict[str, Any]:
+def _run(runtime: SyncRuntime, lease: Lease | None, logger: logging.Logger | logging.LoggerAdapter,
+         max_pages: int | None, shard: Shard = WHOLE) -> dict[str, Any]:
     settings = runtime.settings
+    summary = SyncSummary()
     if not shard.is_whole:
         logger.info("syncing %s", shard.label())
     if not settings.synchronized_segments:
         summary.warnings.append(NO_SEGMENTS_WARNING)
         logger.warning(NO_SEGMENTS_WARNING)
     try:
-        load_segments(runtime, summary, logger)
+        runtime = runtime.with_segments(resolve_run_segments(runtime.hull, settings.synchronized_segments))
     except AuthError as exc:
         raise SyncFailed(f"Hull rejected the credentials: {exc}") from None
+    for entry in runtime.segments.unknown:
+        summary.warnings.append(f"synchronized segment {entry!r} does not exist in Hull")
+        logger.warning("synchronized segment %r does not exist in Hull", entry)
 
     if not runtime.dry_run:
         sent, error = write_back(runtime.hull, runtime.engine, settings.user_id_mapping)
@@ -142,54 +143,7 @@ def _run(runtime, summary: SyncSummary, logger, max_pages: int | None, shard: Sh
             summary.warnings.append(error)
 
     run_id = str(flow_run.get_id() or "")
-    users_cursor = shard.cursor_name(USERS_CURSOR)
-    cursor = read_cursor(runtime.engine, users_cursor)
-    pages = 0
-    failure: str | None = None
-    progress = SyncProgress(logger)
-    # Bounded by what Hull had indexed when the run started: users re-indexed meanwhile (this
-    # run's own write-backs among them) are the next run's.
-    pages_ahead = UserPagePrefetcher(runtime.hull, settings.users_per_batch, shard, until=walk_bound(runtime.hull))
-    if not runtime.dry_run:
-        runtime.write_backs = WriteBackPipeline(runtime.hull, runtime.engine, settings.user_id_mapping)
-    while max_pages is None or pages < max_pages:
-        try:
-            # A plain call, not a task: the page's one Prefect task is the sync below.
-            fetched = pages_ahead.fetch(cursor)
-            users, next_cursor = fetched.users, fetched.cursor
-            if not users:
-                break
-            # quote(): Prefect would otherwise walk every value of every argument to track
-            # dependencies (~2 s for a page of 500 users).
-            page_summary = sync_page_task(quote(runtime), quote(users), users_cursor, quote(next_cursor), run_id)
-        except AuthError as exc:
-            failure = f"Stopped: {exc}. Nothing from the failing page was marked as synced."
-            break
-        except PageIncomplete as exc:
-            summary.merge(exc.summary)
-            failure = str(exc)
-            break
-        summary.merge(page_summary)
-        cursor = next_cursor
-        pages += 1
-        progress.page_done(len(users), fetched.remaining)
-        runtime.renew_lease()
-        logger.info(
-            "page %d: %d users, %s", pages, page_summary.users_seen,
-            ", ".join(f"{k}={v}" for k, v in sorted(page_summary.decisions.items())),
-        )
-
-    pages_ahead.close()
-    if runtime.write_backs is not None:
-        try:
-            sent, errors = runtime.write_backs.drain()
-            summary.writeback_sent += sent
-            summary.warnings.extend(e for e in errors if e not in summary.warnings)
-        except AuthError as exc:
-            failure = failure or f"Stopped while writing back to Hull: {exc}"
-        runtime.write_backs = None
-    if failure is None:
-        progress.finish()
+    failure = _sync_users_stream(runtime, lease, summary, logger, max_pages, shard, run_id)
     if failure is None and settings.events_filter and runtime.whitelisted_segment_ids:
         failure = _sync_events(runtime, summary, logger, run_id, shard)
 
@@ -209,22 +163,75 @@ def _run(runtime, summary: SyncSummary, logger, max_pages: int | None, shard: Sh
     return summary.to_dict()
 
 
-def _sync_events(runtime, summary: SyncSummary, logger, run_id: str, shard: Shard = WHOLE) -> str | None:
+def _sync_users_stream(runtime: SyncRuntime, lease: Lease | None, summary: SyncSummary, logger, max_pages: int | None,
+                       shard: Shard, run_id: str) -> str | None:
+    """The users phase, page by page; returns why it stopped early, or None."""
+    users_cursor = shard.cursor_name(USERS_CURSOR)
+    cursor = read_cursor(runtime.engine, users_cursor)
+    pages = 0
+    failure: str | None = None
+    progress = SyncProgress(logger)
+    # Bounded by what Hull had indexed when the run started: users re-indexed meanwhile (this
+    # run's own write-backs among them) are the next run's.
+    pages_ahead = UserPagePrefetcher(runtime.hull, runtime.settings.users_per_batch, shard,
+                                     until=walk_bound(runtime.hull))
+    write_backs = None if runtime.dry_run else WriteBackPipeline(
+        runtime.hull, runtime.engine, runtime.settings.user_id_mapping)
+    try:
+        while max_pages is None or pages < max_pages:
+            try:
+                # A plain call, not a task: the page's one Prefect task is the sync below.
+                fetched = pages_ahead.fetch(cursor)
+                if not fetched.users:
+                    break
+                page_summary = sync_users_page_task(
+                    quoted(runtime), quoted(fetched.users), users_cursor, quoted(fetched.cursor), run_id,
+                    quoted(write_backs))
+            except AuthError as exc:
+                failure = f"Stopped: {exc}. Nothing from the failing page was marked as synced."
+                break
+            except PageIncomplete as exc:
+                summary.merge(exc.summary)
+                failure = str(exc)
+                break
+            summary.merge(page_summary)
+            cursor = fetched.cursor
+            pages += 1
+            progress.page_done(len(fetched.users), fetched.remaining)
+            if lease is not None:
+                lease.renew()
+            logger.info(
+                "page %d: %d users, %s", pages, page_summary.users_seen,
+                ", ".join(f"{k}={v}" for k, v in sorted(page_summary.decisions.items())),
+            )
+    finally:
+        pages_ahead.close()
+        if write_backs is not None:
+            try:
+                sent, errors = write_backs.drain()
+                summary.writeback_sent += sent
+                summary.warnings.extend(e for e in errors if e not in summary.warnings)
+            except AuthError as exc:
+                failure = failure or f"Stopped while writing back to Hull: {exc}"
+    if failure is None:
+        progress.finish()
+    return failure
+
+
+def _sync_events(runtime: SyncRuntime, summary: SyncSummary, logger, run_id: str, shard: Shard = WHOLE) -> str | None:
     """Events go out after every changed user's identify calls of this run."""
     events_cursor = shard.cursor_name(EVENTS_CURSOR)
     cursor = read_cursor(runtime.engine, events_cursor)
     while True:
         try:
-            events, next_cursor = fetch_events_task(runtime, cursor, shard)
-            if not events:
-                return None
-            page_summary = sync_events_page_task(quote(runtime), quote(events), quote(next_cursor), run_id,
-                                                 events_cursor)
+            page = sync_events_page_task(quoted(runtime), quoted(cursor), shard, events_cursor, run_id)
         except AuthError as exc:
             return f"Stopped while sending events: {exc}"
         except PageIncomplete as exc:  # Customer.io down while identifying an event's new user
             summary.merge(exc.summary)
             return str(exc)
-        summary.merge(page_summary)
-        cursor = next_cursor
-        logger.info("events page: %s", dict(page_summary.events))
+        if page.next_cursor is None:
+            return None
+        summary.merge(page.summary)
+        cursor = page.next_cursor
+        logger.info("events page: %s", dict(page.summary.events))

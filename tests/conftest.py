@@ -1,46 +1,31 @@
 """Shared fixtures: one Prefect test harness per session, real simulators per test, and a
-fresh state database per test (SQLite always; PostgreSQL too where a server answers)."""
+fresh state database per test: SQLite always, and PostgreSQL too for tests marked
+`postgres` wherever a server answers (the store layer and a few whole flows)."""
 
 from __future__ import annotations
 
-import os
-import uuid
-
 import pytest
 
-from cio_sync import db
-
-POSTGRES_ADMIN_URL = os.environ.get(
-    "CIO_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-HULL_CONNECTOR_ID = "5bd329d5e2bcf3eeaf000001"
-HULL_SECRET = "hull-test-connector-secret-0123456789abcdef"
-CIO_SITE_ID = "test-site"
-CIO_API_KEY = "test-api-key"
+from cio_sync.store import db
+from tests.support.postgres import POSTGRES, POSTGRES_ADMIN_URL, fresh_postgres_database
+from tests.support.sims import CIO_API_KEY, CIO_SITE_ID, HULL_CONNECTOR_ID, HULL_SECRET, point_env_at
 
 
-def _postgres_available() -> bool:
-    try:
-        import psycopg
-
-        with psycopg.connect(_libpq(POSTGRES_ADMIN_URL), connect_timeout=2):
-            return True
-    except Exception:
-        return False
-
-
-def _libpq(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://")
-
-
-POSTGRES = _postgres_available()
+def pytest_generate_tests(metafunc):
+    """`database_url` is SQLite, plus PostgreSQL for tests marked `postgres`."""
+    explicit = any("database_url" in m.args[0] for m in metafunc.definition.iter_markers("parametrize"))
+    if "database_url" in metafunc.fixturenames and not explicit:
+        backends = ["sqlite"]
+        if metafunc.definition.get_closest_marker("postgres") is not None:
+            backends.append("postgresql")
+        metafunc.parametrize("database_url", backends, indirect=True)
 
 
 @pytest.fixture(scope="session")
 def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=180):
         yield
 
 
@@ -48,25 +33,9 @@ def _sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'state.db'}"
 
 
-def _fresh_postgres_database() -> tuple[str, callable]:
-    import psycopg
-
-    name = f"cio_sync_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(_libpq(POSTGRES_ADMIN_URL), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-
-    def drop() -> None:
-        db.dispose_engines()
-        with psycopg.connect(_libpq(POSTGRES_ADMIN_URL), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    return url, drop
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture
 def database_url(request, tmp_path):
-    """A migrated, empty state database; tests using it run on both backends."""
+    """A migrated, empty state database (see pytest_generate_tests for the backends)."""
     if request.param == "sqlite":
         url = _sqlite_url(tmp_path)
         db.get_engine(url)
@@ -74,7 +43,7 @@ def database_url(request, tmp_path):
         return
     if not POSTGRES:
         pytest.skip(f"no PostgreSQL server answers at {POSTGRES_ADMIN_URL}")
-    url, drop = _fresh_postgres_database()
+    url, drop = fresh_postgres_database()
     db.get_engine(url)
     try:
         yield url
@@ -117,28 +86,16 @@ def sim_env(monkeypatch, tmp_path, hull_sim, cio_sim, database_url):
     return {**values, "_sims": (hull_sim, cio_sim)}
 
 
-def point_env_at(monkeypatch, hull_sim, cio_sim, database_url) -> dict[str, str]:
-    values = {
-        "HULL_ORGANIZATION": "acme.hullapp.io",
-        "HULL_API_URL": f"{hull_sim.url}/api/v1",
-        "HULL_FIREHOSE_URL": f"{hull_sim.url}/firehose",
-        "HULL_CONNECTOR_ID": HULL_CONNECTOR_ID,
-        "HULL_CONNECTOR_SECRET": HULL_SECRET,
-        "CUSTOMERIO_SITE_ID": CIO_SITE_ID,
-        "CUSTOMERIO_API_KEY": CIO_API_KEY,
-        "CUSTOMERIO_TRACK_URL": cio_sim.url,
-        "STATE_DATABASE_URL": database_url,
-        "RATE_LIMIT_PER_SECOND": "0",
-    }
-    for key in list(os.environ):
-        if key.startswith(("HULL_", "CUSTOMERIO_")) or key in {
-            "SYNCHRONIZED_SEGMENTS", "SYNCHRONIZED_ATTRIBUTES", "USER_ID_MAPPING",
-            "ENABLE_USER_DELETION", "EVENTS_FILTER", "ANONYMOUS_EVENTS",
-        }:
-            monkeypatch.delenv(key, raising=False)
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    # Fast retries: the policy is the same, only the waits are shorter.
-    monkeypatch.setenv("HTTP_BACKOFF_SECONDS", "0.01")
-    monkeypatch.setenv("HTTP_TIMEOUT_SECONDS", "5")
-    return values
+@pytest.fixture
+def baseline(monkeypatch, tmp_path, sim_env):
+    """`baseline(n)`: the Customer.io state a fault-free run produces for the scenario's data
+    (tests/support/scenario.py), computed on separate simulators; the environment is pointed
+    back at this test's simulators afterwards."""
+    from tests.support.scenario import fault_free_state
+
+    def make(n_users: int = 120) -> dict:
+        state = fault_free_state(monkeypatch, tmp_path, n_users)
+        point_env_at(monkeypatch, *sim_env["_sims"], sim_env["STATE_DATABASE_URL"])
+        return state
+
+    return make

@@ -22,7 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from cio_sync.db import get_engine
+from cio_sync.store.db import get_engine
 from cio_sync.settings import CustomerIoCredentials, MissingSettingsError, StateSettings
 from cio_sync.webhooks import WebhookSettings
 from cio_sync.webhooks.inbox import store_payload

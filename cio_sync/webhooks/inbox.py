@@ -19,7 +19,7 @@ from datetime import timedelta
 from sqlalchemy import Engine, and_, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from cio_sync.db import is_postgres, utcnow, webhook_inbox
+from cio_sync.store.db import is_postgres, utcnow, webhook_inbox
 
 PENDING = "pending"
 PROCESSING = "processing"

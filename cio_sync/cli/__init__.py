@@ -1,0 +1,1 @@
+"""The `cio-sync` commands: the only code that imports `flows/`."""

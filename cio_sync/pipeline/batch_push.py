@@ -1,0 +1,235 @@
+"""Load through Customer.io's v2 batch API: one page's actions packed into `POST /api/v2/batch`.
+
+The v1 pusher (`push.py`) makes one HTTP call per identify chunk, delete and event. Here the
+same actions become batch entries (`connectors/customerio_batch.py` encodes and packs them).
+
+Ordering: one user's entries stay in order. They share one request whenever they fit; a user
+whose entries need more than one request gets a chain of requests sent one after the other.
+Different requests run in parallel (bounded by `push_concurrency`) and share the client's
+rate limiter.
+
+Failures map back to users (or events): a 207 names invalid entries by `batch_index`, and only
+the users/events owning those entries fail (permanent, with Customer.io's reason); a whole
+request that fails (400, or transient after retries) fails every user in it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from cio_sync.pipeline.breaker import Breaker
+from cio_sync.pipeline.push import CustomerIoUnavailable, UserOutcome
+from cio_sync.pipeline.senders import run_groups
+from cio_sync.rules.mapping import chunk_attributes
+from cio_sync.rules.plan import DELETE, INSERT, UPDATE, UserPlan
+from connectors.customerio import CustomerIoClient
+from connectors.customerio_batch import (
+    MAX_ENTRY_BYTES,
+    MAX_REQUEST_BYTES,
+    BatchRequest,
+    ItemEntries,
+    describe_entry_error,
+    encode_entry,
+    encode_item,
+    event_entry,
+    identify_encoded,
+    pack,
+    rejected_indexes,
+    v2_identifiers,
+)
+from connectors.http import AuthError, PermanentError, TransientError
+
+
+def user_entries(plan: UserPlan, owner: int, user_id_mapping: str, max_attributes: int,
+                 max_entry_bytes: int = MAX_ENTRY_BYTES) -> ItemEntries:
+    assert plan.target_id is not None, "only plans with an action are pushed"
+    identifiers = v2_identifiers(plan.target_id, user_id_mapping)
+    if plan.action == DELETE:
+        entry = {"type": "person", "identifiers": identifiers, "action": "delete"}
+        return encode_item([(entry, encode_entry(entry))], ["delete"], owner, max_entry_bytes)
+    assert plan.mapped is not None
+    encoded = identify_encoded(identifiers, chunk_attributes(plan.mapped.attributes, max_attributes), max_entry_bytes)
+    labels = [f"identify {i + 1}/{len(encoded)}" for i in range(len(encoded))]
+    return encode_item(encoded, labels, owner, max_entry_bytes)
+
+
+# ----- sending -------------------------------------------------------------------------
+
+
+@dataclass
+class ItemResult:
+    """What Customer.io said about one item's entries."""
+
+    delivered: Counter = field(default_factory=Counter)  # label kind ("identify", ...) → entries accepted
+    error_kind: str | None = None  # permanent | transient | not_attempted
+    error: str | None = None
+
+    def fail(self, kind: str, message: str) -> None:
+        # The first failure explains the item; a later transient never hides a permanent one.
+        if self.error_kind is None or (self.error_kind != "permanent" and kind == "permanent"):
+            self.error_kind, self.error = kind, message
+
+
+def send_chains(client: CustomerIoClient, chains: list[list[BatchRequest]], results: list[ItemResult],
+                concurrency: int, calls: Counter | None = None) -> None:
+    """Sends every chain; fills `results` (indexed by entry owner). Raises AuthError at once
+    on 401/403; raises CustomerIoUnavailable (with nothing else) when requests keep failing
+    transiently, after marking the unsent items `not_attempted`."""
+    lock = threading.Lock()
+    breaker = Breaker()
+
+    def mark(request: BatchRequest, kind: str, message: str) -> None:
+        for entry in request.entries:
+            results[entry.owner].fail(kind, message)
+
+    def count_request() -> None:
+        if calls is not None:
+            with lock:
+                calls["batch"] += 1
+
+    def run(chain: list[BatchRequest]) -> None:
+        for position, request in enumerate(chain):
+            if breaker.stopped():
+                for rest in chain[position:]:
+                    mark(rest, "not_attempted", "not attempted: the page was stopped")
+                return
+            try:
+                response = client.request_batch(request.body())
+            except AuthError as exc:
+                breaker.trip(exc)
+                mark(request, "not_attempted", str(exc))
+                continue
+            except (PermanentError, TransientError) as exc:
+                kind = "permanent" if isinstance(exc, PermanentError) else "transient"
+                mark(request, kind, str(exc))
+                count_request()
+                breaker.record(kind == "transient")
+                # The rest of this chain belongs to the same item: sending it out of order would
+                # leave that user half updated.
+                for rest in chain[position + 1 :]:
+                    mark(rest, kind, f"not sent: an earlier batch for the same user failed ({exc})")
+                return
+            rejected = rejected_indexes(response)
+            if rejected is None:
+                rejected = dict.fromkeys(range(len(request.entries)), {"reason": "207 naming no entry"})
+            for index, entry in enumerate(request.entries):
+                if index in rejected:
+                    results[entry.owner].fail("permanent", describe_entry_error(rejected[index], entry.label))
+                else:
+                    results[entry.owner].delivered[entry.label.split(" ")[0]] += 1
+            count_request()
+            breaker.record(False)
+
+    run_groups(chains, run, concurrency, "cio-batch")
+    breaker.raise_fatal()
+    if breaker.open:
+        raise CustomerIoUnavailable(results)
+
+
+def push_page_v2(
+    client: CustomerIoClient,
+    plans: list[UserPlan],
+    *,
+    user_id_mapping: str,
+    max_attributes_per_call: int,
+    concurrency: int,
+    calls: Counter | None = None,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+    max_entry_bytes: int = MAX_ENTRY_BYTES,
+) -> list[UserOutcome]:
+    """The v2 counterpart of `cio_sync.pipeline.push.push_page`: one UserOutcome per plan with an action,
+    same error kinds, same exceptions (AuthError; CustomerIoUnavailable carrying outcomes).
+    `identify_calls`/`delete_calls` count accepted entries; `calls["batch"]` counts requests."""
+    work = [p for p in plans if p.action in (INSERT, UPDATE, DELETE)]
+    items = [user_entries(plan, i, user_id_mapping, max_attributes_per_call, max_entry_bytes)
+             for i, plan in enumerate(work)]
+    results = [ItemResult() for _ in work]
+    for item, result in zip(items, results):
+        if item.rejected is not None:
+            result.fail("permanent", item.rejected)
+    stopped = None
+    try:
+        send_chains(client, pack(items, max_request_bytes), results, concurrency, calls)
+    except CustomerIoUnavailable as exc:
+        stopped = exc
+    outcomes = [_user_outcome(plan, result) for plan, result in zip(work, results)]
+    if stopped is not None:
+        raise CustomerIoUnavailable(outcomes)
+    return outcomes
+
+
+def _user_outcome(plan: UserPlan, result: ItemResult) -> UserOutcome:
+    outcome = UserOutcome(
+        plan,
+        identify_calls=result.delivered["identify"],
+        delete_calls=result.delivered["delete"],
+        created=result.delivered["identify"] > 0,
+    )
+    if result.error_kind is None:
+        outcome.ok = True
+    else:
+        outcome.error_kind, outcome.error = result.error_kind, result.error
+    return outcome
+
+
+# ----- events --------------------------------------------------------------------------
+
+
+def push_events_v2(
+    client: CustomerIoClient,
+    events: list[tuple[str, dict[str, Any]]],
+    *,
+    user_id_mapping: str,
+    concurrency: int,
+    calls: Counter | None = None,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+    max_entry_bytes: int = MAX_ENTRY_BYTES,
+) -> list[tuple[str, str | None]]:
+    """Person events `(Customer.io identifier, v1 event body)` as v2 entries. Returns one
+    (status, error) per event like cio_sync.pipeline.events_page.send_event: sent | failed | retry.
+    One user's events are in input order within a request, and requests holding events of
+    the same user are never sent concurrently (they are chained)."""
+    items = []
+    for index, (identifier, body) in enumerate(events):
+        entry = event_entry(v2_identifiers(identifier, user_id_mapping), body)
+        items.append(encode_item([(entry, encode_entry(entry))], [entry["action"]], index, max_entry_bytes))
+    results = [ItemResult() for _ in events]
+    for item, result in zip(items, results):
+        if item.rejected is not None:
+            result.fail("permanent", item.rejected)
+    chains = _chain_by_identifier(pack(items, max_request_bytes), [identifier for identifier, _ in events])
+    try:
+        send_chains(client, chains, results, concurrency, calls)
+    except CustomerIoUnavailable:
+        pass  # unsent events are marked not_attempted → retried through a failed batch
+    statuses = {None: "sent", "permanent": "failed", "transient": "retry", "not_attempted": "retry"}
+    return [(statuses[r.error_kind], r.error) for r in results]
+
+
+def _chain_by_identifier(chains: list[list[BatchRequest]], identifiers: list[str]) -> list[list[BatchRequest]]:
+    """Merges chains that share a user so that user's events go out in order (union-find on
+    the identifiers each request carries)."""
+    parent = list(range(len(chains)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first_chain: dict[str, int] = {}
+    for index, chain in enumerate(chains):
+        for request in chain:
+            for entry in request.entries:
+                other = first_chain.setdefault(identifiers[entry.owner], index)
+                parent[find(index)] = find(other)
+    merged: dict[int, list[BatchRequest]] = {}
+    for index, chain in enumerate(chains):
+        merged.setdefault(find(index), []).extend(chain)
+    return list(merged.values())
+
+
+__all__ = ["push_events_v2", "push_page_v2", "user_entries"]

@@ -1,0 +1,298 @@
+"""Events out: one page of Hull events → Customer.io events, exactly once (one Prefect task per page).
+
+Why a separate phase: events are walked as their own stream (keyset on `created_at`, the
+`events` cursor) in the same `sync-users` flow run, after every users page, one task per
+page of at most 100 events. They are not fetched per users page because Hull's event stream
+is independent of user re-indexing: a user with a new event but no changed trait never shows
+up in the users stream, so its event would never be sent. Running after all users pages
+means every changed user's identify calls of this run have gone out first; a user that
+appeared in Hull after the users phase (its first event usually comes with it) is identified
+by the user rules right before its events (`identify_first`).
+
+Exactly once rests on two things: each event carries a ULID derived from its Hull id (so
+Customer.io itself drops a repeat), and `event_state` records every event decided, in the
+same transaction that moves the events cursor. The cursor moves only once a page's events
+are sent, skipped or recorded as failed; a 401 stops the run before anything is recorded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from cio_sync.pipeline.batch_push import push_events_v2
+from cio_sync.pipeline.extract import seen_at_position
+from cio_sync.pipeline.senders import run_groups
+from cio_sync.pipeline.summary import SyncSummary
+from cio_sync.pipeline.users_page import sync_page
+from cio_sync.rules.events import SEND, SEND_ANONYMOUS, SKIP, EventPlan, EventUser, plan_event
+from cio_sync.rules.mapping import MalformedUserError, map_user
+from cio_sync.rules.sharding import WHOLE, Shard
+from cio_sync.runtime import SyncRuntime
+from cio_sync.store.cursors import Cursor, write_cursor
+from cio_sync.store.db import event_state, upsert, user_state, utcnow
+from cio_sync.store.failed import EVENTS, record_failed_batch
+from connectors.http import PermanentError, TransientError
+from connectors.hull import MAX_PER_PAGE
+
+EVENTS_CURSOR = "events"
+
+
+def events_query(runtime: SyncRuntime, cursor: Cursor) -> tuple[list[dict], list[dict]]:
+    filters: list[dict] = [
+        {"terms": {"event": sorted(runtime.settings.events_filter)}},
+        {"has_parent": {"parent_type": "user_report",
+                        "query": {"terms": {"segment_ids": sorted(runtime.whitelisted_segment_ids)}}}},
+    ]
+    if not cursor.position:
+        return filters, []
+    filters.append({"range": {"created_at": {"gte": cursor.position}}})
+    # Hull's raw index documents carry their id in `_id`, connector-form ones in `event_id`:
+    # excluding on one field only would let the other form repeat at the cursor's timestamp,
+    # and more than a page of such events on one second would stall the walk.
+    return filters, [*seen_at_position(cursor, "created_at", "event_id"),
+                     *seen_at_position(cursor, "created_at", "_id")]
+
+
+def fetch_events_page(runtime: SyncRuntime, cursor: Cursor, per_page: int = MAX_PER_PAGE, shard: Shard = WHOLE):
+    """The next page of events and the cursor past it. With a `shard`, only its users' events
+    are returned; the cursor still moves past every event read, and pages holding none of the
+    shard's events are read through (an empty result must mean the stream is exhausted)."""
+    while True:
+        filters, must_not = events_query(runtime, cursor)
+        data = runtime.hull.search_events(filters, page=1, per_page=per_page, must_not=must_not)["data"]
+        fresh = [e for e in data if not (e.get("created_at") == cursor.position and e.get("event_id") in cursor.seen_ids)]
+        keyed = [e for e in fresh if e.get("created_at") and e.get("event_id")]
+        next_cursor = cursor.advanced(keyed, "created_at", "event_id")
+        own = fresh if shard.is_whole else [e for e in fresh if shard.owns_event(e)]
+        if own or len(data) < per_page or next_cursor == cursor:
+            return own, next_cursor
+        cursor = next_cursor
+
+
+def describe_users(runtime: SyncRuntime, docs: list[dict[str, Any]]) -> dict[str, EventUser]:
+    """Current segment membership and id from the Hull documents; whether the person exists
+    in Customer.io from state."""
+    user_ids = [d["id"] for d in docs if isinstance(d, dict) and isinstance(d.get("id"), str)]
+    with runtime.engine.connect() as connection:
+        rows = connection.execute(
+            select(user_state.c.hull_id, user_state.c.cio_id, user_state.c.created_at, user_state.c.deleted_at)
+            .where(user_state.c.hull_id.in_(user_ids))
+        ).all()
+    live = {r.hull_id: r.cio_id for r in rows if r.created_at is not None and r.deleted_at is None}
+    users: dict[str, EventUser] = {}
+    for doc in docs:
+        try:
+            mapped = map_user(doc, runtime.settings, runtime.segment_names, runtime.whitelisted_segment_ids)
+        except MalformedUserError:
+            continue
+        anonymous_ids = doc.get("anonymous_ids") or []
+        users[mapped.hull_id] = EventUser(
+            cio_id=live.get(mapped.hull_id) if mapped.cio_id == live.get(mapped.hull_id) else None,
+            in_segments=bool(mapped.whitelisted_segment_ids),
+            has_mapped_id=mapped.cio_id is not None,
+            anonymous_id=anonymous_ids[0] if anonymous_ids else None,
+        )
+    return users
+
+
+def identify_first(runtime: SyncRuntime, docs: list[dict[str, Any]], users: dict[str, EventUser],
+                   flow_run_id: str | None) -> SyncSummary | None:
+    """Runs the user rules for event users Customer.io does not know yet, before their events.
+
+    A user and its first event (typically "Signed Up") usually appear in Hull together; when
+    that happens after this run's users phase, the users phase will only see the user next
+    run, by which time the event would have been skipped for good. Identifying here keeps
+    "identify calls before events" and loses nothing. The user rules decide as always (a
+    user without an email stays skipped), no users cursor moves (the next users phase finds
+    the user unchanged), and a Customer.io outage raises `PageIncomplete` so the events
+    cursor stays put. Returns None when there was nobody to identify.
+    """
+    late = [d for d in docs if (u := users.get(str(d.get("id")))) is not None
+            and u.in_segments and u.has_mapped_id and not u.cio_id]
+    if not late or runtime.dry_run:
+        return None
+    # No cursor: the stream name is never written, and no failed batch is filed (the next
+    # users phase sees these users again, as they changed after its cursor).
+    summary = sync_page(runtime, late, "users", None, flow_run_id)
+    summary.pages = 0  # not a page of the users stream
+    return summary
+
+
+def already_decided(runtime: SyncRuntime, hull_event_ids: list[str]) -> set[str]:
+    with runtime.engine.connect() as connection:
+        return set(
+            connection.execute(
+                select(event_state.c.hull_event_id)
+                .where(event_state.c.hull_event_id.in_(hull_event_ids))
+                .where(event_state.c.status.in_(("sent", "skipped")))
+            ).scalars()
+        )
+
+
+def send_event(runtime: SyncRuntime, plan: EventPlan) -> tuple[str, str | None]:
+    """Returns (status, error). AuthError propagates: it stops the run."""
+    try:
+        assert plan.body is not None, "only plans with an action are sent"
+        if plan.action == SEND:
+            assert plan.target_id is not None
+            runtime.customerio.track(plan.target_id, plan.body)
+        else:
+            runtime.customerio.track_anonymous(plan.body)
+        return "sent", None
+    except PermanentError as exc:
+        return "failed", str(exc)
+    except TransientError as exc:
+        return "retry", str(exc)
+
+
+def send_events(runtime: SyncRuntime, plans: list[EventPlan]) -> list[tuple[str, str | None]]:
+    """Events of one user stay in order on one thread; users run in parallel."""
+    by_user: dict[str, list[int]] = {}
+    for index, plan in enumerate(plans):
+        by_user.setdefault(plan.target_id or (plan.body or {}).get("anonymous_id", ""), []).append(index)
+    results: list[tuple[str, str | None]] = [("failed", "not attempted")] * len(plans)
+
+    def run(indexes: list[int]) -> None:
+        for i in indexes:
+            results[i] = send_event(runtime, plans[i])
+
+    run_groups(list(by_user.values()), run, runtime.settings.push_concurrency, "cio-events")  # re-raises AuthError
+    return results
+
+
+def send_events_v2(runtime: SyncRuntime, plans: list[EventPlan], calls=None) -> list[tuple[str, str | None]]:
+    """v2_batch mode: person events go out packed in `POST /api/v2/batch` requests (one
+    user's in order); anonymous events stay on v1, because a v2 entry needs a person identifier."""
+    results: list[tuple[str, str | None]] = [("failed", "not attempted")] * len(plans)
+    person = [i for i, plan in enumerate(plans) if plan.action == SEND]
+    anonymous = [i for i, plan in enumerate(plans) if plan.action != SEND]
+    batched = push_events_v2(
+        runtime.customerio, [(plans[i].target_id or "", plans[i].body or {}) for i in person],
+        user_id_mapping=runtime.settings.user_id_mapping, concurrency=runtime.settings.push_concurrency,
+        calls=calls,
+    )
+    for i, result in zip(person, batched):
+        results[i] = result
+    if anonymous:
+        for i, result in zip(anonymous, send_events(runtime, [plans[i] for i in anonymous])):
+            results[i] = result
+    return results
+
+
+def sync_events_page(
+    runtime: SyncRuntime, events: list[dict[str, Any]], next_cursor: Cursor | None, flow_run_id: str | None = None,
+    cursor_name: str = EVENTS_CURSOR,
+) -> SyncSummary:
+    summary = SyncSummary()
+    ids = [str(e.get("event_id")) for e in events if e.get("event_id")]
+    done = already_decided(runtime, ids)
+    todo = [e for e in events if str(e.get("event_id")) not in done]
+    if len(todo) < len(events):  # a Counter keeps zero entries: they would clutter the artifact
+        summary.events["already_handled"] += len(events) - len(todo)
+    user_ids = sorted({e["user_id"] for e in todo if e.get("user_id")})
+    docs = runtime.hull.users_by_ids(user_ids) if user_ids else []
+    users = describe_users(runtime, docs)
+    identified = identify_first(runtime, docs, users, flow_run_id)
+    if identified is not None:
+        summary.merge(identified)
+        users = describe_users(runtime, docs)  # who exists in Customer.io now
+    plans = [plan_event(e, users.get(str(e.get("user_id"))), runtime.settings) for e in todo]
+    for plan in plans:
+        if plan.action == SKIP:
+            summary.event_skip_reasons[plan.reason] += 1
+    if runtime.dry_run:
+        summary.events["would_send"] += sum(p.action != SKIP for p in plans)
+        return summary
+
+    # A user with an email that is still not in Customer.io after identify_first failed to be
+    # identified (Customer.io error): its events wait in a failed batch instead of being skipped.
+    identifiable = {d.get("id") for d in docs if d.get("email")}
+    unsent_user: list[EventPlan] = []
+    for event, plan in zip(todo, plans):
+        if plan.reason == "user_not_in_customerio" and event.get("user_id") in identifiable:
+            summary.event_skip_reasons[plan.reason] -= 1
+            unsent_user.append(plan)
+    summary.event_skip_reasons = +summary.event_skip_reasons  # drop zero counts
+    plans = [p for p in plans if p not in unsent_user]
+
+    to_send = [p for p in plans if p.action in (SEND, SEND_ANONYMOUS)]
+    if not to_send:
+        results = []
+    elif runtime.settings.customerio_api == "v2_batch":
+        results = send_events_v2(runtime, to_send, summary.calls)
+    else:
+        results = send_events(runtime, to_send)
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    retry_ids: list[str] = []
+    first_error = None
+    for plan in plans:
+        if plan.action == SKIP:
+            if plan.hull_event_id:
+                rows.append(_row(plan, "skipped", plan.reason, now))
+    for plan, (status, error) in zip(to_send, results):
+        if status == "sent":
+            summary.events["sent"] += 1
+            summary.calls["anonymous_event" if plan.action == SEND_ANONYMOUS else "event"] += 1
+            rows.append(_row(plan, "sent", None, now))
+        else:
+            summary.events["failed"] += 1
+            summary.add_error(f"event {plan.hull_event_id}: {error}")
+            rows.append(_row(plan, "failed", error, now))
+            if status == "retry":
+                retry_ids.append(plan.hull_event_id)
+                first_error = first_error or error
+    for plan in unsent_user:
+        summary.events["failed"] += 1
+        rows.append(_row(plan, "failed", "the user could not be identified in Customer.io", now))
+        retry_ids.append(plan.hull_event_id)
+        first_error = first_error or "the event's user could not be identified in Customer.io"
+    if retry_ids:
+        summary.events["retry"] += len(retry_ids)
+    user_of = {str(e.get("event_id")): (e.get("user_id"), e.get("event")) for e in todo}
+    for row in rows:
+        row["hull_user_id"], row["event_name"] = user_of.get(row["hull_event_id"], (None, None))
+        row["event_name"] = (row["event_name"] or "")[:255]
+    with runtime.engine.begin() as connection:
+        upsert(connection, event_state, rows, "hull_event_id")
+        if retry_ids and next_cursor is not None:  # a rerun reports what is left, files nothing new
+            payload = {"hull_event_ids": retry_ids, "settings": runtime.settings.model_dump(mode="json")}
+            summary.failed_batches.append(record_failed_batch(connection, EVENTS, payload, first_error or "unknown error", flow_run_id))
+        if next_cursor is not None:  # None: a rerun of a failed batch, outside the stream
+            write_cursor(connection, cursor_name, next_cursor)
+    return summary
+
+
+def _row(plan: EventPlan, status: str, reason: str | None, now) -> dict[str, Any]:
+    return {
+        "hull_event_id": plan.hull_event_id,
+        "cio_event_id": plan.cio_event_id or "",
+        "status": status,
+        "reason": reason,
+        "attempts": 1,
+        "updated_at": now,
+    }
+
+
+@dataclass
+class EventsPage:
+    """What one events page did, and where the stream resumes (None: nothing was left)."""
+
+    summary: SyncSummary
+    next_cursor: Cursor | None
+
+
+def run_events_page(runtime: SyncRuntime, cursor: Cursor, shard: Shard = WHOLE, cursor_name: str = EVENTS_CURSOR,
+                    flow_run_id: str | None = None) -> EventsPage:
+    """Reads the next page of events after `cursor` and decides, sends and records it (the
+    `sync-events-page` task's work, one Prefect task per page)."""
+    events, next_cursor = fetch_events_page(runtime, cursor, shard=shard)
+    if not events:
+        return EventsPage(SyncSummary(), None)
+    return EventsPage(sync_events_page(runtime, events, next_cursor, flow_run_id, cursor_name), next_cursor)
+
+
+__all__ = ["EVENTS_CURSOR", "EventsPage", "fetch_events_page", "run_events_page", "sync_events_page"]

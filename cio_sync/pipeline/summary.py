@@ -1,0 +1,81 @@
+"""What a sync run did, merged page by page, and rendered as the run's table artifact."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+@dataclass
+class SyncSummary:
+    pages: int = 0
+    users_seen: int = 0
+    decisions: Counter = field(default_factory=Counter)  # insert/update/delete/skip
+    skip_reasons: Counter = field(default_factory=Counter)
+    failed_users: Counter = field(default_factory=Counter)  # by error kind
+    calls: Counter = field(default_factory=Counter)  # identify/delete/event/anonymous_event/batch
+    dropped_attributes: Counter = field(default_factory=Counter)  # attribute name -> users
+    events: Counter = field(default_factory=Counter)  # sent / failed
+    event_skip_reasons: Counter = field(default_factory=Counter)
+    writeback_sent: int = 0
+    writeback_pending: int = 0
+    failed_batches: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # first few user errors, for the artifact
+    warnings: list[str] = field(default_factory=list)
+
+    MAX_ERRORS = 20
+
+    def merge(self, other: SyncSummary) -> SyncSummary:
+        self.pages += other.pages
+        self.users_seen += other.users_seen
+        for name in ("decisions", "skip_reasons", "failed_users", "calls", "dropped_attributes",
+                     "events", "event_skip_reasons"):
+            getattr(self, name).update(getattr(other, name))
+        self.writeback_sent += other.writeback_sent
+        self.writeback_pending = other.writeback_pending or self.writeback_pending
+        self.failed_batches.extend(other.failed_batches)
+        self.errors.extend(other.errors[: max(0, self.MAX_ERRORS - len(self.errors))])
+        self.warnings.extend(w for w in other.warnings if w not in self.warnings)
+        return self
+
+    def add_error(self, message: str) -> None:
+        if len(self.errors) < self.MAX_ERRORS:
+            self.errors.append(message)
+
+    @property
+    def failed_total(self) -> int:
+        return sum(self.failed_users.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        # dataclasses.asdict would rebuild each Counter from its items and count the pairs.
+        return {
+            f.name: dict(value) if isinstance(value, Counter) else (list(value) if isinstance(value, list) else value)
+            for f in fields(self)
+            for value in [getattr(self, f.name)]
+        }
+
+    def table(self) -> list[dict[str, Any]]:
+        """Rows for `create_table_artifact`: one metric per row."""
+        rows: list[dict[str, Any]] = [
+            {"metric": "pages", "value": self.pages},
+            {"metric": "users seen", "value": self.users_seen},
+        ]
+        for action in ("insert", "update", "delete", "skip"):
+            rows.append({"metric": f"decision: {action}", "value": self.decisions.get(action, 0)})
+        rows += [{"metric": f"skipped: {k}", "value": v} for k, v in sorted(self.skip_reasons.items())]
+        rows += [{"metric": f"failed: {k}", "value": v} for k, v in sorted(self.failed_users.items())]
+        rows += [{"metric": f"Customer.io calls: {k}", "value": v} for k, v in sorted(self.calls.items())]
+        rows += [{"metric": f"events: {k}", "value": v} for k, v in sorted(self.events.items())]
+        rows += [{"metric": f"events skipped: {k}", "value": v} for k, v in sorted(self.event_skip_reasons.items())]
+        rows += [{"metric": f"attribute dropped: {k}", "value": v} for k, v in sorted(self.dropped_attributes.items())]
+        rows.append({"metric": "Hull write-backs sent", "value": self.writeback_sent})
+        rows.append({"metric": "Hull write-backs pending", "value": self.writeback_pending})
+        if self.failed_batches:
+            rows.append({"metric": "failed batch ids", "value": ", ".join(map(str, self.failed_batches))})
+        rows += [{"metric": "warning", "value": w} for w in self.warnings]
+        rows += [{"metric": "error", "value": e} for e in self.errors]
+        return rows
+
+    def lines(self) -> list[str]:
+        return [f"{row['metric']:<40} {row['value']}" for row in self.table()]

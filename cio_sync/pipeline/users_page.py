@@ -1,0 +1,157 @@
+"""One page of users: diff → push → record state → write back (the `sync-users-page` task's work).
+
+The state rows and the stream cursor are written in one transaction, after Customer.io
+answered: a crash before it re-sends the page (idempotent identify calls), a crash after
+it sends nothing again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cio_sync.pipeline.batch_push import push_page_v2
+from cio_sync.pipeline.push import CustomerIoUnavailable, UserOutcome, push_page
+from cio_sync.pipeline.summary import SyncSummary
+from cio_sync.pipeline.writeback import WriteBackPipeline, write_back
+from cio_sync.rules.plan import DELETE, INSERT, SKIP, UserPlan, plan_page
+from cio_sync.runtime import SyncRuntime
+from cio_sync.store.cursors import Cursor, write_cursor
+from cio_sync.store.db import utcnow
+from cio_sync.store.failed import USERS, record_failed_batch
+from cio_sync.store.users import load_user_state, record_user_outcomes
+
+
+class PageIncomplete(Exception):
+    """Customer.io stopped answering mid-page; what succeeded is recorded, the cursor is not moved."""
+
+    def __init__(self, summary: SyncSummary, message: str):
+        self.summary = summary
+        super().__init__(message)
+
+
+def summarize_plans(plans: list[UserPlan], summary: SyncSummary) -> None:
+    for plan in plans:
+        summary.decisions[plan.action] += 1
+        if plan.action == SKIP:
+            summary.skip_reasons[plan.reason.split(":")[0]] += 1
+        if plan.mapped is not None and plan.action != SKIP:
+            for name, _reason in plan.mapped.dropped:
+                summary.dropped_attributes[name] += 1
+
+
+def outcome_row(outcome: UserOutcome, now) -> dict[str, Any]:
+    plan = outcome.plan
+    row: dict[str, Any] = {"hull_id": plan.hull_id, "last_decision": plan.action}
+    if outcome.ok:
+        row.update(last_error=None, last_error_at=None, writeback_pending=True, synced_at=now)
+        if plan.action == DELETE:
+            row.update(deleted_at=now, segment_ids=[])
+        else:
+            assert plan.mapped is not None
+            row.update(
+                cio_id=plan.target_id,
+                attributes_hash=plan.mapped.attributes_hash,
+                segment_ids=plan.mapped.whitelisted_segment_ids,
+                deleted_at=None,
+            )
+            if plan.action == INSERT:
+                row["created_at"] = now
+        return row
+    row.update(last_error=outcome.error, last_error_at=now, writeback_pending=False)
+    if plan.action == INSERT and outcome.created:
+        # Some chunks were accepted: the person exists and must be deletable later.
+        row.update(cio_id=plan.target_id, created_at=now, deleted_at=None)
+    return row
+
+
+def record_page(
+    runtime: SyncRuntime,
+    outcomes: list[UserOutcome],
+    summary: SyncSummary,
+    cursor_name: str,
+    next_cursor: Cursor | None,
+    flow_run_id: str | None,
+) -> None:
+    now = utcnow()
+    rows = [outcome_row(o, now) for o in outcomes]
+    retryable = [o for o in outcomes if o.error_kind in ("transient", "not_attempted")]
+    with runtime.engine.begin() as connection:
+        record_user_outcomes(connection, rows)
+        # A rerun of a failed batch (no cursor) reports what is left instead of filing a new batch.
+        if retryable and next_cursor is not None:
+            batch_id = record_failed_batch(
+                connection, USERS,
+                # The settings travel with the batch: a rerun redoes it as the failed run would have.
+                {"hull_ids": [o.plan.hull_id for o in retryable], "settings": runtime.settings.model_dump(mode="json")},
+                next((o.error for o in retryable if o.error_kind == "transient"), retryable[0].error) or "unknown error",
+                flow_run_id,
+            )
+            summary.failed_batches.append(batch_id)
+        if next_cursor is not None:
+            write_cursor(connection, cursor_name, next_cursor)
+    for outcome in outcomes:
+        summary.calls["identify"] += outcome.identify_calls
+        summary.calls["delete"] += outcome.delete_calls
+        if not outcome.ok:
+            summary.failed_users[outcome.error_kind] += 1
+            summary.add_error(f"user {outcome.plan.hull_id}: {outcome.error}")
+
+
+def sync_page(
+    runtime: SyncRuntime,
+    users: list[dict[str, Any]],
+    cursor_name: str,
+    next_cursor: Cursor | None,
+    flow_run_id: str | None = None,
+    write_backs: WriteBackPipeline | None = None,
+) -> SyncSummary:
+    """Plans, pushes and records one page of users; the cursor moves to `next_cursor` in the
+    same transaction as the page's state rows (None: not part of a stream, nothing moves).
+    Write-backs go to `write_backs` (sent in the background) or, without it, out at once."""
+    summary = SyncSummary(pages=1, users_seen=len(users))
+    ids = [u["id"] for u in users if isinstance(u, dict) and isinstance(u.get("id"), str)]
+    state = load_user_state(runtime.engine, ids)
+    settings = runtime.settings
+    plans = plan_page(users, state, settings, runtime.segment_names, runtime.whitelisted_segment_ids)
+    summarize_plans(plans, summary)
+    if runtime.dry_run:
+        return summary
+
+    try:
+        if settings.customerio_api == "v2_batch":
+            outcomes = push_page_v2(
+                runtime.customerio,
+                plans,
+                user_id_mapping=settings.user_id_mapping,
+                max_attributes_per_call=settings.max_attributes_per_call,
+                concurrency=settings.push_concurrency,
+                calls=summary.calls,
+            )
+        else:
+            outcomes = push_page(
+                runtime.customerio,
+                plans,
+                max_attributes_per_call=settings.max_attributes_per_call,
+                concurrency=settings.push_concurrency,
+            )
+    except CustomerIoUnavailable as stopped:
+        # Customer.io is down: what went through is recorded, the rest of the page becomes a
+        # failed batch (rerun it, or the next run retries it first), and the run stops here.
+        record_page(runtime, stopped.args[0], summary, cursor_name, next_cursor, flow_run_id)
+        where = f"saved as failed batch {summary.failed_batches}" if summary.failed_batches else "to be retried"
+        raise PageIncomplete(
+            summary,
+            "Customer.io kept failing (429/5xx/timeouts) even after retries, so the run stopped; "
+            f"the unsent users of the page are {where}.",
+        ) from None
+
+    record_page(runtime, outcomes, summary, cursor_name, next_cursor, flow_run_id)
+    synced = [o.plan.hull_id for o in outcomes if o.ok]
+    if synced and write_backs is not None:
+        write_backs.submit(synced)  # sent while the next page is synced; counted at the end
+    elif synced:
+        sent, error = write_back(runtime.hull, runtime.engine, settings.user_id_mapping, hull_ids=synced)
+        summary.writeback_sent += sent
+        if error:
+            summary.warnings.append(error)
+    return summary

@@ -1,0 +1,229 @@
+"""How a Hull user becomes Customer.io attributes. Pure functions: no HTTP, no Prefect, no SQL."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from functools import cached_property, lru_cache
+from collections.abc import Set as AbstractSet
+from typing import Any
+
+from cio_sync.settings import ConnectorSettings
+
+# Traits this connector writes back to Hull. Syncing them out again would change every
+# user's hash after each write-back and re-send everyone on every run.
+OWN_TRAIT_NAMESPACE = "customerio/"
+DATE_SUFFIXES = ("_at", "_date")
+
+
+@dataclass
+class MappedUser:
+    hull_id: str
+    cio_id: str | None
+    email: str | None
+    attributes: dict[str, Any]
+    whitelisted_segment_ids: list[str]
+    id_error: str | None = None  # set when the id value breaks a limit
+    dropped: list[tuple[str, str]] = field(default_factory=list)  # (attribute, reason)
+
+    @cached_property
+    def attributes_hash(self) -> str:
+        # Cached: the diff and the state row of a synced user both need it, and the mapping
+        # never changes `attributes` after it built them.
+        return attributes_hash(self.attributes)
+
+
+class MalformedUserError(ValueError):
+    """A user document from Hull that cannot be read at all."""
+
+
+def attribute_name(hull_name: str) -> str:
+    """`traits_a/b` → `a-b`, `account.x/y` → `account_x-y`, `id` → `hull_id`."""
+    if hull_name.startswith("account."):
+        return "account_" + hull_name[len("account.") :].replace("/", "-")
+    name = hull_name[len("traits_") :] if hull_name.startswith("traits_") else hull_name
+    if name == "id":
+        return "hull_id"
+    return name.replace("/", "-")
+
+
+def is_own_trait(hull_name: str) -> bool:
+    name = hull_name[len("traits_") :] if hull_name.startswith("traits_") else hull_name
+    return name.startswith(OWN_TRAIT_NAMESPACE)
+
+
+def to_unix_seconds(value: Any) -> Any:
+    """ISO dates/datetimes become integer unix seconds; anything else is left as it is."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, datetime):
+        dt = value
+    elif isinstance(value, date):
+        dt = datetime(value.year, value.month, value.day)
+    elif isinstance(value, str):
+        text = value.strip()
+        if len(text) < 10 or not text[:4].isdigit():
+            return value
+        try:
+            dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return value
+    else:
+        return value
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp())
+
+
+def is_date_attribute(name: str) -> bool:
+    return name == "created_at" or name.endswith(DATE_SUFFIXES)
+
+
+def byte_length(value: Any) -> int:
+    if isinstance(value, str):
+        # ASCII text is one byte a character; isascii() is O(1) and spares an encode per value.
+        return len(value) if value.isascii() else len(value.encode("utf-8"))
+    if isinstance(value, (dict, list, tuple)):
+        return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8"))
+    if isinstance(value, (int, float)):
+        return len(str(value))  # numbers (and bools) print as ASCII
+    return len(str(value).encode("utf-8"))
+
+
+def attributes_hash(attributes: dict[str, Any]) -> str:
+    canonical = json.dumps(attributes, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def lookup(user: dict[str, Any], hull_name: str) -> tuple[bool, Any]:
+    """Finds a configured attribute in a user report: `email`, `traits_x`, `x` (a trait), `account.x`."""
+    if hull_name.startswith("account."):
+        account = user.get("account") or {}
+        key = hull_name[len("account.") :]
+        return (key in account, account.get(key))
+    if hull_name in user:
+        return True, user[hull_name]
+    trait = f"traits_{hull_name}"
+    if trait in user:
+        return True, user[trait]
+    return False, None
+
+
+def resolve_segments(configured: list[str], segments: list[dict[str, Any]]) -> tuple[set[str], list[str]]:
+    """Settings may name segments by id or by name. Returns (ids, entries not found)."""
+    by_id = {s["id"]: s for s in segments}
+    by_name: dict[str, list[str]] = {}
+    for s in segments:
+        by_name.setdefault(s.get("name", ""), []).append(s["id"])
+    ids: set[str] = set()
+    unknown = []
+    for entry in configured:
+        if entry in by_id:
+            ids.add(entry)
+        elif entry in by_name:
+            ids.update(by_name[entry])
+        else:
+            unknown.append(entry)
+    return ids, unknown
+
+
+def map_user(
+    user: dict[str, Any],
+    settings: ConnectorSettings,
+    segment_names: dict[str, str],
+    whitelisted_ids: AbstractSet[str],
+) -> MappedUser:
+    if not isinstance(user, dict) or not isinstance(user.get("id"), str) or not user["id"]:
+        raise MalformedUserError("user document has no Hull id")
+    segment_ids = user.get("segment_ids") or []
+    if not isinstance(segment_ids, list):
+        raise MalformedUserError("segment_ids is not a list")
+
+    dropped: list[tuple[str, str]] = []
+    _found, id_value = lookup(user, settings.user_id_mapping)
+    cio_id = None if id_value in (None, "") else str(id_value)
+    id_error = None
+    if cio_id is not None and byte_length(cio_id) > settings.max_identifier_value_length:
+        id_error = f"id value is longer than {settings.max_identifier_value_length} bytes"
+
+    email = user.get("email") or None
+    attributes: dict[str, Any] = {}
+    if cio_id is not None:
+        attributes["id"] = cio_id
+    if email is not None:
+        attributes["email"] = email
+    if user.get("created_at") is not None:
+        attributes["created_at"] = to_unix_seconds(user["created_at"])
+    attributes["hull_segments"] = sorted(segment_names.get(s, s) for s in segment_ids)
+
+    max_value_length = settings.max_attribute_value_length
+    for hull_name, trait_key, account_key, name, is_date, name_too_long in _attribute_plan(
+        tuple(settings.synchronized_attributes), settings.max_attribute_name_length
+    ):
+        # `lookup`, inlined with its keys precomputed: this loop runs for every attribute of
+        # every user read, changed or not.
+        if account_key is not None:
+            account = user.get("account") or {}
+            if account_key not in account:
+                continue
+            value = account[account_key]
+        elif hull_name in user:
+            value = user[hull_name]
+        elif trait_key in user:
+            value = user[trait_key]
+        else:
+            continue
+        if is_date:
+            value = to_unix_seconds(value)
+        if name_too_long:
+            dropped.append((name, f"name longer than {settings.max_attribute_name_length} bytes"))
+            continue
+        if value is not None:
+            if type(value) is str:
+                size = len(value) if value.isascii() else len(value.encode("utf-8"))
+            else:
+                size = byte_length(value)
+            if size > max_value_length:
+                dropped.append((name, f"value longer than {max_value_length} bytes"))
+                continue
+        attributes[name] = value
+
+    return MappedUser(
+        hull_id=user["id"],
+        cio_id=cio_id,
+        email=email,
+        attributes=attributes,
+        whitelisted_segment_ids=sorted(s for s in segment_ids if s in whitelisted_ids),
+        id_error=id_error,
+        dropped=dropped,
+    )
+
+
+@lru_cache(maxsize=64)
+def _attribute_plan(hull_names: tuple[str, ...], max_name_length: int) -> tuple[tuple[Any, ...], ...]:
+    """What map_user needs to know about each whitelisted attribute that does not depend on the
+    user: (Hull name, `traits_` key, account key or None, Customer.io name, is a date, name too
+    long). Worked out once per settings instead of once per user and attribute. Own traits,
+    and `id`/`email` (always sent, never overridden by a whitelisted one), are left out."""
+    plan = []
+    for hull_name in hull_names:
+        if is_own_trait(hull_name):
+            continue
+        name = attribute_name(hull_name)
+        if name in ("id", "email"):
+            continue
+        account_key = hull_name[len("account.") :] if hull_name.startswith("account.") else None
+        plan.append((hull_name, f"traits_{hull_name}", account_key, name, is_date_attribute(name),
+                     byte_length(name) > max_name_length))
+    return tuple(plan)
+
+
+def chunk_attributes(attributes: dict[str, Any], max_per_call: int) -> list[dict[str, Any]]:
+    """Splits one identify into calls of at most `max_per_call` attributes.
+
+    `email` and `id` travel in the first call so the person is created with them.
+    """
+    ordered = sorted(attributes.items(), key=lambda kv: (kv[0] not in ("id", "email"), kv[0]))
+    return [dict(ordered[i : i + max_per_call]) for i in range(0, len(ordered), max_per_call)] or [{}]

@@ -1,0 +1,72 @@
+"""Reads and writes of `user_state`: one row per Hull user the sync decided about."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Connection, Engine, bindparam, func, select, update
+
+from cio_sync.store.db import as_utc, upsert, user_state, utcnow
+
+STATE_FRAME_COLUMNS = ["hull_id", "cio_id", "attributes_hash", "created_at", "deleted_at"]
+
+
+def load_user_state(engine: Engine, hull_ids: Iterable[str]) -> pd.DataFrame:
+    """State rows of one page of users (never the whole table)."""
+    ids = list(hull_ids)
+    rows: list[Any] = []
+    with engine.connect() as connection:
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows.extend(
+                connection.execute(
+                    select(*(user_state.c[c] for c in STATE_FRAME_COLUMNS)).where(user_state.c.hull_id.in_(chunk))
+                ).all()
+            )
+    return pd.DataFrame([tuple(r) for r in rows], columns=STATE_FRAME_COLUMNS)
+
+
+def record_user_outcomes(connection: Connection, rows: list[dict[str, Any]]) -> None:
+    now = utcnow()
+    for row in rows:
+        row.setdefault("updated_at", now)
+    upsert(connection, user_state, rows, "hull_id")
+
+
+def pending_writebacks(engine: Engine, limit: int, hull_ids: list[str] | None = None) -> list[dict[str, Any]]:
+    query = select(user_state).where(user_state.c.writeback_pending.is_(True))
+    if hull_ids is not None:
+        query = query.where(user_state.c.hull_id.in_(hull_ids))
+    with engine.connect() as connection:
+        rows = connection.execute(query.order_by(user_state.c.hull_id).limit(limit)).mappings().all()
+    return [
+        {**row, "created_at": as_utc(row["created_at"]), "synced_at": as_utc(row["synced_at"]),
+         "deleted_at": as_utc(row["deleted_at"])}
+        for row in rows
+    ]
+
+
+def clear_writeback_pending(engine: Engine, rows: list[dict[str, Any]]) -> None:
+    """Clears the flag only where the row was not synced again since it was read."""
+    if not rows:
+        return
+    statement = (
+        update(user_state)
+        .where(user_state.c.hull_id == bindparam("row_hull_id"))
+        .where(user_state.c.updated_at == bindparam("row_updated_at"))
+        .values(writeback_pending=False)
+    )
+    with engine.begin() as connection:
+        # One executemany instead of one statement (compiled and sent) per row.
+        connection.execute(
+            statement, [{"row_hull_id": r["hull_id"], "row_updated_at": r["updated_at"]} for r in rows]
+        )
+
+
+def count_pending_writebacks(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return connection.execute(
+            select(func.count()).select_from(user_state).where(user_state.c.writeback_pending.is_(True))
+        ).scalar_one()

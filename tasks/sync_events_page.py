@@ -1,0 +1,22 @@
+"""The `sync-events-page` task: read, decide and send one page of Hull events."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from cio_sync.pipeline.events_page import EVENTS_CURSOR, EventsPage, run_events_page
+from cio_sync.rules.sharding import WHOLE, Shard
+from cio_sync.runtime import SyncRuntime
+from cio_sync.store.cursors import Cursor
+
+
+@task(name="sync-events-page", cache_policy=NO_CACHE)
+def sync_events_page_task(
+    runtime: SyncRuntime,
+    cursor: Cursor,
+    shard: Shard = WHOLE,
+    cursor_name: str = EVENTS_CURSOR,
+    flow_run_id: str | None = None,
+) -> EventsPage:
+    return run_events_page(runtime, cursor, shard, cursor_name, flow_run_id)

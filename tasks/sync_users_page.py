@@ -1,0 +1,27 @@
+"""The `sync-users-page` task: one Prefect task per page of users (never per user)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from cio_sync.pipeline.summary import SyncSummary
+from cio_sync.pipeline.users_page import sync_page
+from cio_sync.pipeline.writeback import WriteBackPipeline
+from cio_sync.runtime import SyncRuntime
+from cio_sync.store.cursors import Cursor
+
+
+# NO_CACHE: the arguments hold clients and an engine, which no cache key can describe.
+@task(name="sync-users-page", cache_policy=NO_CACHE)
+def sync_users_page_task(
+    runtime: SyncRuntime,
+    users: list[dict[str, Any]],
+    cursor_name: str,
+    next_cursor: Cursor,
+    flow_run_id: str | None = None,
+    write_backs: WriteBackPipeline | None = None,
+) -> SyncSummary:
+    return sync_page(runtime, users, cursor_name, next_cursor, flow_run_id, write_backs)

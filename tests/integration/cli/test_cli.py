@@ -1,0 +1,44 @@
+"""The `cio-sync` commands that need no Prefect server: check, missing settings, failed list."""
+
+import pytest
+
+from cio_sync.cli.main import main
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_check_passes_against_good_credentials(sim_env, hull_sim, cio_sim, capsys, monkeypatch):
+    hull_sim.add_segment("s-vip", "VIP")
+    monkeypatch.setenv("SYNCHRONIZED_SEGMENTS", '["VIP"]')
+    assert main(["check"]) == 0
+    out = capsys.readouterr().out
+    assert "Customer.io credentials accepted" in out and "Hull credentials accepted (1 segments)" in out
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_check_fails_on_bad_key_missing_segment_and_no_segments(sim_env, hull_sim, cio_sim, capsys, monkeypatch):
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", "wrong-key-0000")
+    monkeypatch.setenv("SYNCHRONIZED_SEGMENTS", '["Nope"]')
+    assert main(["check"]) == 1
+    out = capsys.readouterr().out
+    assert "Invalid Credentials: Verify Site ID and API Key" in out
+    assert "Synchronized segment 'Nope' does not exist in Hull" in out
+    assert "wrong-key-0000" not in out
+    monkeypatch.setenv("SYNCHRONIZED_SEGMENTS", "[]")
+    main(["check"])
+    assert "No users will be synchronized" in capsys.readouterr().out
+
+
+def test_missing_settings_are_named_before_anything_runs(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+    for key in ("HULL_ORGANIZATION", "HULL_API_URL", "HULL_CONNECTOR_ID", "HULL_CONNECTOR_SECRET",
+                "CUSTOMERIO_SITE_ID", "CUSTOMERIO_API_KEY"):
+        monkeypatch.delenv(key, raising=False)
+    assert main(["sync-users"]) == 2
+    err = capsys.readouterr().err
+    assert "HULL_CONNECTOR_SECRET" in err and "CUSTOMERIO_API_KEY" in err
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_failed_list_with_nothing_failed(sim_env, capsys):
+    assert main(["failed", "list"]) == 0
+    assert "no open failed batches" in capsys.readouterr().out

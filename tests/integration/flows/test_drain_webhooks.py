@@ -1,0 +1,67 @@
+"""The drain-webhooks flow under the Prefect test harness (one real run)."""
+
+import json
+
+import pytest
+
+from cio_sync.settings import MissingSettingsError
+from cio_sync.store.db import get_engine
+from cio_sync.webhooks import inbox
+from tests.support.webhooks import legacy_payload, load_fixture, reporting_payload
+
+
+@pytest.fixture
+def drain_env(monkeypatch, tmp_path, hull_sim, sqlite_url):
+    for key in ("HULL_ORGANIZATION", "HULL_API_URL", "HULL_FIREHOSE_URL", "HULL_CONNECTOR_ID",
+                "HULL_CONNECTOR_SECRET", "USER_ID_MAPPING"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HULL_ORGANIZATION", hull_sim.organization)
+    monkeypatch.setenv("HULL_API_URL", hull_sim.api_url)
+    monkeypatch.setenv("HULL_FIREHOSE_URL", hull_sim.firehose_url)
+    monkeypatch.setenv("HULL_CONNECTOR_ID", hull_sim.connector_id)
+    monkeypatch.setenv("HULL_CONNECTOR_SECRET", hull_sim.connector_secret)
+    monkeypatch.setenv("STATE_DATABASE_URL", sqlite_url)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    return monkeypatch
+
+
+def test_drain_flow_sends_the_inbox_and_publishes_a_summary(prefect_harness, drain_env, hull_sim, sqlite_url):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    from flows.drain_webhooks import SUMMARY_ARTIFACT_KEY, drain_webhooks
+
+    payloads = [load_fixture("reporting-email-opened.json"), load_fixture("legacy-email-opened.json"),
+                legacy_payload("email_sent"), legacy_payload("email_bounced", failure_message="5.1.1"),
+                legacy_payload("email_opened", customer_id=None, email_address=None),  # no identity
+                reporting_payload("webhook", "sent")]  # another channel
+    engine = get_engine(sqlite_url)
+    for payload in payloads:
+        inbox.store_payload(engine, payload["event_id"], json.dumps(payload))
+
+    state = drain_webhooks(batch_size=4, return_state=True)
+    summary = state.result()
+
+    assert {k: summary[k] for k in ("batches", "sent", "ignored", "failed", "pending")} == {
+        "batches": 2, "sent": 4, "ignored": 1, "failed": 1, "pending": 0}
+    assert summary["inbox"] == {"pending": 0, "processing": 0, "done": 4, "ignored": 1, "failed": 1}
+    assert len(hull_sim.tracked_events) == 4
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            # This run's artifact only: other tests of the session publish under the same key.
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[SUMMARY_ARTIFACT_KEY]),
+                                           flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        )
+    assert artifacts, "the run published no summary artifact"
+    table = artifacts[0].data if isinstance(artifacts[0].data, list) else json.loads(artifacts[0].data)
+    assert {row["outcome"]: row["this run"] for row in table} == {"sent": 4, "ignored": 1, "failed": 1, "pending": 0}
+    assert hull_sim.connector_secret not in json.dumps(table)
+
+
+def test_drain_flow_names_missing_hull_settings_before_any_call(prefect_harness, drain_env, hull_sim):
+    from flows.drain_webhooks import drain_webhooks
+
+    drain_env.delenv("HULL_CONNECTOR_SECRET")
+    with pytest.raises(MissingSettingsError, match="HULL_CONNECTOR_SECRET"):
+        drain_webhooks()
+    assert hull_sim.journal() == []

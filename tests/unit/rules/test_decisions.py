@@ -1,0 +1,43 @@
+"""The decision table (pure, vectorised)."""
+
+import pandas as pd
+import pytest
+
+from cio_sync.rules.decisions import PAGE_COLUMNS, STATE_COLUMNS, decide
+
+
+def row(hull_id, has_email=True, in_segments=True, has_id=True, id_valid=True, h="h1"):
+    return (hull_id, has_email, in_segments, has_id, id_valid, h)
+
+
+CASES = [
+    # (page row, state row or None, deletion, expected action, reason)
+    (row("a", has_email=False), None, False, "skip", "no_email"),
+    (row("b", in_segments=False), ("b", True, False, "h1"), False, "skip", "not_in_segments"),
+    (row("c", in_segments=False), ("c", True, False, "h1"), True, "delete", ""),
+    (row("d", in_segments=False), None, True, "skip", "not_in_segments"),
+    (row("e", in_segments=False), ("e", True, True, "h1"), True, "skip", "already_deleted"),
+    (row("f", has_id=False), None, False, "skip", "no_id_value"),
+    (row("g", id_valid=False), None, False, "skip", "invalid_id"),
+    (row("h"), None, False, "insert", ""),
+    (row("i"), ("i", True, True, "h1"), False, "insert", ""),  # deleted earlier, back in segments
+    (row("j"), ("j", True, False, "h1"), False, "skip", "unchanged"),
+    (row("k", h="h2"), ("k", True, False, "h1"), False, "update", ""),
+    (row("l", has_email=False, in_segments=False), ("l", True, False, "h1"), True, "skip", "no_email"),
+]
+
+
+@pytest.mark.parametrize("page_row, state_row, deletion, action, reason", CASES)
+def test_decision_table(page_row, state_row, deletion, action, reason):
+    page = pd.DataFrame([page_row], columns=PAGE_COLUMNS)
+    state = pd.DataFrame([state_row] if state_row else [], columns=STATE_COLUMNS)
+    decided = decide(page, state, deletion)
+    assert (decided.loc[0, "action"], decided.loc[0, "reason"]) == (action, reason)
+
+
+def test_whole_page_at_once_keeps_order():
+    page = pd.DataFrame([c[0] for c in CASES if not c[2]], columns=PAGE_COLUMNS)
+    states = [c[1] for c in CASES if not c[2] and c[1]]
+    decided = decide(page, pd.DataFrame(states, columns=STATE_COLUMNS), False)
+    assert list(decided["hull_id"]) == list(page["hull_id"])
+    assert list(decided["action"]) == [c[3] for c in CASES if not c[2]]
