@@ -22,13 +22,14 @@ Design notes:
 
 from __future__ import annotations
 
+import functools
 import hmac
 import math
 import random
 import time
 from bisect import bisect_left, bisect_right, insort
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import jwt
 
@@ -120,6 +121,18 @@ class HullSimulator(SimulatorServer):
     """
 
     name = "hull"
+    # Control routes added from other modules: (method, pattern, handler(sim, req, **params)).
+    # `simulators.seed` adds ``POST /_sim/seed`` here, so this module never imports it
+    # (seed depends on hull, never the reverse). Routes added after a simulator was
+    # created apply to simulators created later.
+    extra_control_routes: list[tuple[str, str, Callable[..., Any]]] = []
+
+    @classmethod
+    def add_control_route(cls, method: str, pattern: str,
+                          handler: Callable[..., Any]) -> None:
+        """Register ``handler(sim, req, **params)`` for ``method`` + ``pattern`` (idempotent)."""
+        if not any(m == method and p == pattern for m, p, _ in cls.extra_control_routes):
+            cls.extra_control_routes.append((method, pattern, handler))
 
     def __init__(self, organization: str = "acme.hullapp.io",
                  connector_id: str = DEFAULT_CONNECTOR_ID, connector_secret: str = "secret", *,
@@ -402,8 +415,9 @@ class HullSimulator(SimulatorServer):
         r.add("POST", r"/_sim/segments", self._control_segments)
         r.add("POST", r"/_sim/events", self._control_events)
         r.add("POST", r"/_sim/advance", self._control_advance)
-        r.add("POST", r"/_sim/seed", self._control_seed)
         r.add("POST", r"/_sim/token", self._control_token)
+        for method, pattern, handler in self.extra_control_routes:
+            r.add(method, pattern, functools.partial(handler, self))
 
     def _authorize(self, req: Request) -> None:
         app_id = req.headers.get("Hull-App-Id") or ""
@@ -873,20 +887,6 @@ class HullSimulator(SimulatorServer):
         if "seconds" in body:
             self.advance(float(body["seconds"]))
         return 200, {"now": self.now.isoformat().replace("+00:00", "Z")}
-
-    def _control_seed(self, req: Request):
-        from .seed import seed_synthetic  # seed imports nothing from here at module level
-
-        body = dict(req.json({}))
-        n_users = int(body.pop("n_users", 0))
-        if "segments" in body:
-            body["segments"] = tuple(tuple(pair) for pair in body["segments"])
-        if "events_per_user" in body:
-            body["events_per_user"] = tuple(body["events_per_user"])
-        try:
-            return 200, seed_synthetic(self, n_users, **body)
-        except TypeError as exc:
-            raise HttpError(400, {"message": str(exc)}) from None
 
     def _control_token(self, req: Request):
         body = req.json({})
