@@ -152,6 +152,10 @@ class Faults:
     body for that status".
     """
 
+    # Operations ``POST /_sim/faults {"op": ...}`` may name; a subclass adds its own.
+    OPS: tuple[str, ...] = ("fail_next", "error_rate", "drop_rate", "down", "latency", "force",
+                            "clear")
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.clear()
@@ -221,7 +225,7 @@ class Faults:
 
     def apply(self, op: str, kwargs: dict) -> None:
         """Entry point for ``POST /_sim/faults`` ({"op": ..., **kwargs})."""
-        if op not in ("fail_next", "error_rate", "drop_rate", "down", "latency", "force", "clear"):
+        if op not in self.OPS:
             raise ValueError(f"unknown fault op {op!r}")
         if "statuses" in kwargs:
             kwargs = {**kwargs, "statuses": tuple(kwargs["statuses"])}
@@ -412,11 +416,12 @@ class SimulatorServer:
     """
 
     name = "simulator"
+    faults_class: type[Faults] = Faults  # a simulator may add its own fault switches
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
         self.port = port
-        self.faults = Faults()
+        self.faults = self.faults_class()
         # One lock guards the simulated service's data; reentrant so helpers compose.
         self.lock = threading.RLock()
         self.record_journal = True
