@@ -9,6 +9,7 @@ from pathlib import Path
 
 import requests
 
+import simulators
 from simulators.demo import DEMO_ATTRIBUTES, DEMO_SEGMENTS, DemoScenario
 
 
@@ -73,7 +74,7 @@ def test_same_seed_same_changes():
 
 
 def test_demo_module_does_not_import_the_connector():
-    root = Path(__file__).resolve().parents[2]
+    root = Path(simulators.__file__).resolve().parents[1]
     code = ("import sys, simulators.demo\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('cio_sync', 'flows', 'tasks', 'connectors', 'prefect')))")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import requests
 
+import simulators
 from simulators import (CustomerIoSimulator, HullSimulator, RemoteCustomerIo, RemoteHull,
                         simulator_environment)
 
@@ -64,7 +65,7 @@ def test_overrides_extras_and_conversions():
 
 
 def test_remote_simulators_in_another_process():
-    root = Path(__file__).resolve().parents[2]
+    root = Path(simulators.__file__).resolve().parents[1]
     process = subprocess.Popen(
         [sys.executable, "-m", "simulators", "customerio", "--port", "0", "--site-id", "remote-site",
          "--api-key", "remote-key"], cwd=root, stdout=subprocess.PIPE, text=True,

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[2] / "simulators"
+import simulators
+
+PACKAGE = Path(simulators.__file__).resolve().parent  # wherever this test file lives
 
 
 def imported_modules(path: Path) -> set[str]:
