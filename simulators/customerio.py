@@ -181,7 +181,7 @@ class CustomerIoFaults(Faults):
     find a bad entry needs.  Over HTTP: ``POST /_sim/faults {"op": "poison_batch_entry",
     "id": "u-7"}``."""
 
-    OPS = Faults.OPS + ("poison_batch_entry", "cure_batch_entry")
+    OPS = (*Faults.OPS, "poison_batch_entry", "cure_batch_entry")
 
     def clear(self) -> None:
         super().clear()
@@ -195,13 +195,13 @@ class CustomerIoFaults(Faults):
             raise ValueError("name exactly one of id, email, phone or cio_id")
         return given[0][0], str(given[0][1])
 
-    def poison_batch_entry(self, *, id: Any = None, email: Any = None, phone: Any = None,  # noqa: A002
+    def poison_batch_entry(self, *, id: Any = None, email: Any = None, phone: Any = None,
                            cio_id: Any = None, status: int = 400, body: Any = None) -> None:
         key = self._poison_key({"id": id, "email": email, "phone": phone, "cio_id": cio_id})
         with self._lock:
             self._poisoned[key] = (int(status), body)
 
-    def cure_batch_entry(self, *, id: Any = None, email: Any = None, phone: Any = None,  # noqa: A002
+    def cure_batch_entry(self, *, id: Any = None, email: Any = None, phone: Any = None,
                          cio_id: Any = None) -> None:
         key = self._poison_key({"id": id, "email": email, "phone": phone, "cio_id": cio_id})
         with self._lock:

@@ -59,7 +59,7 @@ class DemoScenario:
         self.seeded: dict[str, Any] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
-    def start(self) -> "DemoScenario":
+    def start(self) -> DemoScenario:
         """Start both simulators and seed the users (no events); idempotent."""
         self.hull.start()
         self.cio.start()
@@ -71,7 +71,7 @@ class DemoScenario:
         self.hull.stop()
         self.cio.stop()
 
-    def __enter__(self) -> "DemoScenario":
+    def __enter__(self) -> DemoScenario:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:

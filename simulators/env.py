@@ -13,7 +13,8 @@ credentials always come from the object, never from constants next to the call.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, NamedTuple, Protocol
+from collections.abc import Mapping
+from typing import Any, NamedTuple, Protocol
 
 from .hull import DEFAULT_CONNECTOR_ID
 

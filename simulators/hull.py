@@ -28,13 +28,24 @@ import math
 import random
 import time
 from bisect import bisect_left, bisect_right, insort
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterable
+from typing import Any, ClassVar
 
 import jwt
 
-from ._search import (QueryError, field_matcher, in_range, page_params, paginate, parse_time,
-                      range_of, sort_direction, split_query, terms_of)
+from ._search import (
+    QueryError,
+    field_matcher,
+    in_range,
+    page_params,
+    paginate,
+    parse_time,
+    range_of,
+    sort_direction,
+    split_query,
+    terms_of,
+)
 from ._server import HttpError, Request, Router, SimulatorServer
 
 DEFAULT_START = datetime(2026, 11, 26, 10, 0, 0, tzinfo=timezone.utc)
@@ -125,7 +136,7 @@ class HullSimulator(SimulatorServer):
     # `simulators.seed` adds ``POST /_sim/seed`` here, so this module never imports it
     # (seed depends on hull, never the reverse). Routes added after a simulator was
     # created apply to simulators created later.
-    extra_control_routes: list[tuple[str, str, Callable[..., Any]]] = []
+    extra_control_routes: ClassVar[list[tuple[str, str, Callable[..., Any]]]] = []
 
     @classmethod
     def add_control_route(cls, method: str, pattern: str,
@@ -732,7 +743,8 @@ class HullSimulator(SimulatorServer):
         start, chosen, matched, exact = (page - 1) * per_page, [], 0, True
         positions = range(low, high) if direction != "desc" else range(high - 1, low - 1, -1)
         examined = 0
-        for examined, position in enumerate(positions, 1):
+        for position in positions:
+            examined += 1
             entry = order[position]
             if not all(p(entry) for p in predicates):
                 continue

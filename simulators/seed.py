@@ -13,9 +13,9 @@ Hull simulator created afterwards; hull.py itself knows nothing about seeding.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from itertools import combinations
 from random import Random
-from typing import Callable
 
 from ._server import HttpError, Request
 from .hull import HullSimulator, iso_seconds

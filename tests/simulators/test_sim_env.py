@@ -11,8 +11,7 @@ from pathlib import Path
 import requests
 
 import simulators
-from simulators import (CustomerIoSimulator, HullSimulator, RemoteCustomerIo, RemoteHull,
-                        simulator_environment)
+from simulators import CustomerIoSimulator, HullSimulator, RemoteCustomerIo, RemoteHull, simulator_environment
 
 CONNECTOR_ID = "5bd329d5e2bcf3eeaf00e4a1"
 SECRET = "env-test-connector-secret-0123456789abcdef"
