@@ -348,6 +348,8 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from simulators.env import RemoteCustomerIo, RemoteHull, simulator_environment
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--mode", choices=("v1", "v2_batch", "both"), default="both")
@@ -405,11 +407,10 @@ def main(argv: list[str] | None = None) -> int:
             spec = {"mode": mode, "events": args.events, "params": params, "env": {
                 "PREFECT_API_URL": prefect_server.url, "PREFECT_HOME": prefect_server.home,
                 "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "HULL_ORGANIZATION": "acme.hullapp.io", "HULL_API_URL": f"{hull.url}/api/v1",
-                "HULL_FIREHOSE_URL": f"{hull.url}/firehose", "HULL_CONNECTOR_ID": HULL_CONNECTOR_ID,
-                "HULL_CONNECTOR_SECRET": HULL_SECRET, "CUSTOMERIO_SITE_ID": CIO_SITE_ID,
-                "CUSTOMERIO_API_KEY": CIO_API_KEY, "CUSTOMERIO_TRACK_URL": cio.url,
-                "STATE_DATABASE_URL": f"sqlite:///{database}", "SYNC_LEASE_TTL_SECONDS": "3600",
+                **simulator_environment(
+                    RemoteHull(hull.url, "acme.hullapp.io", HULL_CONNECTOR_ID, HULL_SECRET),
+                    RemoteCustomerIo(cio.url, CIO_SITE_ID, CIO_API_KEY),
+                    f"sqlite:///{database}", SYNC_LEASE_TTL_SECONDS=3600),
             }}
             with Ticker(hull.url, cio.url):
                 result = run_worker(spec)

@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from simulators.env import RemoteCustomerIo, RemoteHull, simulator_environment
 from tests.support.postgres import POSTGRES, fresh_postgres_database
 from tests.support.sims import (
     CIO_API_KEY,
@@ -219,15 +220,8 @@ def worker_env(base: dict, hull_url: str, cio_url: str, state_url: str) -> dict:
     return {
         **base,
         **CONNECTOR_SETTINGS,
-        "HULL_ORGANIZATION": "acme.hullapp.io",
-        "HULL_API_URL": f"{hull_url}/api/v1",
-        "HULL_FIREHOSE_URL": f"{hull_url}/firehose",
-        "HULL_CONNECTOR_ID": HULL_CONNECTOR_ID,
-        "HULL_CONNECTOR_SECRET": HULL_SECRET,
-        "CUSTOMERIO_SITE_ID": CIO_SITE_ID,
-        "CUSTOMERIO_API_KEY": CIO_API_KEY,
-        "CUSTOMERIO_TRACK_URL": cio_url,
-        "STATE_DATABASE_URL": state_url,
+        **simulator_environment(RemoteHull(hull_url, "acme.hullapp.io", HULL_CONNECTOR_ID, HULL_SECRET),
+                                RemoteCustomerIo(cio_url, CIO_SITE_ID, CIO_API_KEY), state_url),
     }
 
 

@@ -7,20 +7,16 @@ import pytest
 from cio_sync.settings import MissingSettingsError
 from cio_sync.store.db import get_engine
 from cio_sync.webhooks import inbox
+from simulators.env import simulator_environment
 from tests.support.webhooks import legacy_payload, load_fixture, reporting_payload
 
 
 @pytest.fixture
-def drain_env(monkeypatch, tmp_path, hull_sim, sqlite_url):
-    for key in ("HULL_ORGANIZATION", "HULL_API_URL", "HULL_FIREHOSE_URL", "HULL_CONNECTOR_ID",
-                "HULL_CONNECTOR_SECRET", "USER_ID_MAPPING"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("HULL_ORGANIZATION", hull_sim.organization)
-    monkeypatch.setenv("HULL_API_URL", hull_sim.api_url)
-    monkeypatch.setenv("HULL_FIREHOSE_URL", hull_sim.firehose_url)
-    monkeypatch.setenv("HULL_CONNECTOR_ID", hull_sim.connector_id)
-    monkeypatch.setenv("HULL_CONNECTOR_SECRET", hull_sim.connector_secret)
-    monkeypatch.setenv("STATE_DATABASE_URL", sqlite_url)
+def drain_env(monkeypatch, tmp_path, hull_sim, cio_sim, sqlite_url):
+    monkeypatch.delenv("USER_ID_MAPPING", raising=False)
+    for key, value in simulator_environment(hull_sim, cio_sim, sqlite_url).items():
+        if not key.startswith("CUSTOMERIO_"):  # the drain talks to Hull only
+            monkeypatch.setenv(key, value)
     monkeypatch.chdir(tmp_path)  # no stray .env
     return monkeypatch
 
