@@ -43,9 +43,14 @@ def _table(runs: list[tuple[str, dict[str, Any]]]) -> str:
 
 def run_demo(users: int = 300, seed: int = 7) -> int:
     """Three `sync-users` runs against the demo scenario (simulators/demo.py), then the table."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "simulators" / "demo.py").is_file() and str(checkout) not in sys.path:
+        # The simulators are development-only and not installed as a package: use the
+        # checkout's own copy (an editable install runs from the checkout).
+        sys.path.append(str(checkout))
     try:
         from simulators.demo import DemoScenario
-    except ImportError:  # an installed package without the checkout's simulators/
+    except ImportError:
         print("cio-sync demo needs the simulators of a source checkout (git clone, then `make demo`).",
               file=sys.stderr)
         return 2
