@@ -9,6 +9,8 @@ can go wrong, and what happens to the rows still held by this batch:
   rows are fine, the settings are not), and the error is raised to stop the run.
 - Hull rejects a POST (`PermanentError`, e.g. 400): one bad message fails all 50, so
   that POST's messages are resent one by one and only the rejected ones marked `failed`.
+- A stored body that is not a readable webhook (the intake stores every signed request):
+  `ignored`, with the reason.
 Resending is safe: the webhook's `event_id` is Hull's `event_id`, which Hull dedupes on.
 """
 
@@ -28,6 +30,7 @@ from cio_sync.webhooks import WebhookSettings
 from cio_sync.webhooks.inbox import (
     ClaimedRow,
     claim_batch,
+    decode_payload,
     mark_done,
     mark_failed,
     mark_ignored,
@@ -90,7 +93,7 @@ def drain_batch(
     ignored: dict[int, str] = {}
     failed: dict[int, str] = {}
     for row in rows:
-        result = map_stored_payload(row.payload, connector_settings.user_id_mapping)
+        result = map_stored_payload(decode_payload(row.payload), connector_settings.user_id_mapping)
         if isinstance(result, Mapped):
             to_send.append((row, result))
         elif isinstance(result, Ignored):

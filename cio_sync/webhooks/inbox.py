@@ -1,8 +1,9 @@
 """The `webhook_inbox` table: raw Customer.io payloads and their delivery status.
 
 Life of a row: `pending` (stored by the intake) -> `processing` (claimed by one drain)
--> `done` (Hull accepted it), `ignored` (not mapped, reason kept) or `failed` (cannot be
-sent, or kept failing; last error kept). A transient failure puts it back to `pending`.
+-> `done` (Hull accepted it), `ignored` (not mapped or not readable, reason kept) or
+`failed` (cannot be sent, or kept failing; last error kept). A transient failure puts it
+back to `pending`.
 Rows are never deleted: the inbox is also the audit trail of what Customer.io sent.
 
 Claiming is what keeps two drains running at once from sending a row twice: a row is
@@ -12,6 +13,7 @@ made only by the drain that holds the claim.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -33,17 +35,42 @@ DUPLICATE = "duplicate"
 
 DEFAULT_CLAIM_TIMEOUT = timedelta(minutes=10)
 MAX_ERROR_LENGTH = 2000
+# Marks a payload stored as base64 because its body was not storable as text as it is.
+ENCODED_PREFIX = "cio-sync:base64:"
 
 
 @dataclass(frozen=True)
 class ClaimedRow:
     id: int
     event_id: str
-    payload: str
+    payload: str  # as stored: `decode_payload` gives the body back
     attempts: int
 
 
 # ----- intake side ---------------------------------------------------------------------
+
+
+def encode_payload(body: bytes) -> str:
+    """The text stored for a request body: the body itself when it is UTF-8 text without NUL
+    characters (every real Customer.io webhook), else `ENCODED_PREFIX` + its base64, so any
+    signed body can be stored durably (PostgreSQL text refuses NUL and invalid UTF-8) and
+    given back byte for byte by `decode_payload`. A text body that happens to start with
+    the prefix is encoded too, which keeps the two forms unambiguous."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and "\x00" not in text and not text.startswith(ENCODED_PREFIX):
+        return text
+    return ENCODED_PREFIX + base64.b64encode(body).decode("ascii")
+
+
+def decode_payload(stored: str) -> str | bytes:
+    """A stored payload as the body it came from: the text itself, or the raw bytes of a
+    body `encode_payload` had to encode."""
+    if stored.startswith(ENCODED_PREFIX):
+        return base64.b64decode(stored[len(ENCODED_PREFIX) :])
+    return stored
 
 
 def store_payload(engine: Engine, event_id: str, payload: str) -> str:

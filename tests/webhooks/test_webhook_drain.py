@@ -12,7 +12,7 @@ from webhook_helpers import legacy_payload, load_fixture, reporting_payload
 from cio_sync.db import get_engine, webhook_inbox
 from cio_sync.settings import ConnectorSettings, HullCredentials
 from cio_sync.webhooks import inbox
-from cio_sync.webhooks.mapping import map_webhook
+from cio_sync.webhooks.mapping import dedupe_key, map_webhook
 from connectors.http import AuthError, RetryPolicy
 from connectors.hull import HullClient
 from tasks.drain import drain_batch
@@ -234,3 +234,34 @@ def test_max_attempts_comes_from_the_environment(database_url, hull_sim, drain, 
     hull_sim.faults.down(True)
     counts = drain()
     assert (counts["requeued"], counts["failed"]) == (0, 1)
+
+
+def test_unreadable_stored_bodies_are_ignored_with_their_reason_and_not_sent(database_url, hull_sim, drain):
+    engine = get_engine(database_url)
+    good = legacy_payload("email_opened")
+    bodies = {
+        "invalid-json": b'{"event_id": "01E4C8", "object_type": "email", ',
+        "no-event-id": b'{"object_type": "email", "metric": "opened", "data": {}}',
+        "unknown-format": b'{"event_id": "01E4C8BES586H0A5PFK1ARB9JW", "name": "Email Opened"}',
+        "not-utf8": b'{"event_id": "X", "event_type": "email_opened", "subject": "\xff"}',
+        "deep": b"[" * 100_000,
+        "good": json.dumps(good).encode(),
+    }
+    keys = {}
+    for name, body in bodies.items():
+        keys[name] = dedupe_key(body)
+        assert inbox.store_payload(engine, keys[name], inbox.encode_payload(body)) == inbox.STORED
+
+    counts = drain()
+
+    assert (counts["claimed"], counts["sent"], counts["ignored"], counts["failed"]) == (6, 1, 5, 0)
+    rows = rows_by_event_id(database_url)
+    expected = {"invalid-json": "body is not valid JSON", "no-event-id": "event_id is missing",
+                "unknown-format": "neither a Customer.io reporting webhook", "not-utf8": "body is not UTF-8 text",
+                "deep": "nested too deeply"}
+    for name, reason in expected.items():
+        row = rows[keys[name]]
+        assert row["status"] == "ignored", name
+        assert row["last_error"].startswith("not a Customer.io webhook this connector can read")
+        assert reason in row["last_error"], name
+    assert [event["event_id"] for event in hull_sim.tracked_events] == [good["event_id"]]

@@ -3,6 +3,7 @@
 import threading
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select, update
 
 from cio_sync.db import get_engine, utcnow, webhook_inbox
@@ -122,3 +123,20 @@ def test_release_without_attempt_keeps_the_count(database_url):
     assert inbox.release_unattempted(engine, "w", [row.id]) == 1
     stored = _row(engine, "evt-0000")
     assert (stored["status"], stored["attempts"], stored["claimed_by"]) == ("pending", 0, None)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"event_id": "X"}', "Zoë <zoe@example.com>".encode(), b"\xff\xfe not utf-8", b"nul \x00 inside",
+     inbox.ENCODED_PREFIX.encode() + b"AAAA", b""],
+    ids=["json", "utf8-text", "not-utf8", "nul", "prefix-lookalike", "empty"],
+)
+def test_any_body_is_stored_and_given_back_byte_for_byte(database_url, body):
+    engine = get_engine(database_url)
+    stored = inbox.encode_payload(body)
+    assert inbox.store_payload(engine, "E", stored) == inbox.STORED
+    (row,) = inbox.claim_batch(engine, "w", 1)
+    restored = inbox.decode_payload(row.payload)
+    assert (restored.encode() if isinstance(restored, str) else restored) == body
+    if body in (b'{"event_id": "X"}', "Zoë <zoe@example.com>".encode(), b""):
+        assert row.payload == body.decode()  # real webhooks are stored as they came, readable
