@@ -20,6 +20,7 @@ import base64
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine, and_, case, func, literal, null, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -301,6 +302,43 @@ def count_by_status(engine: Engine) -> dict[str, int]:
         ):
             counts[status] = count
     return counts
+
+
+def backlog(engine: Engine, now: datetime | None = None) -> dict[str, Any]:
+    """What is still owed to Hull, for a run's summary:
+    - `pending`: rows not delivered yet (`pending`, waiting for a retry or not, plus
+      `processing`, claimed by a drain in progress);
+    - `retrying`: those of them that have failed transiently at least once;
+    - `oldest_pending_age_seconds`: whole seconds since the oldest of them was received
+      (None when there is none): the delay Hull's copy of the email activity is behind;
+    - `failed`: rows marked `failed` (given up, or unsendable), waiting for a person.
+    """
+    now = _now(now)
+    waiting = (PENDING, PROCESSING)
+    statement = (
+        select(
+            webhook_inbox.c.status,
+            func.count(),
+            func.min(webhook_inbox.c.received_at),
+            func.sum(case((webhook_inbox.c.attempts > 0, 1), else_=0)),
+        )
+        .where(webhook_inbox.c.status.in_((*waiting, FAILED)))
+        .group_by(webhook_inbox.c.status)
+    )
+    pending = retrying = failed = 0
+    oldest: datetime | None = None
+    with engine.connect() as connection:
+        for status, count, received_at, with_attempts in connection.execute(statement):
+            if status == FAILED:
+                failed = count
+                continue
+            pending += count
+            retrying += int(with_attempts or 0)
+            received_at = as_utc(received_at)
+            if received_at is not None and (oldest is None or received_at < oldest):
+                oldest = received_at
+    age = None if oldest is None else max(0, int((now - oldest).total_seconds()))
+    return {"pending": pending, "retrying": retrying, "oldest_pending_age_seconds": age, "failed": failed}
 
 
 def _ids_by_reason(reasons: Mapping[int, str]) -> dict[str | None, list[int]]:

@@ -184,6 +184,7 @@ def test_a_two_hour_hull_outage_loses_nothing_and_sends_each_webhook_once(databa
     # 10-attempts-a-minute rule had failed every row after 10 minutes.
     assert tried_at == [0, 1, 2, 4, 8, 16, 32, 64]
     assert hull_sim.tracked_events == []
+    assert inbox.backlog(engine, now=t0 + 120 * MINUTE)["retrying"] == 3
 
     hull_sim.faults.down(False)
     assert drain(now=t0 + 121 * MINUTE)["claimed"] == 0  # next attempt is due at 124 min
@@ -192,6 +193,8 @@ def test_a_two_hour_hull_outage_loses_nothing_and_sends_each_webhook_once(databa
     rows = rows_by_event_id(database_url).values()
     assert {(row["status"], row["attempts"], row["first_failed_at"]) for row in rows} == {("done", 8, t0)}
     assert sorted(m["body"]["event_id"] for m in hull_sim.firehose_messages) == sorted(p["event_id"] for p in payloads)
+    assert inbox.backlog(engine, now=t0 + 124 * MINUTE) == {
+        "pending": 0, "retrying": 0, "oldest_pending_age_seconds": None, "failed": 0}
 
 
 def test_a_row_failing_for_longer_than_the_retry_window_is_marked_failed(database_url, hull_sim, drain):
@@ -207,6 +210,7 @@ def test_a_row_failing_for_longer_than_the_retry_window_is_marked_failed(databas
     row = rows_by_event_id(database_url)[payload["event_id"]]
     assert (row["status"], row["attempts"], row["next_attempt_at"]) == ("failed", 3, None)
     assert "Hull" in row["last_error"] and "503" in row["last_error"]
+    assert inbox.backlog(get_engine(database_url), now=t0 + timedelta(hours=25))["failed"] == 1
 
 
 def test_rejected_credentials_stop_the_drain_and_cost_no_attempt(database_url, hull_sim, hull_credentials, drain):

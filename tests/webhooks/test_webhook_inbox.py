@@ -236,6 +236,25 @@ def test_requeue_failed_gives_a_fresh_window_and_makes_rows_due_at_once(database
     assert len(inbox.claim_batch(engine, "w", 1)) == 1
 
 
+def test_backlog_counts_what_is_owed_to_hull_and_how_old_it_is(database_url):
+    engine = get_engine(database_url)
+    now = utcnow()
+    assert inbox.backlog(engine, now=now) == {
+        "pending": 0, "retrying": 0, "oldest_pending_age_seconds": None, "failed": 0}
+    for n, age in enumerate([timedelta(hours=2), timedelta(minutes=5), timedelta(minutes=1), timedelta(days=3),
+                             timedelta(seconds=10)]):
+        inbox.store_payload(engine, f"evt-{n}", "{}", now=now - age)
+    # evt-0 (2 h old) fails once and waits; evt-3 (3 days old) is done; evt-1 is failed;
+    # evt-2 is being processed; evt-4 has not been tried.
+    rows = {row.event_id: row for row in inbox.claim_batch(engine, "w", 4, now=now)}
+    inbox.release_for_retry(engine, "w", [rows["evt-0"].id], "503", now=now)
+    inbox.mark_failed(engine, "w", {rows["evt-1"].id: "no identity"}, now=now)
+    inbox.mark_done(engine, "w", [rows["evt-3"].id], now=now)
+    assert inbox.backlog(engine, now=now) == {
+        "pending": 3, "retrying": 1, "oldest_pending_age_seconds": 7200, "failed": 1}
+    assert inbox.backlog(engine, now=now + MINUTE)["oldest_pending_age_seconds"] == 7260
+
+
 @pytest.mark.parametrize(
     "body",
     [b'{"event_id": "X"}', "Zoë <zoe@example.com>".encode(), b"\xff\xfe not utf-8", b"nul \x00 inside",
