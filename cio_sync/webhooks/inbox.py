@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import Engine, and_, case, func, literal, null, or_, select, update
@@ -387,7 +387,10 @@ def _trim(error: str) -> str:
 
 
 def _now(now: datetime | None) -> datetime:
-    return utcnow() if now is None else as_utc(now)
+    """`now` as an aware UTC datetime (a naive one is taken as UTC), or the clock."""
+    if now is None:
+        return utcnow()
+    return now if now.tzinfo is not None else now.replace(tzinfo=timezone.utc)
 
 
 def _at(moment: datetime):
