@@ -16,6 +16,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 if TYPE_CHECKING:
     from connectors.http import RetryPolicy
 
+# Defaults that code outside the settings classes also needs (one value each).
+DEFAULT_WEBHOOK_TOLERANCE_SECONDS = 300
+DEFAULT_WEBHOOK_CLAIM_TIMEOUT_SECONDS = 600
+
 DEFAULT_DATA_DIR = Path("data")
 US_TRACK_URL = "https://track.customer.io"
 EU_TRACK_URL = "https://track-eu.customer.io"
@@ -146,6 +150,36 @@ class LeaseSettings(BaseSettings):
     model_config = _env_config("SYNC_")
 
     lease_ttl_seconds: float = Field(default=600.0, gt=0)
+
+
+class WebhookSettings(BaseSettings):
+    """Environment variables of the webhook intake and drain (none is a secret).
+
+    The signing key is not here: it is a Customer.io credential and lives in
+    `CustomerIoCredentials.webhook_signing_key` (`CUSTOMERIO_WEBHOOK_SIGNING_KEY`).
+    """
+
+    model_config = _env_config()
+
+    # How far X-CIO-Timestamp may be from our clock; bounds how long a captured request
+    # can be replayed.
+    webhook_timestamp_tolerance_seconds: int = Field(default=DEFAULT_WEBHOOK_TOLERANCE_SECONDS, ge=1)
+    # Retries of a row whose delivery to Hull fails transiently (Hull down, 5xx, timeouts):
+    # after a failure, a row that had n failed attempts before waits
+    # min(WEBHOOK_RETRY_MAX_SECONDS, WEBHOOK_RETRY_BASE_SECONDS * 2**n) before a drain
+    # claims it again: 30 s, 1 min, 2 min, ... 32 min, then hourly.
+    webhook_retry_base_seconds: float = Field(default=30.0, gt=0)
+    webhook_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    # A row is marked failed once it has been failing for this long, counted from its first
+    # transient failure (a row that waited for a drain is never given up untried). 0 fails
+    # a row at its first transient failure.
+    webhook_retry_hours: float = Field(default=24.0, ge=0)
+    # Optional extra bound, unset by default: when set, a row is also marked failed after
+    # this many transient failures, whichever of the two comes first. Kept for operators
+    # who prefer a count; the time window above is what protects rows through an outage.
+    webhook_max_attempts: int | None = Field(default=None, ge=1)
+    # A row claimed by a drain that died is claimable again after this long.
+    webhook_claim_timeout_seconds: int = Field(default=DEFAULT_WEBHOOK_CLAIM_TIMEOUT_SECONDS, ge=1)
 
 
 def require(*missing_lists: list[str]) -> None:

@@ -3,28 +3,35 @@
 A row is marked `done` only after Hull accepted the firehose POST that carried it. What
 can go wrong, and what happens to the rows still held by this batch:
 - Hull unavailable (`TransientError`, after the client's short retry budget): back to
-  `pending` with one more attempt counted (`failed` once out of attempts); the run stops,
-  the next scheduled run retries.
+  `pending` with one more attempt counted and a backoff (`next_attempt_at`, 30 s doubling
+  up to hourly by default); the run stops, and a later run claims the rows once they are
+  due. A row is marked `failed` only once it has been failing for WEBHOOK_RETRY_HOURS (24)
+  (`inbox.RetrySchedule`), so a Hull outage of hours loses nothing and needs no rerun.
 - Credentials rejected (`AuthError`): back to `pending` without counting an attempt (the
   rows are fine, the settings are not), and the error is raised to stop the run.
 - Hull rejects a POST (`PermanentError`, e.g. 400): one bad message fails all 50, so
   that POST's messages are resent one by one and only the rejected ones marked `failed`.
+- A stored body that is not a readable webhook (the intake stores every signed request):
+  `ignored`, with the reason.
 Resending is safe: the webhook's `event_id` is Hull's `event_id`, which Hull dedupes on.
+
+`now` (tests only) fixes the clock for the claim and every status change of the batch.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from cio_sync.settings import ConnectorSettings, HullCredentials, WebhookSettings
 from cio_sync.store.db import get_engine
-from cio_sync.settings import ConnectorSettings, HullCredentials
-from cio_sync.webhooks import WebhookSettings
 from cio_sync.webhooks.inbox import (
     ClaimedRow,
+    RetrySchedule,
     claim_batch,
+    decode_payload,
     mark_done,
     mark_failed,
     mark_ignored,
@@ -35,8 +42,8 @@ from cio_sync.webhooks.mapping import Failed, Ignored, Mapped, map_stored_payloa
 from connectors.http import PermanentError, RetryPolicy, TransientError
 from connectors.hull import FIREHOSE_BATCH_SIZE, HullClient
 
-# Short on purpose: the drain runs every minute and a row left pending is retried by the
-# next run, so long backoffs here would only delay the rows behind it.
+# Short on purpose: the drain runs every minute and a row left pending is retried by a
+# later run (after its backoff), so long waits here would only delay the rows behind it.
 DRAIN_RETRY = RetryPolicy(total=3, backoff_factor=0.5, backoff_max=5.0, timeout=10.0)
 
 
@@ -46,7 +53,7 @@ class BatchCounts:
     sent: int = 0
     ignored: int = 0
     failed: int = 0
-    requeued: int = 0  # back to pending after a transient Hull failure
+    requeued: int = 0  # back to pending, with a backoff, after a transient Hull failure
     stopped: str | None = None  # set when the run should stop (Hull unavailable)
 
     def to_dict(self) -> dict[str, Any]:
@@ -63,22 +70,22 @@ def drain_batch(
     batch_size: int,
     worker_id: str,
     *,
-    max_attempts: int | None = None,
-    claim_timeout_seconds: int | None = None,
+    webhook_settings: WebhookSettings | None = None,
     retry: RetryPolicy | None = None,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Claims up to `batch_size` rows for `worker_id` and settles every one of them.
+    """Claims up to `batch_size` due rows for `worker_id` and settles every one of them.
 
-    Returns `BatchCounts` as a dict; `claimed == 0` means the inbox had nothing to do.
+    `webhook_settings` defaults to the environment (`WebhookSettings()`); `now` to the
+    clock. Returns `BatchCounts` as a dict; `claimed == 0` means nothing was due.
     Raises `AuthError` when Hull rejects the credentials (rows released first).
     """
-    if max_attempts is None or claim_timeout_seconds is None:
-        webhook_settings = WebhookSettings()
-        max_attempts = max_attempts or webhook_settings.webhook_max_attempts
-        claim_timeout_seconds = claim_timeout_seconds or webhook_settings.webhook_claim_timeout_seconds
+    webhook_settings = webhook_settings or WebhookSettings()
+    schedule = RetrySchedule.from_settings(webhook_settings)
+    claim_timeout = timedelta(seconds=webhook_settings.webhook_claim_timeout_seconds)
 
     engine = get_engine(database_url)
-    rows = claim_batch(engine, worker_id, batch_size, timedelta(seconds=claim_timeout_seconds))
+    rows = claim_batch(engine, worker_id, batch_size, claim_timeout, now=now)
     counts = BatchCounts(claimed=len(rows))
     if not rows:
         return counts.to_dict()
@@ -87,26 +94,33 @@ def drain_batch(
     ignored: dict[int, str] = {}
     failed: dict[int, str] = {}
     for row in rows:
-        result = map_stored_payload(row.payload, connector_settings.user_id_mapping)
+        result = map_stored_payload(decode_payload(row.payload), connector_settings.user_id_mapping)
         if isinstance(result, Mapped):
             to_send.append((row, result))
         elif isinstance(result, Ignored):
             ignored[row.id] = result.reason
         elif isinstance(result, Failed):
             failed[row.id] = result.reason
-    counts.ignored += mark_ignored(engine, worker_id, ignored)
-    counts.failed += mark_failed(engine, worker_id, failed)
+    counts.ignored += mark_ignored(engine, worker_id, ignored, now=now)
+    counts.failed += mark_failed(engine, worker_id, failed, now=now)
     if not to_send:
         return counts.to_dict()
 
     with HullClient.from_settings(hull_credentials, retry=retry or DRAIN_RETRY) as hull:
         outgoing = [(row.id, hull.track_message(mapped.claims, mapped.event)) for row, mapped in to_send]
-        send_to_hull(engine, hull, worker_id, outgoing, counts, max_attempts)
+        send_to_hull(engine, hull, worker_id, outgoing, counts, schedule, now)
     return counts.to_dict()
 
 
-def send_to_hull(engine, hull: HullClient, worker_id: str, outgoing: list[Outgoing], counts: BatchCounts,
-                 max_attempts: int) -> None:
+def send_to_hull(
+    engine,
+    hull: HullClient,
+    worker_id: str,
+    outgoing: list[Outgoing],
+    counts: BatchCounts,
+    schedule: RetrySchedule,
+    now: datetime | None = None,
+) -> None:
     """Sends `outgoing` in firehose POSTs of at most 50 messages, settling each row."""
     posts: deque[list[Outgoing]] = deque(
         outgoing[start : start + FIREHOSE_BATCH_SIZE] for start in range(0, len(outgoing), FIREHOSE_BATCH_SIZE)
@@ -121,18 +135,21 @@ def send_to_hull(engine, hull: HullClient, worker_id: str, outgoing: list[Outgoi
                 # Isolate the bad message(s): the same messages again, one per POST.
                 posts.extendleft(reversed([[item] for item in post]))
             else:
-                counts.failed += mark_failed(engine, worker_id, {ids[0]: f"Hull rejected the event: {exc}"})
+                counts.failed += mark_failed(engine, worker_id, {ids[0]: f"Hull rejected the event: {exc}"}, now=now)
             continue
         except TransientError as exc:
             unsent = ids + [row_id for later in posts for row_id, _ in later]
-            requeued, out_of_attempts = release_for_retry(engine, worker_id, unsent, str(exc), max_attempts)
+            requeued, given_up = release_for_retry(engine, worker_id, unsent, str(exc), schedule, now=now)
             counts.requeued += requeued
-            counts.failed += out_of_attempts
-            counts.stopped = f"Hull unavailable, {len(unsent)} webhooks left for the next run: {exc}"
+            counts.failed += given_up
+            counts.stopped = (
+                f"Hull unavailable, {len(unsent)} webhooks left to retry with backoff "
+                f"({given_up} of them given up after {schedule.retry_for}): {exc}"
+            )
             return
         except BaseException:
             # AuthError, or anything unexpected: not the rows' fault, so release them at
             # once rather than leave them claimed until the claim times out.
             release_unattempted(engine, worker_id, ids + [row_id for later in posts for row_id, _ in later])
             raise
-        counts.sent += mark_done(engine, worker_id, ids)
+        counts.sent += mark_done(engine, worker_id, ids, now=now)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from functools import cached_property, lru_cache
-from collections.abc import Set as AbstractSet
 from typing import Any
 
 from cio_sync.settings import ConnectorSettings

@@ -87,6 +87,8 @@ webhook_inbox = Table(
     Column("claimed_by", String(64)),
     Column("claimed_at", DateTime(timezone=True)),
     Column("processed_at", DateTime(timezone=True)),
+    Column("next_attempt_at", DateTime(timezone=True)),  # pending after a failure: not claimed before
+    Column("first_failed_at", DateTime(timezone=True)),  # start of the current retry window
 )
 
 # Work that failed after the retry budget was spent, kept until a rerun completes it.

@@ -12,6 +12,7 @@ Reporting Webhooks carry `object_type` and `metric`, keyed here `<object_type>_<
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -21,6 +22,11 @@ from typing import Any
 LEGACY = "legacy"
 REPORTING = "reporting"
 MAX_EVENT_ID_LENGTH = 64  # webhook_inbox.event_id column; Customer.io sends 26-char ULIDs
+# Inbox key of a body without a usable event_id: "sha256:" + 56 hex digits of the body's
+# SHA-256 (224 bits), 63 characters, so it fits the event_id column and reads as what it is.
+BODY_KEY_PREFIX = "sha256:"
+BODY_KEY_HEX_DIGITS = 56
+UNREADABLE = "not a Customer.io webhook this connector can read"
 
 # Webhook key -> Hull event name, as the original connector named them.
 HULL_EVENT_NAMES: dict[str, str] = {
@@ -76,14 +82,16 @@ class Mapped:
 
 @dataclass(frozen=True)
 class Ignored:
-    """Understood but deliberately not sent (other channel, unmapped metric)."""
+    """Deliberately not sent: another channel, an unmapped metric, or a body that is not a
+    webhook this connector can read (invalid JSON, unknown format, no event_id...)."""
 
     reason: str
 
 
 @dataclass(frozen=True)
 class Failed:
-    """Cannot be sent as it is (no identity, malformed); kept for a person to look at."""
+    """A webhook that should reach Hull but cannot as it is (no identity); kept for a
+    person to look at."""
 
     reason: str
 
@@ -96,6 +104,13 @@ MappingResult = Mapped | Ignored | Failed
 
 def parse_payload(body: bytes | str) -> dict[str, Any]:
     """Decodes and validates a request body; raises `InvalidPayload` with the reason."""
+    payload = decode_json(body)
+    validate_payload(payload)
+    return payload
+
+
+def decode_json(body: bytes | str) -> Any:
+    """The JSON value of a body; raises `InvalidPayload` (and nothing else) with the reason."""
     if isinstance(body, bytes):
         # Explicitly UTF-8 (JSON's only interchange encoding): json.loads would also guess
         # UTF-16/32 from bytes, and the inbox stores the body as UTF-8 text.
@@ -104,11 +119,41 @@ def parse_payload(body: bytes | str) -> dict[str, Any]:
         except UnicodeDecodeError:
             raise InvalidPayload("body is not UTF-8 text") from None
     try:
-        payload = json.loads(body)
+        return json.loads(body)
+    except RecursionError:
+        # json raises this, not a ValueError, for arrays or objects nested a few thousand deep.
+        raise InvalidPayload("body is not valid JSON (nested too deeply)") from None
     except ValueError as exc:
+        # The message names a position or a limit, never the body's content.
         raise InvalidPayload(f"body is not valid JSON ({exc})") from None
-    validate_payload(payload)
-    return payload
+
+
+def usable_event_id(value: Any) -> str | None:
+    """`value` if it can serve as the inbox key and Hull's `event_id`, else None."""
+    if (
+        isinstance(value, str)
+        and value.strip()
+        and len(value) <= MAX_EVENT_ID_LENGTH
+        and value.isprintable()  # no NUL (PostgreSQL text refuses it) or other controls
+    ):
+        return value
+    return None
+
+
+def dedupe_key(body: bytes) -> str:
+    """The `webhook_inbox.event_id` a signed request is stored under: its `event_id` when it
+    has a usable one (Customer.io's retries of one webhook share it), otherwise a digest of
+    the body (`sha256:` + 56 hex digits), so a retried byte-identical body is still stored
+    once. Never raises, whatever the body."""
+    try:
+        payload = decode_json(body)
+    except InvalidPayload:
+        payload = None
+    if isinstance(payload, dict):
+        event_id = usable_event_id(payload.get("event_id"))
+        if event_id is not None:
+            return event_id
+    return BODY_KEY_PREFIX + hashlib.sha256(body).hexdigest()[:BODY_KEY_HEX_DIGITS]
 
 
 def validate_payload(payload: Any) -> str:
@@ -126,6 +171,8 @@ def validate_payload(payload: Any) -> str:
         raise InvalidPayload("event_id is missing or not a string")
     if len(event_id) > MAX_EVENT_ID_LENGTH:
         raise InvalidPayload(f"event_id is longer than {MAX_EVENT_ID_LENGTH} characters")
+    if usable_event_id(event_id) is None:
+        raise InvalidPayload("event_id contains control characters")
     if payload.get("data") is not None and not isinstance(payload["data"], dict):
         raise InvalidPayload("data is not a JSON object")
     return payload_format
@@ -150,13 +197,15 @@ def event_key(payload: dict[str, Any]) -> str:
 # ----- mapping -------------------------------------------------------------------------
 
 
-def map_stored_payload(text: str, user_id_mapping: str) -> MappingResult:
-    """Maps a payload as stored in the inbox; anything unreadable is `Failed`, never raised,
-    so one bad row cannot stop a drain."""
+def map_stored_payload(body: str | bytes, user_id_mapping: str) -> MappingResult:
+    """Maps a payload as stored in the inbox (text, or the raw bytes of a body that was not
+    storable as text). Anything unreadable is `Ignored` with the reason, never raised, so
+    one bad row cannot stop a drain: the intake stores every signed request, whatever its
+    shape, and this is where such a request ends."""
     try:
-        payload = parse_payload(text)
+        payload = parse_payload(body)
     except InvalidPayload as exc:
-        return Failed(f"invalid payload: {exc}")
+        return Ignored(f"{UNREADABLE}: {exc}")
     return map_webhook(payload, user_id_mapping)
 
 
@@ -164,7 +213,7 @@ def map_webhook(payload: dict[str, Any], user_id_mapping: str) -> MappingResult:
     try:
         payload_format = validate_payload(payload)
     except InvalidPayload as exc:
-        return Failed(f"invalid payload: {exc}")
+        return Ignored(f"{UNREADABLE}: {exc}")
 
     key = event_key(payload)
     if payload_format == REPORTING and payload["object_type"] not in MAPPED_OBJECT_TYPES:
@@ -217,7 +266,8 @@ def identity_claims(data: dict[str, Any], user_id_mapping: str) -> dict[str, str
 
 def customer_id_of(data: dict[str, Any]) -> str | None:
     # `identifiers.id` first: `customer_id` is deprecated and empty for deleted people.
-    identifiers = data.get("identifiers") if isinstance(data.get("identifiers"), dict) else {}
+    found = data.get("identifiers")
+    identifiers: dict[str, Any] = found if isinstance(found, dict) else {}
     for value in (identifiers.get("id"), data.get("customer_id")):
         if value is not None and str(value).strip():
             return str(value).strip()
@@ -227,7 +277,8 @@ def customer_id_of(data: dict[str, Any]) -> str | None:
 def email_of(data: dict[str, Any]) -> str | None:
     # `identifiers.email` is the reporting format's own copy of the person's address;
     # it identifies the user when an event carries no recipient.
-    identifiers = data.get("identifiers") if isinstance(data.get("identifiers"), dict) else {}
+    found = data.get("identifiers")
+    identifiers: dict[str, Any] = found if isinstance(found, dict) else {}
     for value in (data.get("email_address"), data.get("recipient"), identifiers.get("email")):
         email = extract_email(value)
         if email:

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 
-DEFAULT_TOLERANCE_SECONDS = 300
+from cio_sync.settings import DEFAULT_WEBHOOK_TOLERANCE_SECONDS
+
 SIGNATURE_VERSION = b"v0"
+SIGNATURE_HEX_LENGTH = 64  # SHA-256 digest, hex
+MAX_TIMESTAMP_DIGITS = 15
+_HEX = re.compile(r"[0-9a-f]+")
 
 
 class SignatureError(Exception):
@@ -31,21 +36,28 @@ def verify_signature(
     signature: str | None,
     body: bytes,
     *,
-    tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS,
+    tolerance_seconds: int = DEFAULT_WEBHOOK_TOLERANCE_SECONDS,
     now: float | None = None,
 ) -> None:
     """Raises `SignatureError` unless `signature` is valid for `body` and `timestamp` is
-    within `tolerance_seconds` of `now` (either direction: clocks drift both ways)."""
+    within `tolerance_seconds` of `now` (either direction: clocks drift both ways).
+
+    Header values are untrusted: anything malformed (non-numeric or absurdly long
+    timestamp, non-hex or wrong-length signature, non-ASCII) is a `SignatureError`, never
+    another exception. Messages are fixed texts; they never repeat what was received."""
     if not timestamp or not signature:
         raise SignatureError("missing X-CIO-Timestamp or X-CIO-Signature header")
     timestamp = timestamp.strip()
-    if not timestamp.isascii() or not timestamp.isdigit():
+    # Length first: int() of a few thousand digits raises ValueError (Python's limit on
+    # str->int conversion) and is slow before that. Unix seconds have 10 digits until 2286.
+    if len(timestamp) > MAX_TIMESTAMP_DIGITS or not timestamp.isascii() or not timestamp.isdigit():
         raise SignatureError("X-CIO-Timestamp is not a unix timestamp")
+    signature = signature.strip().lower()
+    if len(signature) != SIGNATURE_HEX_LENGTH or not _HEX.fullmatch(signature):
+        raise SignatureError("X-CIO-Signature is not a hex HMAC-SHA256")
     current = time.time() if now is None else now
     if abs(current - int(timestamp)) > tolerance_seconds:
         raise SignatureError(f"X-CIO-Timestamp is more than {tolerance_seconds} s from the server clock")
     expected = compute_signature(key, timestamp, body)
-    # Both sides as bytes: compare_digest on str refuses non-ASCII input with a
-    # TypeError, and a hostile header may well contain some.
-    if not hmac.compare_digest(expected.encode("ascii"), signature.strip().lower().encode("utf-8")):
+    if not hmac.compare_digest(expected.encode("ascii"), signature.encode("ascii")):
         raise SignatureError("X-CIO-Signature does not match the body")

@@ -12,20 +12,18 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import uvicorn
 
 from cio_sync.webhooks.signature import compute_signature
 
-FIXTURES = Path(__file__).parents[2].parent / "shared" / "fixtures" / "webhooks"
+# Real payload shapes, kept in the repository so a fresh clone runs every test.
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "webhooks"
 SIGNING_KEY = "whsec-test-signing-key"
 
 
 def load_fixture(name: str) -> dict:
-    path = FIXTURES / name
-    if not path.is_file():
-        pytest.skip(f"webhook fixture {path} is not available")
-    return json.loads(path.read_text())
+    """A payload from tests/fixtures/webhooks; a missing file is an error, never a skip."""
+    return json.loads((FIXTURES / name).read_text(encoding="utf-8"))
 
 
 def new_event_id() -> str:

@@ -34,7 +34,7 @@ def walk(read) -> list[str]:
 
 
 def test_prefetching_reader_walks_exactly_like_the_plain_one(seeded_hull):
-    hull_sim, client = seeded_hull
+    _hull_sim, client = seeded_hull
     plain = walk(lambda c: fetch_users_page(client, c, 200))
     reader = UserPagePrefetcher(client, 200)
     try:

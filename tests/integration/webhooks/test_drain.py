@@ -3,24 +3,26 @@
 import json
 import threading
 from collections import Counter
+from datetime import timedelta
 
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
-from tests.support.webhooks import legacy_payload, load_fixture, reporting_payload
 
-from cio_sync.store.db import get_engine, webhook_inbox
-from cio_sync.settings import ConnectorSettings, HullCredentials
+from cio_sync.pipeline.drain import drain_batch
+from cio_sync.settings import ConnectorSettings, HullCredentials, WebhookSettings
+from cio_sync.store.db import as_utc, get_engine, utcnow, webhook_inbox
 from cio_sync.webhooks import inbox
-from cio_sync.webhooks.mapping import map_webhook
+from cio_sync.webhooks.mapping import dedupe_key, map_webhook
 from connectors.http import AuthError, RetryPolicy
 from connectors.hull import HullClient
-from cio_sync.pipeline.drain import drain_batch
+from tests.support.webhooks import legacy_payload, load_fixture, reporting_payload
 
 pytestmark = pytest.mark.postgres  # the store layer: SQLite and PostgreSQL
 
 # Hull outages must show up in the test within a second, not after the real backoff.
 FAST_RETRY = RetryPolicy(total=1, backoff_factor=0.01, backoff_max=0.05, timeout=5)
+MINUTE = timedelta(minutes=1)
 FIXTURE_NAMES = ["legacy-email-opened.json", "legacy-email-drafted-noemail.json",
                  "reporting-customer-subscribed.json", "reporting-email-clicked.json",
                  "reporting-email-opened.json"]
@@ -43,10 +45,17 @@ def drain(database_url, hull_credentials):
 
     def run(batch_size=500, worker_id="test-drain", user_id_mapping="external_id", credentials=None, **kwargs):
         kwargs.setdefault("retry", FAST_RETRY)
+        # The defaults, whatever the developer's environment says (tests that read the
+        # environment pass webhook_settings=None).
+        kwargs.setdefault("webhook_settings", WebhookSettings(_env_file=None, **DEFAULT_SETTINGS))
         return drain_batch(database_url, credentials or hull_credentials,
                            ConnectorSettings(user_id_mapping=user_id_mapping), batch_size, worker_id, **kwargs)
 
     return run
+
+
+DEFAULT_SETTINGS = {"webhook_retry_base_seconds": 30, "webhook_retry_max_seconds": 3600,
+                    "webhook_retry_hours": 24, "webhook_max_attempts": None, "webhook_claim_timeout_seconds": 600}
 
 
 def store(database_url, payloads: list[dict]) -> None:
@@ -57,7 +66,9 @@ def store(database_url, payloads: list[dict]) -> None:
 
 def rows_by_event_id(database_url) -> dict[str, dict]:
     with get_engine(database_url).connect() as connection:
-        return {row["event_id"]: dict(row) for row in connection.execute(select(webhook_inbox)).mappings()}
+        rows = connection.execute(select(webhook_inbox)).mappings().all()
+    # SQLite gives naive datetimes back; every one is UTC.
+    return {row["event_id"]: {k: as_utc(v) if hasattr(v, "tzinfo") else v for k, v in row.items()} for row in rows}
 
 
 def many_payloads(count: int) -> list[dict]:
@@ -111,18 +122,21 @@ def test_unmappable_rows_are_kept_with_their_reason_and_not_sent(database_url, h
 def test_hull_down_then_back_up_loses_nothing_and_sends_nothing_twice(database_url, hull_sim, drain):
     payloads = many_payloads(70)
     store(database_url, payloads)
+    now = utcnow()
 
     hull_sim.faults.down(True)
-    first = drain()
+    first = drain(now=now)
     assert (first["sent"], first["requeued"]) == (0, 70)
     assert first["stopped"].startswith("Hull unavailable")
     rows = rows_by_event_id(database_url)
-    assert {(row["status"], row["attempts"]) for row in rows.values()} == {("pending", 1)}
+    assert {(row["status"], row["attempts"], row["next_attempt_at"]) for row in rows.values()} == {
+        ("pending", 1, now + timedelta(seconds=30))}
     assert "503" in rows[payloads[0]["event_id"]]["last_error"]
     assert hull_sim.tracked_events == []
 
     hull_sim.faults.down(False)
-    second = drain()
+    assert drain(now=now + timedelta(seconds=29))["claimed"] == 0  # backing off: not yet due
+    second = drain(now=now + timedelta(seconds=30))
     assert (second["sent"], second["requeued"], second["stopped"]) == (70, 0, None)
     assert {row["status"] for row in rows_by_event_id(database_url).values()} == {"done"}
     assert sorted(e["event_id"] for e in hull_sim.tracked_events) == sorted(p["event_id"] for p in payloads)
@@ -141,28 +155,64 @@ def test_outage_mid_batch_keeps_what_hull_accepted(database_url, hull_sim, drain
             hull_sim.faults.down(True)
         return original_firehose(self, messages)
 
+    now = utcnow()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(HullClient, "firehose", firehose_then_outage)
-        counts = drain()
+        counts = drain(now=now)
     assert (counts["sent"], counts["requeued"]) == (50, 70)
     statuses = Counter(row["status"] for row in rows_by_event_id(database_url).values())
     assert statuses == {"done": 50, "pending": 70}
 
     hull_sim.faults.down(False)
-    assert drain()["sent"] == 70
+    assert drain(now=now + MINUTE)["sent"] == 70
     assert len(hull_sim.firehose_messages) == 120
 
 
-def test_a_row_that_keeps_failing_is_marked_failed_after_max_attempts(database_url, hull_sim, drain):
+def test_a_two_hour_hull_outage_loses_nothing_and_sends_each_webhook_once(database_url, hull_sim, drain):
+    # One drain a minute for two hours, Hull down throughout; the clock is moved, not waited.
+    payloads = many_payloads(3)
+    store(database_url, payloads)
+    engine = get_engine(database_url)
+    t0 = utcnow()
+    hull_sim.faults.down(True)
+    tried_at = []
+    for minute in range(121):
+        counts = drain(now=t0 + minute * MINUTE)
+        if counts["claimed"]:
+            tried_at.append(minute)
+            assert (counts["requeued"], counts["failed"]) == (3, 0)
+        assert inbox.count_by_status(engine)["pending"] == 3  # never failed, never lost
+    # Backoff 30 s, 1, 2, 4, 8, 16, 32 min, then hourly: 8 attempts where the old
+    # 10-attempts-a-minute rule had failed every row after 10 minutes.
+    assert tried_at == [0, 1, 2, 4, 8, 16, 32, 64]
+    assert hull_sim.tracked_events == []
+    assert inbox.backlog(engine, now=t0 + 120 * MINUTE)["retrying"] == 3
+
+    hull_sim.faults.down(False)
+    assert drain(now=t0 + 121 * MINUTE)["claimed"] == 0  # next attempt is due at 124 min
+    counts = drain(now=t0 + 124 * MINUTE)
+    assert (counts["sent"], counts["requeued"], counts["failed"], counts["stopped"]) == (3, 0, 0, None)
+    rows = rows_by_event_id(database_url).values()
+    assert {(row["status"], row["attempts"], row["first_failed_at"]) for row in rows} == {("done", 8, t0)}
+    assert sorted(m["body"]["event_id"] for m in hull_sim.firehose_messages) == sorted(p["event_id"] for p in payloads)
+    assert inbox.backlog(engine, now=t0 + 124 * MINUTE) == {
+        "pending": 0, "retrying": 0, "oldest_pending_age_seconds": None, "failed": 0}
+
+
+def test_a_row_failing_for_longer_than_the_retry_window_is_marked_failed(database_url, hull_sim, drain):
     (payload,) = many_payloads(1)
     store(database_url, [payload])
+    t0 = utcnow()
     hull_sim.faults.down(True)
-    assert drain(max_attempts=2)["requeued"] == 1
-    counts = drain(max_attempts=2)
+    assert drain(now=t0)["requeued"] == 1
+    assert drain(now=t0 + timedelta(hours=23, minutes=59))["requeued"] == 1  # still within 24 h
+    counts = drain(now=t0 + timedelta(hours=24, minutes=1))
     assert (counts["requeued"], counts["failed"]) == (0, 1)
+    assert "given up" in counts["stopped"]
     row = rows_by_event_id(database_url)[payload["event_id"]]
-    assert (row["status"], row["attempts"]) == ("failed", 2)
+    assert (row["status"], row["attempts"], row["next_attempt_at"]) == ("failed", 3, None)
     assert "Hull" in row["last_error"] and "503" in row["last_error"]
+    assert inbox.backlog(get_engine(database_url), now=t0 + timedelta(hours=25))["failed"] == 1
 
 
 def test_rejected_credentials_stop_the_drain_and_cost_no_attempt(database_url, hull_sim, hull_credentials, drain):
@@ -230,9 +280,49 @@ def test_two_concurrent_drains_send_each_row_exactly_once(database_url, hull_sim
     assert {row["status"] for row in rows_by_event_id(database_url).values()} == {"done"}
 
 
-def test_max_attempts_comes_from_the_environment(database_url, hull_sim, drain, monkeypatch):
-    monkeypatch.setenv("WEBHOOK_MAX_ATTEMPTS", "1")
-    store(database_url, many_payloads(1))
+def test_retry_settings_come_from_the_environment(database_url, hull_sim, drain, monkeypatch):
+    for name in ("WEBHOOK_RETRY_HOURS", "WEBHOOK_MAX_ATTEMPTS", "WEBHOOK_RETRY_MAX_SECONDS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WEBHOOK_RETRY_BASE_SECONDS", "5")
+    first, second = many_payloads(2)
+    store(database_url, [first])
     hull_sim.faults.down(True)
+    now = utcnow()
+    assert drain(webhook_settings=None, now=now)["requeued"] == 1
+    assert rows_by_event_id(database_url)[first["event_id"]]["next_attempt_at"] == now + timedelta(seconds=5)
+
+    monkeypatch.setenv("WEBHOOK_RETRY_HOURS", "0")  # no retry window: fail at once
+    store(database_url, [second])
+    counts = drain(webhook_settings=None, now=now + MINUTE)
+    assert (counts["requeued"], counts["failed"]) == (0, 2)
+
+
+def test_unreadable_stored_bodies_are_ignored_with_their_reason_and_not_sent(database_url, hull_sim, drain):
+    engine = get_engine(database_url)
+    good = legacy_payload("email_opened")
+    bodies = {
+        "invalid-json": b'{"event_id": "01E4C8", "object_type": "email", ',
+        "no-event-id": b'{"object_type": "email", "metric": "opened", "data": {}}',
+        "unknown-format": b'{"event_id": "01E4C8BES586H0A5PFK1ARB9JW", "name": "Email Opened"}',
+        "not-utf8": b'{"event_id": "X", "event_type": "email_opened", "subject": "\xff"}',
+        "deep": b"[" * 100_000,
+        "good": json.dumps(good).encode(),
+    }
+    keys = {}
+    for name, body in bodies.items():
+        keys[name] = dedupe_key(body)
+        assert inbox.store_payload(engine, keys[name], inbox.encode_payload(body)) == inbox.STORED
+
     counts = drain()
-    assert (counts["requeued"], counts["failed"]) == (0, 1)
+
+    assert (counts["claimed"], counts["sent"], counts["ignored"], counts["failed"]) == (6, 1, 5, 0)
+    rows = rows_by_event_id(database_url)
+    expected = {"invalid-json": "body is not valid JSON", "no-event-id": "event_id is missing",
+                "unknown-format": "neither a Customer.io reporting webhook", "not-utf8": "body is not UTF-8 text",
+                "deep": "nested too deeply"}
+    for name, reason in expected.items():
+        row = rows[keys[name]]
+        assert row["status"] == "ignored", name
+        assert row["last_error"].startswith("not a Customer.io webhook this connector can read")
+        assert reason in row["last_error"], name
+    assert [event["event_id"] for event in hull_sim.tracked_events] == [good["event_id"]]

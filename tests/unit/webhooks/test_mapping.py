@@ -1,10 +1,10 @@
 """The webhook -> Hull mapping, checked against the original connector's table
 (written out here on purpose, not imported from the code under test)."""
 
+import hashlib
 import json
 
 import pytest
-from tests.support.webhooks import legacy_payload, load_fixture, reporting_payload
 
 from cio_sync.webhooks.mapping import (
     LEGACY,
@@ -13,12 +13,14 @@ from cio_sync.webhooks.mapping import (
     Ignored,
     InvalidPayload,
     Mapped,
+    dedupe_key,
     extract_email,
     map_stored_payload,
     map_webhook,
     parse_payload,
     validate_payload,
 )
+from tests.support.webhooks import legacy_payload, load_fixture, reporting_payload
 
 # The original connector's table: webhook key -> Hull event.
 ORIGINAL_TABLE = {
@@ -256,6 +258,9 @@ def test_format_detection():
         (b'{"event_id": 12, "event_type": "email_opened"}', "event_id"),
         (json.dumps({"event_id": "X" * 65, "event_type": "email_opened"}).encode(), "longer than 64"),
         (b'{"event_id": "X", "event_type": "email_opened", "data": [1]}', "data is not a JSON object"),
+        (b'{"event_id": "a\\u0000b", "event_type": "email_opened"}', "control characters"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b"1" * 5000, "not valid JSON"),
     ],
 )
 def test_invalid_bodies_are_refused_with_a_reason(body, reason):
@@ -263,10 +268,42 @@ def test_invalid_bodies_are_refused_with_a_reason(body, reason):
         parse_payload(body)
 
 
-def test_a_corrupt_stored_payload_fails_instead_of_raising():
-    result = map_stored_payload("{oops", "external_id")
-    assert isinstance(result, Failed)
-    assert "invalid payload" in result.reason
+@pytest.mark.parametrize(
+    "stored, reason",
+    [
+        ("{oops", "body is not valid JSON"),
+        (b"\xff\xfe{}", "body is not UTF-8 text"),  # raw bytes of a body stored encoded
+        ('{"event_id": "X", "name": "Email Opened"}', "neither a Customer.io reporting webhook"),
+        ('{"object_type": "email", "metric": "opened", "data": {}}', "event_id is missing"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ],
+    ids=["invalid-json", "not-utf8", "unknown-format", "no-event-id", "deep-nesting"],
+)
+def test_an_unreadable_stored_payload_is_ignored_with_the_reason_instead_of_raising(stored, reason):
+    result = map_stored_payload(stored, "external_id")
+    assert isinstance(result, Ignored)
+    assert result.reason.startswith("not a Customer.io webhook this connector can read: ")
+    assert reason in result.reason
+
+
+def test_dedupe_key_is_the_event_id_when_usable():
+    payload = legacy_payload("email_opened")
+    assert dedupe_key(json.dumps(payload).encode()) == payload["event_id"]
+    # Even when the rest is not a format the drain maps: retries must still dedupe on it.
+    assert dedupe_key(b'{"event_id": "01E4C8BES586H0A5PFK1ARB9JW", "new": 1}') == "01E4C8BES586H0A5PFK1ARB9JW"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{oops", b"", b"\xff", b"[1]", b'{"event_id": 12}', b'{"event_id": "   "}',
+     b'{"event_id": "a\\u0000b"}', json.dumps({"event_id": "X" * 65}).encode(), b"[" * 100_000],
+    ids=["invalid-json", "empty", "not-utf8", "array", "numeric", "blank", "control-char", "too-long", "deep"],
+)
+def test_dedupe_key_of_a_body_without_a_usable_event_id_is_a_digest_of_the_body(body):
+    key = dedupe_key(body)
+    assert key == "sha256:" + hashlib.sha256(body).hexdigest()[:56]
+    assert len(key) <= 64  # the inbox's event_id column
+    assert dedupe_key(body) == key and dedupe_key(body + b" ") != key
 
 
 def test_missing_timestamp_leaves_created_at_to_hull():
