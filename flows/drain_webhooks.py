@@ -18,7 +18,7 @@ from prefect.artifacts import create_table_artifact
 from cio_sync.secrets import load_secret_blocks
 from cio_sync.settings import ConnectorSettings, HullCredentials, StateSettings, require
 from cio_sync.store.db import get_engine
-from cio_sync.webhooks.inbox import DONE, FAILED, IGNORED, PENDING, PROCESSING, count_by_status
+from cio_sync.webhooks.inbox import DONE, FAILED, IGNORED, backlog, count_by_status
 from tasks.drain_webhook_batch import drain_webhook_batch_task
 
 SUMMARY_ARTIFACT_KEY = "drain-webhooks-summary"
@@ -41,6 +41,9 @@ def summary_table(summary: dict[str, Any]) -> list[dict[str, Any]]:
         {"outcome": "ignored", "this run": summary["ignored"], "inbox total": inbox[IGNORED]},
         {"outcome": "failed", "this run": summary["failed"], "inbox total": inbox[FAILED]},
         {"outcome": "pending", "this run": summary["requeued"], "inbox total": summary["pending"]},
+        {"outcome": "of them waiting for a retry", "this run": "", "inbox total": summary["retrying"]},
+        {"outcome": "oldest pending (seconds since received)", "this run": "",
+         "inbox total": "-" if summary["oldest_pending_age_seconds"] is None else summary["oldest_pending_age_seconds"]},
     ]
 
 
@@ -83,9 +86,12 @@ def drain_webhooks(
         if counts["claimed"] < batch_size:
             break  # the inbox was emptied; new arrivals wait for the next scheduled run
 
-    inbox = count_by_status(get_engine(database_url))
-    # Rows claimed by another run still in progress are not done either.
-    summary = {**totals, "pending": inbox[PENDING] + inbox[PROCESSING], "inbox": inbox}
+    engine = get_engine(database_url)
+    inbox = count_by_status(engine)
+    # Rows claimed by another run still in progress are not done either (backlog counts them).
+    owed = backlog(engine)
+    summary = {**totals, "pending": owed["pending"], "retrying": owed["retrying"],
+               "oldest_pending_age_seconds": owed["oldest_pending_age_seconds"], "inbox": inbox}
     create_table_artifact(
         key=SUMMARY_ARTIFACT_KEY,
         table=summary_table(summary),

@@ -50,7 +50,9 @@ def test_drain_flow_sends_the_inbox_and_publishes_a_summary(prefect_harness, dra
         )
     assert artifacts, "the run published no summary artifact"
     table = artifacts[0].data if isinstance(artifacts[0].data, list) else json.loads(artifacts[0].data)
-    assert {row["outcome"]: row["this run"] for row in table} == {"sent": 4, "ignored": 1, "failed": 1, "pending": 0}
+    rows = {row["outcome"]: (row["this run"], row["inbox total"]) for row in table}
+    assert rows == {"sent": (4, 4), "ignored": (1, 1), "failed": (1, 1), "pending": (0, 0),
+                    "of them waiting for a retry": ("", 0), "oldest pending (seconds since received)": ("", "-")}
     assert hull_sim.connector_secret not in json.dumps(table)
 
 
