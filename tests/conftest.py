@@ -99,3 +99,16 @@ def baseline(monkeypatch, tmp_path, sim_env):
         return state
 
     return make
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest first (e2e, then integration, then unit): with two xdist workers the few
+    minute-long end-to-end tests start at once and overlap the many short ones, instead of
+    running alone at the end."""
+    tier = {"e2e": 0, "integration": 1, "unit": 2}
+
+    def rank(item) -> int:
+        parts = item.path.parts
+        return next((tier[p] for p in parts if p in tier), 1)
+
+    items.sort(key=rank)  # stable: the order within a tier is kept
