@@ -74,7 +74,7 @@ class RetryPolicy:
 
     def backoff(self, retry_number: int, retry_after: float | None = None) -> float:
         """Seconds to wait before retry `retry_number` (1 for the first retry)."""
-        wait = self.backoff_factor * (2 ** (retry_number - 1))
+        wait = float(self.backoff_factor) * 2.0 ** (retry_number - 1)
         if self.backoff_jitter > 0:
             wait += random.uniform(0, self.backoff_jitter)
         if retry_after is not None:

@@ -78,12 +78,13 @@ class ItemResult:
 
 
 def send_chains(client: CustomerIoClient, chains: list[list[BatchRequest]], results: list[ItemResult],
-                concurrency: int, calls: Counter | None = None) -> None:
+                concurrency: int, calls: Counter | None = None, breaker: Breaker | None = None) -> None:
     """Sends every chain; fills `results` (indexed by entry owner). Raises AuthError at once
     on 401/403; raises CustomerIoUnavailable (with nothing else) when requests keep failing
-    transiently, after marking the unsent items `not_attempted`."""
+    transiently (the phase's `breaker`, or one for this page), after marking the unsent items
+    `not_attempted`."""
     lock = threading.Lock()
-    breaker = Breaker()
+    breaker = breaker or Breaker()
 
     def mark(request: BatchRequest, kind: str, message: str) -> None:
         for entry in request.entries:
@@ -180,6 +181,7 @@ def push_page_v2(
     calls: Counter | None = None,
     max_request_bytes: int = MAX_REQUEST_BYTES,
     max_entry_bytes: int = MAX_ENTRY_BYTES,
+    breaker: Breaker | None = None,
 ) -> list[UserOutcome]:
     """The v2 counterpart of `cio_sync.pipeline.push.push_page`: one UserOutcome per plan with an action,
     same error kinds, same exceptions (AuthError; CustomerIoUnavailable carrying outcomes).
@@ -193,7 +195,7 @@ def push_page_v2(
             result.fail("permanent", item.rejected)
     stopped = None
     try:
-        send_chains(client, pack(items, max_request_bytes), results, concurrency, calls)
+        send_chains(client, pack(items, max_request_bytes), results, concurrency, calls, breaker)
     except CustomerIoUnavailable as exc:
         stopped = exc
     outcomes = [_user_outcome(plan, result) for plan, result in zip(work, results)]
@@ -228,6 +230,7 @@ def push_events_v2(
     calls: Counter | None = None,
     max_request_bytes: int = MAX_REQUEST_BYTES,
     max_entry_bytes: int = MAX_ENTRY_BYTES,
+    breaker: Breaker | None = None,
 ) -> list[tuple[str, str | None]]:
     """Person events `(Customer.io identifier, v1 event body)` as v2 entries. Returns one
     (status, error) per event like cio_sync.pipeline.events_page.send_event: sent | failed | retry.
@@ -243,9 +246,9 @@ def push_events_v2(
             result.fail("permanent", item.rejected)
     chains = _chain_by_identifier(pack(items, max_request_bytes), [identifier for identifier, _ in events])
     try:
-        send_chains(client, chains, results, concurrency, calls)
+        send_chains(client, chains, results, concurrency, calls, breaker)
     except CustomerIoUnavailable:
-        pass  # unsent events are marked not_attempted → retried through a failed batch
+        pass  # unsent events are marked not_attempted → retried through a failed batch; the caller reads the breaker
     statuses = {None: "sent", "permanent": "failed", "transient": "retry", "not_attempted": "retry"}
     return [(statuses[r.error_kind], r.error) for r in results]
 

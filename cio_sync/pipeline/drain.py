@@ -2,9 +2,13 @@
 
 A row is marked `done` only after Hull accepted the firehose POST that carried it. What
 can go wrong, and what happens to the rows still held by this batch:
-- Hull unavailable (`TransientError`, after the client's short retry budget): back to
-  `pending` with one more attempt counted (`failed` once out of attempts); the run stops,
-  the next scheduled run retries.
+- Hull unavailable (`TransientError`, after the client's short retry budget): that POST's
+  rows go back to `pending` with one more attempt counted (`failed` once out of attempts)
+  and the batch goes on with its next POST; the run ends after this batch (its rows would
+  be claimable again at once), and the next scheduled run retries them. The run's breaker
+  (`cio_sync/pipeline/breaker.py`, shared by every batch of a run) counts such POSTs: after
+  three in a row the run stops, and the rows it still holds go back to `pending` without an
+  attempt counted (they were not tried); the next scheduled run retries them.
 - Credentials rejected (`AuthError`): back to `pending` without counting an attempt (the
   rows are fine, the settings are not), and the error is raised to stop the run.
 - Hull rejects a POST (`PermanentError`, e.g. 400): one bad message fails all 50, so
@@ -19,8 +23,9 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
 
-from cio_sync.store.db import get_engine
+from cio_sync.pipeline.breaker import Breaker
 from cio_sync.settings import ConnectorSettings, HullCredentials
+from cio_sync.store.db import get_engine
 from cio_sync.webhooks import WebhookSettings
 from cio_sync.webhooks.inbox import (
     ClaimedRow,
@@ -47,7 +52,7 @@ class BatchCounts:
     ignored: int = 0
     failed: int = 0
     requeued: int = 0  # back to pending after a transient Hull failure
-    stopped: str | None = None  # set when the run should stop (Hull unavailable)
+    stopped: str | None = None  # set when the run should stop: Hull failed transiently (the breaker may be open)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,11 +71,13 @@ def drain_batch(
     max_attempts: int | None = None,
     claim_timeout_seconds: int | None = None,
     retry: RetryPolicy | None = None,
+    breaker: Breaker | None = None,
 ) -> dict[str, Any]:
     """Claims up to `batch_size` rows for `worker_id` and settles every one of them.
 
     Returns `BatchCounts` as a dict; `claimed == 0` means the inbox had nothing to do.
-    Raises `AuthError` when Hull rejects the credentials (rows released first).
+    Raises `AuthError` when Hull rejects the credentials (rows released first). `breaker`:
+    the run's, shared by its batches (default: one for this batch).
     """
     if max_attempts is None or claim_timeout_seconds is None:
         webhook_settings = WebhookSettings()
@@ -101,22 +108,30 @@ def drain_batch(
 
     with HullClient.from_settings(hull_credentials, retry=retry or DRAIN_RETRY) as hull:
         outgoing = [(row.id, hull.track_message(mapped.claims, mapped.event)) for row, mapped in to_send]
-        send_to_hull(engine, hull, worker_id, outgoing, counts, max_attempts)
+        send_to_hull(engine, hull, worker_id, outgoing, counts, max_attempts, breaker or Breaker())
     return counts.to_dict()
 
 
 def send_to_hull(engine, hull: HullClient, worker_id: str, outgoing: list[Outgoing], counts: BatchCounts,
-                 max_attempts: int) -> None:
+                 max_attempts: int, breaker: Breaker) -> None:
     """Sends `outgoing` in firehose POSTs of at most 50 messages, settling each row."""
     posts: deque[list[Outgoing]] = deque(
         outgoing[start : start + FIREHOSE_BATCH_SIZE] for start in range(0, len(outgoing), FIREHOSE_BATCH_SIZE)
     )
+    failed_transiently = 0
+    last_error = ""
     while posts:
         post = posts.popleft()
         ids = [row_id for row_id, _ in post]
+        if breaker.stopped():
+            # Not attempted: back to pending as they were, no attempt counted.
+            counts.requeued += release_unattempted(engine, worker_id, ids + [i for later in posts for i, _ in later])
+            counts.stopped = counts.stopped or "Hull unavailable: the drain was stopped by earlier failures"
+            return
         try:
             hull.firehose([message for _, message in post])
         except PermanentError as exc:
+            breaker.record(False)
             if len(post) > 1:
                 # Isolate the bad message(s): the same messages again, one per POST.
                 posts.extendleft(reversed([[item] for item in post]))
@@ -124,15 +139,28 @@ def send_to_hull(engine, hull: HullClient, worker_id: str, outgoing: list[Outgoi
                 counts.failed += mark_failed(engine, worker_id, {ids[0]: f"Hull rejected the event: {exc}"})
             continue
         except TransientError as exc:
-            unsent = ids + [row_id for later in posts for row_id, _ in later]
-            requeued, out_of_attempts = release_for_retry(engine, worker_id, unsent, str(exc), max_attempts)
+            requeued, out_of_attempts = release_for_retry(engine, worker_id, ids, str(exc), max_attempts)
             counts.requeued += requeued
             counts.failed += out_of_attempts
-            counts.stopped = f"Hull unavailable, {len(unsent)} webhooks left for the next run: {exc}"
-            return
+            breaker.record(True)
+            failed_transiently += len(ids)
+            last_error = str(exc)
+            if breaker.open:
+                left = len(ids) + sum(len(later) for later in posts)
+                counts.stopped = (
+                    f"Hull unavailable: {breaker.limit} firehose POSTs in a row failed even after retries, so the "
+                    f"drain stopped; {left} webhooks are pending for the next run: {exc}"
+                )
+            continue
         except BaseException:
             # AuthError, or anything unexpected: not the rows' fault, so release them at
             # once rather than leave them claimed until the claim times out.
             release_unattempted(engine, worker_id, ids + [row_id for later in posts for row_id, _ in later])
             raise
+        breaker.record(False)
         counts.sent += mark_done(engine, worker_id, ids)
+    if failed_transiently and counts.stopped is None:
+        # Rows put back to pending are claimable again at once: the run ends after this batch
+        # rather than retry (and count) them again within it.
+        counts.stopped = (f"Hull unavailable for {failed_transiently} webhooks (their firehose POSTs failed even "
+                          f"after retries); they are pending for the next run: {last_error}")
