@@ -7,9 +7,11 @@ from collections import Counter
 
 import pytest
 
+from cio_sync.rules.events import event_ulid, parse_created_at
+from cio_sync.settings import ConnectorSettings
 from cio_sync.store import db
-from cio_sync.store.failed import list_failed_batches
-from flows.rerun_failed_batches import rerun_failed_batches
+from cio_sync.store.failed import list_failed_batches, record_failed_batch
+from flows.rerun_failed_batches import RerunIncomplete, rerun_failed_batches
 from flows.sync_users import SyncFailed, sync_users
 from tests.support.builders import hull_user
 
@@ -107,4 +109,53 @@ def test_failures_spread_over_pages_make_one_failed_batch_per_phase(sim_env, hul
     assert sorted(batches["users"]["payload"]["hull_ids"]) == sorted(hull_user(n)["id"] for n in (3, 13, 23))
     assert batches["events"]["payload"]["hull_event_ids"] == [f"ev-{i:04d}" for i in sorted(failing)]
     assert len(cio_sim.people) == 27 and len(cio_sim.events) == 227
+
+
+# -- reruns ---------------------------------------------------------------------------------
+
+
+def test_a_raw_form_event_in_a_failed_batch_is_found_and_sent_on_rerun(sim_env, hull, cio_sim):
+    hull.upsert_user(hull_user(1))
+    # Only `_id`, as Hull's raw index stores it: no `event_id` field to find it by.
+    stored = hull.add_raw_event({"_id": "raw-77", "event": "Signed Up", "user_id": hull_user(1)["id"],
+                                 "created_at": at(5), "props": [{"field_name": "plan", "text_value": "gold"}]})
+    assert "event_id" not in stored
+    cio_sim.faults.force("/events", 503, method="POST")
+    with pytest.raises(SyncFailed, match="could not be sent after retries"):
+        sync_users(**SETTINGS)
+    (batch,) = open_batches(sim_env)
+    assert batch["payload"]["hull_event_ids"] == ["raw-77"] and cio_sim.events == []
+
+    cio_sim.faults.clear()
+    result = rerun_failed_batches()
+
+    assert [row["result"] for row in result["batches"]] == ["resolved"]
+    assert [(e["customer"], e["name"], e["data"], e["id"]) for e in cio_sim.events] == [
+        ("u-1", "Signed Up", {"plan": "gold"}, event_ulid("raw-77", parse_created_at(at(5))))]
+    assert open_batches(sim_env) == []
+
+
+def test_a_rerun_that_cannot_find_an_item_in_hull_keeps_the_batch_open_with_that_reason(sim_env, hull, cio_sim):
+    hull.upsert_user(hull_user(0))
+    hull.upsert_user(hull_user(2))
+    add_events(hull, 1, users=1)  # ev-0000, of user 0
+    settings = ConnectorSettings(**SETTINGS).model_dump(mode="json")
+    engine = db.get_engine(sim_env["STATE_DATABASE_URL"])
+    with engine.begin() as connection:
+        record_failed_batch(connection, "events", {"hull_event_ids": ["ev-0000", "gone-1"], "settings": settings},
+                            "HTTP 503", None)
+        record_failed_batch(connection, "users", {"hull_ids": [hull_user(2)["id"], "5bd329d5e2bcf3eeafdeadbe"],
+                                                  "settings": settings}, "HTTP 503", None)
+
+    with pytest.raises(RerunIncomplete):
+        rerun_failed_batches()
+
+    batches = {b["kind"]: b for b in open_batches(sim_env)}
+    assert sorted(batches) == ["events", "users"]  # both still open
+    assert "1 of the batch's 2 events were not found in Hull" in batches["events"]["error"]
+    assert batches["events"]["error"].endswith("gone-1")
+    assert "1 of the batch's 2 users were not found in Hull" in batches["users"]["error"]
+    # What was found was done: the event sent once, the user identified.
+    assert [e["id"] for e in cio_sim.events] == [event_ulid("ev-0000", parse_created_at(at(0)))]
+    assert "u-2" in cio_sim.people
 
