@@ -159,3 +159,17 @@ def test_a_rerun_that_cannot_find_an_item_in_hull_keeps_the_batch_open_with_that
     assert [e["id"] for e in cio_sim.events] == [event_ulid("ev-0000", parse_created_at(at(0)))]
     assert "u-2" in cio_sim.people
 
+
+# -- write-back -----------------------------------------------------------------------------
+
+
+def test_a_page_of_2500_users_is_written_back_whole(sim_env, hull, cio_sim):
+    for n in range(2500):
+        hull.upsert_user(hull_user(n))
+
+    summary = sync_users(synchronized_segments=["VIP"], users_per_batch=2500, customerio_api="v2_batch")
+
+    assert summary["pages"] == 1 and summary["decisions"] == {"insert": 2500}
+    assert summary["writeback_sent"] == 2500 and summary["writeback_pending"] == 0
+    written = [u for u in hull.users.values() if u.get("traits_customerio/id")]
+    assert len(written) == 2500
