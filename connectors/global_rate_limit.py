@@ -17,8 +17,9 @@ blocks of 5 reach about 58/s, blocks of 3 about 71/s; the busiest second stayed 
 under 100 in every case.
 
 Unused slots of a block are simply lost when a run ends: the budget errs on the slow side.
-Retries made inside urllib3 (connectors/http.py) do not pass through a rate limiter, so
-under a storm of 429/5xx the real rate can exceed the budget by the retried requests.
+Every HTTP attempt takes a slot, retries included: `ApiClient.request` (connectors/http.py)
+calls `acquire()` before each one, so a storm of 429/5xx cannot push the real rate past
+the budget.
 """
 
 from __future__ import annotations

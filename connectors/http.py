@@ -1,11 +1,19 @@
 """The one place that decides which HTTP failures are transient and which are fatal.
 
 Every client in `connectors/` sends through `ApiClient.request`, which:
-- retries 429, 5xx, timeouts and dropped connections with exponential backoff and
-  jitter, honouring `Retry-After`, within a bounded budget (urllib3's `Retry`);
+- takes a slot from the client's rate limiter (the in-process token bucket, or the
+  Prefect global budget in front of it) before EVERY attempt, retries included, so a
+  storm of 429s cannot push the real request rate past the limit;
+- retries 429, 5xx (`TRANSIENT_STATUSES`), timeouts and dropped connections up to
+  `RetryPolicy.total` times; before retry n it waits `backoff_factor * 2**(n-1)` plus a
+  random jitter of up to `backoff_jitter`, at most `backoff_max`; a `Retry-After` header
+  (seconds or an HTTP date) is honoured when longer, but never past `backoff_max`;
 - raises `AuthError` on 401/403 (the run must stop: the credentials are wrong);
 - raises `PermanentError` on other 4xx (this request will never succeed as it is);
 - raises `TransientError` once the retry budget is spent.
+
+The retry loop is ours, not urllib3's (the adapter is mounted with `max_retries=0`):
+urllib3's retries happen below `requests`, where no rate limiter can see them.
 
 Exception messages carry the method, the path and the service's own error text, never
 headers, credentials or request bodies.
@@ -14,13 +22,17 @@ headers, credentials or request bodies.
 from __future__ import annotations
 
 import json
+import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
 from typing_extensions import Self
-from urllib3.util.retry import Retry
 
 from connectors.ratelimit import LocalLimiter
 
@@ -54,28 +66,40 @@ class TransientError(ApiError):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    total: int = 5
-    backoff_factor: float = 0.5  # sleeps 0.5, 1, 2, 4 ... seconds (plus jitter)
-    backoff_max: float = 30.0
-    backoff_jitter: float = 0.25
+    total: int = 5  # retries after the first attempt
+    backoff_factor: float = 0.5  # waits 0.5, 1, 2, 4 ... seconds (plus jitter) before retries 1, 2, 3, 4 ...
+    backoff_max: float = 30.0  # no wait is longer, whatever Retry-After asks
+    backoff_jitter: float = 0.25  # up to this many seconds added at random to each backoff
     timeout: float = 10.0
 
-    def to_urllib3(self) -> Retry:
-        return Retry(
-            total=self.total,
-            connect=self.total,
-            read=self.total,
-            status=self.total,
-            other=self.total,
-            allowed_methods=None,  # every call here is idempotent: ids and event ULIDs dedupe
-            status_forcelist=TRANSIENT_STATUSES,
-            backoff_factor=self.backoff_factor,
-            backoff_max=self.backoff_max,
-            backoff_jitter=self.backoff_jitter,
-            respect_retry_after_header=True,
-            raise_on_status=False,
-            raise_on_redirect=False,
-        )
+    def backoff(self, retry_number: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry `retry_number` (1 for the first retry)."""
+        wait = float(self.backoff_factor) * 2.0 ** (retry_number - 1)
+        if self.backoff_jitter > 0:
+            wait += random.uniform(0, self.backoff_jitter)
+        if retry_after is not None:
+            wait = max(wait, retry_after)
+        return max(0.0, min(self.backoff_max, wait))
+
+
+def retry_after_seconds(value: str | None, now: Callable[[], datetime] | None = None) -> float | None:
+    """`Retry-After` as seconds from now: delta-seconds or an HTTP date; None when absent
+    or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    current = now() if now is not None else datetime.now(timezone.utc)
+    return max(0.0, (when - current).total_seconds())
 
 
 def error_text(response: requests.Response) -> str:
@@ -98,6 +122,10 @@ def error_text(response: requests.Response) -> str:
     return json.dumps(body)[:300]
 
 
+# Failures of the connection itself: nothing (or not all) came back, the request may be retried.
+CONNECTION_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+
+
 class ApiClient:
     service = "API"
     auth_hint = ""  # appended to AuthError messages: which settings to fix
@@ -109,17 +137,18 @@ class ApiClient:
         retry: RetryPolicy | None = None,
         rate_limiter: LocalLimiter | None = None,
         pool_size: int = 16,
+        sleep: Callable[[float], None] = time.sleep,
     ):
         self.base_url = base_url.rstrip("/")
         self.retry = retry or RetryPolicy()
         self.rate_limiter = rate_limiter
+        self._sleep = sleep
         self.session = requests.Session()
-        adapter = HTTPAdapter(
-            max_retries=self.retry.to_urllib3(), pool_connections=pool_size, pool_maxsize=pool_size
-        )
+        # No retries below us: every attempt goes through `request`, and so through the limiter.
+        adapter = HTTPAdapter(max_retries=0, pool_connections=pool_size, pool_maxsize=pool_size)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self.requests_sent = 0
+        self.requests_sent = 0  # HTTP attempts, retries included
 
     def close(self) -> None:
         self.session.close()
@@ -137,24 +166,37 @@ class ApiClient:
         self, method: str, path: str, *, json_body: Any = None, url: str | None = None, headers: dict[str, str] | None = None,
         data: bytes | None = None,
     ) -> requests.Response:
-        if self.rate_limiter is not None:
-            self.rate_limiter.acquire()
-        self.requests_sent += 1
-        try:
-            response = self.session.request(
-                method,
-                url or self.url(path),
-                json=json_body,
-                data=data,  # an already serialised body (sent as is, e.g. a size-checked v2 batch)
-                headers=headers,
-                timeout=self.retry.timeout,
-                allow_redirects=True,
-            )
-        except requests.exceptions.RetryError as exc:
-            raise TransientError(self.service, method, path, None, f"retries exhausted ({_reason(exc)})") from None
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise TransientError(self.service, method, path, None, f"connection failed ({_reason(exc)})") from None
-        return self._check(method, path, response)
+        """Sends one request, retrying transient failures (every call here is idempotent:
+        Customer.io ids and event ULIDs, Hull event ids dedupe a repeat)."""
+        retries = self.retry.total
+        for attempt in range(retries + 1):
+            if self.rate_limiter is not None:
+                self.rate_limiter.acquire()
+            self.requests_sent += 1
+            try:
+                response = self.session.request(
+                    method,
+                    url or self.url(path),
+                    json=json_body,
+                    data=data,  # an already serialised body (sent as is, e.g. a size-checked v2 batch)
+                    headers=headers,
+                    timeout=self.retry.timeout,
+                    allow_redirects=True,
+                )
+            except CONNECTION_ERRORS as exc:
+                if attempt < retries:
+                    self._sleep(self.retry.backoff(attempt + 1))
+                    continue
+                suffix = f" after {retries} retries" if retries else ""
+                raise TransientError(
+                    self.service, method, path, None, f"connection failed ({_reason(exc)}){suffix}"
+                ) from None
+            if response.status_code in TRANSIENT_STATUSES and attempt < retries:
+                wait = self.retry.backoff(attempt + 1, retry_after_seconds(response.headers.get("Retry-After")))
+                self._sleep(wait)
+                continue
+            return self._check(method, path, response)
+        raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
     def _check(self, method: str, path: str, response: requests.Response) -> requests.Response:
         status = response.status_code

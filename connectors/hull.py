@@ -148,7 +148,21 @@ class HullClient(ApiClient):
         return result
 
     def events_by_ids(self, hull_event_ids: list[str]) -> list[dict[str, Any]]:
-        return self._by_ids(self.search_events, "event_id", hull_event_ids)
+        """The events with these ids, in the order asked, whichever form Hull stores them in:
+        connector-form documents carry the id in `event_id`, raw index documents in `_id`
+        (both are looked up; `normalize_event` gives every result an `event_id`). Ids Hull
+        does not have are simply absent from the result."""
+        wanted = list(dict.fromkeys(str(i) for i in hull_event_ids))
+        found: dict[str, dict[str, Any]] = {}
+        for field in ("event_id", "_id"):
+            missing = [i for i in wanted if i not in found]
+            if not missing:
+                break
+            for event in self._by_ids(self.search_events, field, missing):
+                key = str(event.get("event_id"))
+                if key in missing:
+                    found.setdefault(key, event)
+        return [found[i] for i in wanted if i in found]
 
     # ----- writes ------------------------------------------------------------------
     def token(self, claims: dict[str, Any], hull_id: str | None = None, create: bool = True) -> str:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
+from prefect.utilities.annotations import quote
 
+from cio_sync.pipeline.breaker import Breaker
 from cio_sync.secrets import load_secret_blocks
 from cio_sync.settings import ConnectorSettings, HullCredentials, StateSettings, require
 from cio_sync.store.db import get_engine
@@ -25,8 +27,9 @@ SUMMARY_ARTIFACT_KEY = "drain-webhooks-summary"
 
 
 class DrainStopped(Exception):
-    """Hull was unavailable: the rows not sent are pending again; the run is marked Failed
-    so the outage shows in the Prefect UI."""
+    """Hull was unavailable (some firehose POSTs failed after retries; three in a row open the
+    breaker): the rows not sent are pending again; the run is marked Failed so the outage
+    shows in the Prefect UI."""
 
 
 def worker_id() -> str:
@@ -68,8 +71,10 @@ def drain_webhooks(
 
     totals = {"batches": 0, "sent": 0, "ignored": 0, "failed": 0, "requeued": 0}
     stopped: str | None = None
+    breaker = Breaker()  # the run's: consecutive failed firehose POSTs across its batches
     while max_batches is None or totals["batches"] < max_batches:
-        counts = drain_webhook_batch_task(database_url, hull_credentials, settings, batch_size, worker)
+        counts = drain_webhook_batch_task(database_url, hull_credentials, settings, batch_size, worker,
+                                          cast(Breaker, quote(breaker)))
         if counts["claimed"] == 0:
             break
         totals["batches"] += 1
@@ -91,11 +96,12 @@ def drain_webhooks(
     # Rows claimed by another run still in progress are not done either (backlog counts them).
     owed = backlog(engine)
     summary = {**totals, "pending": owed["pending"], "retrying": owed["retrying"],
-               "oldest_pending_age_seconds": owed["oldest_pending_age_seconds"], "inbox": inbox}
+               "oldest_pending_age_seconds": owed["oldest_pending_age_seconds"], "inbox": inbox, "stopped": stopped}
     create_table_artifact(
         key=SUMMARY_ARTIFACT_KEY,
         table=summary_table(summary),
-        description="Customer.io webhooks this drain-webhooks run sent to Hull, and the inbox totals.",
+        description="Customer.io webhooks this drain-webhooks run sent to Hull, and the inbox totals."
+        + (f" Stopped: {stopped}." if stopped else ""),
     )
     logger.info(
         "drained %d batches: %d sent, %d ignored, %d failed; %d pending in the inbox",

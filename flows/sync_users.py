@@ -16,6 +16,7 @@ from prefect.utilities.annotations import quote
 
 from cio_sync.pipeline.events_page import EVENTS_CURSOR
 from cio_sync.pipeline.extract import UserPagePrefetcher, resolve_run_segments, walk_bound
+from cio_sync.pipeline.phase import Phase
 from cio_sync.pipeline.progress import SyncProgress
 from cio_sync.pipeline.summary import SyncSummary
 from cio_sync.pipeline.users_page import PageIncomplete
@@ -24,6 +25,7 @@ from cio_sync.rules.sharding import WHOLE, Shard
 from cio_sync.runtime import SyncRuntime, build_runtime
 from cio_sync.settings import ConnectorSettings, LeaseSettings
 from cio_sync.store.cursors import read_cursor
+from cio_sync.store.failed import EVENTS, USERS
 from cio_sync.store.lease import Lease, LeaseHeld
 from cio_sync.store.users import count_pending_writebacks
 from connectors.http import AuthError
@@ -149,6 +151,8 @@ def _run(runtime: SyncRuntime, lease: Lease | None, logger: logging.Logger | log
 
     if not runtime.dry_run:
         summary.writeback_pending = count_pending_writebacks(runtime.engine)
+    if failure:
+        summary.stopped.append(failure)
     publish_summary(summary, runtime.dry_run)
     for line in summary.lines():
         logger.info(line)
@@ -177,6 +181,7 @@ def _sync_users_stream(runtime: SyncRuntime, lease: Lease | None, summary: SyncS
                                      until=walk_bound(runtime.hull))
     write_backs = None if runtime.dry_run else WriteBackPipeline(
         runtime.hull, runtime.engine, runtime.settings.user_id_mapping)
+    phase = Phase(USERS)  # one breaker and one failed batch for every page of the phase
     try:
         while max_pages is None or pages < max_pages:
             try:
@@ -186,7 +191,7 @@ def _sync_users_stream(runtime: SyncRuntime, lease: Lease | None, summary: SyncS
                     break
                 page_summary = sync_users_page_task(
                     quoted(runtime), quoted(fetched.users), users_cursor, quoted(fetched.cursor), run_id,
-                    quoted(write_backs))
+                    quoted(write_backs), quoted(phase))
             except AuthError as exc:
                 failure = f"Stopped: {exc}. Nothing from the failing page was marked as synced."
                 break
@@ -219,12 +224,14 @@ def _sync_users_stream(runtime: SyncRuntime, lease: Lease | None, summary: SyncS
 
 
 def _sync_events(runtime: SyncRuntime, summary: SyncSummary, logger, run_id: str, shard: Shard = WHOLE) -> str | None:
-    """Events go out after every changed user's identify calls of this run."""
+    """Events go out after every changed user's identify calls of this run. Returns why the
+    phase stopped early, or None."""
     events_cursor = shard.cursor_name(EVENTS_CURSOR)
     cursor = read_cursor(runtime.engine, events_cursor)
+    phase = Phase(EVENTS)  # one breaker and one failed batch for every page of the phase
     while True:
         try:
-            page = sync_events_page_task(quoted(runtime), quoted(cursor), shard, events_cursor, run_id)
+            page = sync_events_page_task(quoted(runtime), quoted(cursor), shard, events_cursor, run_id, quoted(phase))
         except AuthError as exc:
             return f"Stopped while sending events: {exc}"
         except PageIncomplete as exc:  # Customer.io down while identifying an event's new user
@@ -233,5 +240,11 @@ def _sync_events(runtime: SyncRuntime, summary: SyncSummary, logger, run_id: str
         if page.next_cursor is None:
             return None
         summary.merge(page.summary)
+        if phase.breaker.open:
+            return (
+                f"Customer.io kept failing (429/5xx/timeouts) for {phase.breaker.limit} events in a row even after "
+                f"retries, so the events phase stopped; the unsent events are saved in failed batch "
+                f"{phase.failed_batch_id} and later events wait for the next run."
+            )
         cursor = page.next_cursor
         logger.info("events page: %s", dict(page.summary.events))

@@ -7,6 +7,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from cio_sync.pipeline.breaker import Breaker
 from cio_sync.pipeline.drain import drain_batch
 from cio_sync.settings import ConnectorSettings, HullCredentials
 
@@ -18,5 +19,6 @@ def drain_webhook_batch_task(
     connector_settings: ConnectorSettings,
     batch_size: int,
     worker_id: str,
+    breaker: Breaker | None = None,
 ) -> dict[str, Any]:
-    return drain_batch(database_url, hull_credentials, connector_settings, batch_size, worker_id)
+    return drain_batch(database_url, hull_credentials, connector_settings, batch_size, worker_id, breaker=breaker)

@@ -6,6 +6,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from cio_sync.pipeline.events_page import EVENTS_CURSOR, EventsPage, run_events_page
+from cio_sync.pipeline.phase import Phase
 from cio_sync.rules.sharding import WHOLE, Shard
 from cio_sync.runtime import SyncRuntime
 from cio_sync.store.cursors import Cursor
@@ -18,5 +19,6 @@ def sync_events_page_task(
     shard: Shard = WHOLE,
     cursor_name: str = EVENTS_CURSOR,
     flow_run_id: str | None = None,
+    phase: Phase | None = None,
 ) -> EventsPage:
-    return run_events_page(runtime, cursor, shard, cursor_name, flow_run_id)
+    return run_events_page(runtime, cursor, shard, cursor_name, flow_run_id, phase)

@@ -7,6 +7,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from cio_sync.pipeline.phase import Phase
 from cio_sync.pipeline.summary import SyncSummary
 from cio_sync.pipeline.users_page import sync_page
 from cio_sync.pipeline.writeback import WriteBackPipeline
@@ -23,5 +24,6 @@ def sync_users_page_task(
     next_cursor: Cursor,
     flow_run_id: str | None = None,
     write_backs: WriteBackPipeline | None = None,
+    phase: Phase | None = None,
 ) -> SyncSummary:
-    return sync_page(runtime, users, cursor_name, next_cursor, flow_run_id, write_backs)
+    return sync_page(runtime, users, cursor_name, next_cursor, flow_run_id, write_backs, phase)

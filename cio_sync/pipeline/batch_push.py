@@ -9,8 +9,12 @@ Different requests run in parallel (bounded by `push_concurrency`) and share the
 rate limiter.
 
 Failures map back to users (or events): a 207 names invalid entries by `batch_index`, and only
-the users/events owning those entries fail (permanent, with Customer.io's reason); a whole
-request that fails (400, or transient after retries) fails every user in it.
+the users/events owning those entries fail (permanent, with Customer.io's reason). A 400 for a
+whole request names no entry, so the request is bisected: its items are split in two halves
+(one item's entries always stay together, in order), each half is resent, and so on until the
+items Customer.io rejects are alone in a request; only they fail (permanent, with Customer.io's
+message), every other item is delivered. A request that fails transiently (after the client's
+retries) fails the items in it as transient; they are kept as a failed batch.
 """
 
 from __future__ import annotations
@@ -74,12 +78,13 @@ class ItemResult:
 
 
 def send_chains(client: CustomerIoClient, chains: list[list[BatchRequest]], results: list[ItemResult],
-                concurrency: int, calls: Counter | None = None) -> None:
+                concurrency: int, calls: Counter | None = None, breaker: Breaker | None = None) -> None:
     """Sends every chain; fills `results` (indexed by entry owner). Raises AuthError at once
     on 401/403; raises CustomerIoUnavailable (with nothing else) when requests keep failing
-    transiently, after marking the unsent items `not_attempted`."""
+    transiently (the phase's `breaker`, or one for this page), after marking the unsent items
+    `not_attempted`."""
     lock = threading.Lock()
-    breaker = Breaker()
+    breaker = breaker or Breaker()
 
     def mark(request: BatchRequest, kind: str, message: str) -> None:
         for entry in request.entries:
@@ -90,43 +95,80 @@ def send_chains(client: CustomerIoClient, chains: list[list[BatchRequest]], resu
             with lock:
                 calls["batch"] += 1
 
+    def send(request: BatchRequest, failed: set[int]) -> None:
+        """One request; on a 400, its halves, recursively. Owners that fail join `failed`."""
+        try:
+            response = client.request_batch(request.body())
+        except AuthError as exc:
+            breaker.trip(exc)
+            mark(request, "not_attempted", str(exc))
+            failed.update(owners_of(request))
+            return
+        except TransientError as exc:
+            mark(request, "transient", str(exc))
+            failed.update(owners_of(request))
+            count_request()
+            breaker.record(True)
+            return
+        except PermanentError as exc:
+            count_request()
+            breaker.record(False)
+            owners = owners_of(request)
+            if len(owners) == 1:
+                mark(request, "permanent", f"Customer.io rejected a v2 batch request holding only this item: {exc}")
+                failed.update(owners)
+                return
+            for half in (owners[: len(owners) // 2], owners[len(owners) // 2 :]):
+                piece = subset(request, set(half))
+                if breaker.stopped():
+                    mark(piece, "not_attempted", "not attempted: the page was stopped")
+                    failed.update(half)
+                else:
+                    send(piece, failed)
+            return
+        rejected = rejected_indexes(response)
+        if rejected is None:
+            rejected = dict.fromkeys(range(len(request.entries)), {"reason": "207 naming no entry"})
+        for index, entry in enumerate(request.entries):
+            if index in rejected:
+                results[entry.owner].fail("permanent", describe_entry_error(rejected[index], entry.label))
+            else:
+                results[entry.owner].delivered[entry.label.split(" ")[0]] += 1
+        count_request()
+        breaker.record(False)
+
     def run(chain: list[BatchRequest]) -> None:
+        # Owners whose request failed: their later entries are not sent (out of order, they
+        # would leave that user half updated); the other owners of the chain go on.
+        failed: set[int] = set()
         for position, request in enumerate(chain):
             if breaker.stopped():
                 for rest in chain[position:]:
                     mark(rest, "not_attempted", "not attempted: the page was stopped")
                 return
-            try:
-                response = client.request_batch(request.body())
-            except AuthError as exc:
-                breaker.trip(exc)
-                mark(request, "not_attempted", str(exc))
-                continue
-            except (PermanentError, TransientError) as exc:
-                kind = "permanent" if isinstance(exc, PermanentError) else "transient"
-                mark(request, kind, str(exc))
-                count_request()
-                breaker.record(kind == "transient")
-                # The rest of this chain belongs to the same item: sending it out of order would
-                # leave that user half updated.
-                for rest in chain[position + 1 :]:
-                    mark(rest, kind, f"not sent: an earlier batch for the same user failed ({exc})")
-                return
-            rejected = rejected_indexes(response)
-            if rejected is None:
-                rejected = dict.fromkeys(range(len(request.entries)), {"reason": "207 naming no entry"})
-            for index, entry in enumerate(request.entries):
-                if index in rejected:
-                    results[entry.owner].fail("permanent", describe_entry_error(rejected[index], entry.label))
-                else:
-                    results[entry.owner].delivered[entry.label.split(" ")[0]] += 1
-            count_request()
-            breaker.record(False)
+            if failed:
+                request = subset(request, set(owners_of(request)) - failed)
+            if request.entries:
+                send(request, failed)
 
     run_groups(chains, run, concurrency, "cio-batch")
     breaker.raise_fatal()
     if breaker.open:
         raise CustomerIoUnavailable(results)
+
+
+def owners_of(request: BatchRequest) -> list[int]:
+    """The items a request carries, in order of their first entry."""
+    return list(dict.fromkeys(entry.owner for entry in request.entries))
+
+
+def subset(request: BatchRequest, owners: set[int]) -> BatchRequest:
+    """The entries of `owners` only, in their order (smaller than `request`, so within limits)."""
+    piece = BatchRequest()
+    for entry in request.entries:
+        if entry.owner in owners:
+            piece.add(entry)
+    return piece
 
 
 def push_page_v2(
@@ -139,6 +181,7 @@ def push_page_v2(
     calls: Counter | None = None,
     max_request_bytes: int = MAX_REQUEST_BYTES,
     max_entry_bytes: int = MAX_ENTRY_BYTES,
+    breaker: Breaker | None = None,
 ) -> list[UserOutcome]:
     """The v2 counterpart of `cio_sync.pipeline.push.push_page`: one UserOutcome per plan with an action,
     same error kinds, same exceptions (AuthError; CustomerIoUnavailable carrying outcomes).
@@ -152,7 +195,7 @@ def push_page_v2(
             result.fail("permanent", item.rejected)
     stopped = None
     try:
-        send_chains(client, pack(items, max_request_bytes), results, concurrency, calls)
+        send_chains(client, pack(items, max_request_bytes), results, concurrency, calls, breaker)
     except CustomerIoUnavailable as exc:
         stopped = exc
     outcomes = [_user_outcome(plan, result) for plan, result in zip(work, results)]
@@ -187,6 +230,7 @@ def push_events_v2(
     calls: Counter | None = None,
     max_request_bytes: int = MAX_REQUEST_BYTES,
     max_entry_bytes: int = MAX_ENTRY_BYTES,
+    breaker: Breaker | None = None,
 ) -> list[tuple[str, str | None]]:
     """Person events `(Customer.io identifier, v1 event body)` as v2 entries. Returns one
     (status, error) per event like cio_sync.pipeline.events_page.send_event: sent | failed | retry.
@@ -202,9 +246,9 @@ def push_events_v2(
             result.fail("permanent", item.rejected)
     chains = _chain_by_identifier(pack(items, max_request_bytes), [identifier for identifier, _ in events])
     try:
-        send_chains(client, chains, results, concurrency, calls)
+        send_chains(client, chains, results, concurrency, calls, breaker)
     except CustomerIoUnavailable:
-        pass  # unsent events are marked not_attempted → retried through a failed batch
+        pass  # unsent events are marked not_attempted → retried through a failed batch; the caller reads the breaker
     statuses = {None: "sent", "permanent": "failed", "transient": "retry", "not_attempted": "retry"}
     return [(statuses[r.error_kind], r.error) for r in results]
 

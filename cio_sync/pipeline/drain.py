@@ -2,11 +2,15 @@
 
 A row is marked `done` only after Hull accepted the firehose POST that carried it. What
 can go wrong, and what happens to the rows still held by this batch:
-- Hull unavailable (`TransientError`, after the client's short retry budget): back to
-  `pending` with one more attempt counted and a backoff (`next_attempt_at`, 30 s doubling
-  up to hourly by default); the run stops, and a later run claims the rows once they are
-  due. A row is marked `failed` only once it has been failing for WEBHOOK_RETRY_HOURS (24)
-  (`inbox.RetrySchedule`), so a Hull outage of hours loses nothing and needs no rerun.
+- Hull unavailable (`TransientError`, after the client's short retry budget): that POST's
+  rows go back to `pending` with one more attempt counted and a backoff (`next_attempt_at`,
+  30 s doubling up to hourly by default) and the batch goes on with its next POST; the run
+  ends after this batch, and a later run claims the rows once they are due. A row is
+  marked `failed` only once it has been failing for WEBHOOK_RETRY_HOURS (24)
+  (`inbox.RetrySchedule`), so a Hull outage of hours loses nothing and needs no rerun. The
+  run's breaker (`cio_sync/pipeline/breaker.py`, shared by every batch of a run) counts
+  such POSTs: after three in a row the run stops, and the rows it still holds go back to
+  `pending` without an attempt counted (they were not tried).
 - Credentials rejected (`AuthError`): back to `pending` without counting an attempt (the
   rows are fine, the settings are not), and the error is raised to stop the run.
 - Hull rejects a POST (`PermanentError`, e.g. 400): one bad message fails all 50, so
@@ -25,6 +29,9 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import Engine
+
+from cio_sync.pipeline.breaker import Breaker
 from cio_sync.settings import ConnectorSettings, HullCredentials, WebhookSettings
 from cio_sync.store.db import get_engine
 from cio_sync.webhooks.inbox import (
@@ -54,7 +61,7 @@ class BatchCounts:
     ignored: int = 0
     failed: int = 0
     requeued: int = 0  # back to pending, with a backoff, after a transient Hull failure
-    stopped: str | None = None  # set when the run should stop (Hull unavailable)
+    stopped: str | None = None  # set when the run should stop: Hull failed transiently (the breaker may be open)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,11 +80,13 @@ def drain_batch(
     webhook_settings: WebhookSettings | None = None,
     retry: RetryPolicy | None = None,
     now: datetime | None = None,
+    breaker: Breaker | None = None,
 ) -> dict[str, Any]:
     """Claims up to `batch_size` due rows for `worker_id` and settles every one of them.
 
     `webhook_settings` defaults to the environment (`WebhookSettings()`); `now` to the
-    clock. Returns `BatchCounts` as a dict; `claimed == 0` means nothing was due.
+    clock; `breaker` is the run's, shared by its batches (default: one for this batch).
+    Returns `BatchCounts` as a dict; `claimed == 0` means nothing was due.
     Raises `AuthError` when Hull rejects the credentials (rows released first).
     """
     webhook_settings = webhook_settings or WebhookSettings()
@@ -108,29 +117,38 @@ def drain_batch(
 
     with HullClient.from_settings(hull_credentials, retry=retry or DRAIN_RETRY) as hull:
         outgoing = [(row.id, hull.track_message(mapped.claims, mapped.event)) for row, mapped in to_send]
-        send_to_hull(engine, hull, worker_id, outgoing, counts, schedule, now)
+        send_to_hull(engine, hull, worker_id, outgoing, counts, schedule, breaker or Breaker(), now)
     return counts.to_dict()
 
 
 def send_to_hull(
-    engine,
+    engine: Engine,
     hull: HullClient,
     worker_id: str,
     outgoing: list[Outgoing],
     counts: BatchCounts,
     schedule: RetrySchedule,
+    breaker: Breaker,
     now: datetime | None = None,
 ) -> None:
     """Sends `outgoing` in firehose POSTs of at most 50 messages, settling each row."""
     posts: deque[list[Outgoing]] = deque(
         outgoing[start : start + FIREHOSE_BATCH_SIZE] for start in range(0, len(outgoing), FIREHOSE_BATCH_SIZE)
     )
+    failed_transiently = given_up_total = 0
+    last_error = ""
     while posts:
         post = posts.popleft()
         ids = [row_id for row_id, _ in post]
+        if breaker.stopped():
+            # Not attempted: back to pending as they were, no attempt counted.
+            counts.requeued += release_unattempted(engine, worker_id, ids + [i for later in posts for i, _ in later])
+            counts.stopped = counts.stopped or "Hull unavailable: the drain was stopped by earlier failures"
+            return
         try:
             hull.firehose([message for _, message in post])
         except PermanentError as exc:
+            breaker.record(False)
             if len(post) > 1:
                 # Isolate the bad message(s): the same messages again, one per POST.
                 posts.extendleft(reversed([[item] for item in post]))
@@ -138,18 +156,31 @@ def send_to_hull(
                 counts.failed += mark_failed(engine, worker_id, {ids[0]: f"Hull rejected the event: {exc}"}, now=now)
             continue
         except TransientError as exc:
-            unsent = ids + [row_id for later in posts for row_id, _ in later]
-            requeued, given_up = release_for_retry(engine, worker_id, unsent, str(exc), schedule, now=now)
+            requeued, given_up = release_for_retry(engine, worker_id, ids, str(exc), schedule, now=now)
             counts.requeued += requeued
             counts.failed += given_up
-            counts.stopped = (
-                f"Hull unavailable, {len(unsent)} webhooks left to retry with backoff "
-                f"({given_up} of them given up after {schedule.retry_for}): {exc}"
-            )
-            return
+            given_up_total += given_up
+            breaker.record(True)
+            failed_transiently += len(ids)
+            last_error = str(exc)
+            if breaker.open:
+                left = len(ids) + sum(len(later) for later in posts)
+                counts.stopped = (
+                    f"Hull unavailable: {breaker.limit} firehose POSTs in a row failed even after retries, so the "
+                    f"drain stopped; {left} webhooks are pending, retried with backoff by later runs: {exc}"
+                )
+            continue
         except BaseException:
             # AuthError, or anything unexpected: not the rows' fault, so release them at
             # once rather than leave them claimed until the claim times out.
             release_unattempted(engine, worker_id, ids + [row_id for later in posts for row_id, _ in later])
             raise
+        breaker.record(False)
         counts.sent += mark_done(engine, worker_id, ids, now=now)
+    if failed_transiently and counts.stopped is None:
+        # Rows put back to pending wait for their backoff: the run ends after this batch.
+        counts.stopped = (f"Hull unavailable for {failed_transiently} webhooks (their firehose POSTs failed even "
+                          f"after retries); they are pending, retried with backoff by later runs: {last_error}")
+    if given_up_total and counts.stopped:
+        counts.stopped += (f" ({given_up_total} of them given up after failing for {schedule.retry_for}: "
+                           "marked failed, `cio-sync failed rerun --webhooks` sends them again)")

@@ -23,7 +23,9 @@ from typing import Any
 from sqlalchemy import select
 
 from cio_sync.pipeline.batch_push import push_events_v2
+from cio_sync.pipeline.breaker import Breaker
 from cio_sync.pipeline.extract import seen_at_position
+from cio_sync.pipeline.phase import Phase
 from cio_sync.pipeline.senders import run_groups
 from cio_sync.pipeline.summary import SyncSummary
 from cio_sync.pipeline.users_page import sync_page
@@ -33,7 +35,7 @@ from cio_sync.rules.sharding import WHOLE, Shard
 from cio_sync.runtime import SyncRuntime
 from cio_sync.store.cursors import Cursor, write_cursor
 from cio_sync.store.db import event_state, upsert, user_state, utcnow
-from cio_sync.store.failed import EVENTS, record_failed_batch
+from cio_sync.store.failed import EVENTS
 from connectors.http import PermanentError, TransientError
 from connectors.hull import MAX_PER_PAGE
 
@@ -99,7 +101,7 @@ def describe_users(runtime: SyncRuntime, docs: list[dict[str, Any]]) -> dict[str
 
 
 def identify_first(runtime: SyncRuntime, docs: list[dict[str, Any]], users: dict[str, EventUser],
-                   flow_run_id: str | None) -> SyncSummary | None:
+                   flow_run_id: str | None, phase: Phase | None = None) -> SyncSummary | None:
     """Runs the user rules for event users Customer.io does not know yet, before their events.
 
     A user and its first event (typically "Signed Up") usually appear in Hull together; when
@@ -116,7 +118,8 @@ def identify_first(runtime: SyncRuntime, docs: list[dict[str, Any]], users: dict
         return None
     # No cursor: the stream name is never written, and no failed batch is filed (the next
     # users phase sees these users again, as they changed after its cursor).
-    summary = sync_page(runtime, late, "users", None, flow_run_id)
+    # The events phase's breaker: these identify calls count towards its failures in a row.
+    summary = sync_page(runtime, late, "users", None, flow_run_id, phase=phase)
     summary.pages = 0  # not a page of the users stream
     return summary
 
@@ -148,8 +151,13 @@ def send_event(runtime: SyncRuntime, plan: EventPlan) -> tuple[str, str | None]:
         return "retry", str(exc)
 
 
-def send_events(runtime: SyncRuntime, plans: list[EventPlan]) -> list[tuple[str, str | None]]:
-    """Events of one user stay in order on one thread; users run in parallel."""
+NOT_ATTEMPTED = "not attempted: Customer.io kept failing, the events phase stopped"
+
+
+def send_events(runtime: SyncRuntime, plans: list[EventPlan], breaker: Breaker | None = None) -> list[tuple[str, str | None]]:
+    """Events of one user stay in order on one thread; users run in parallel. Once the
+    `breaker` (the events phase's) is open, nothing more is sent: the rest are `retry`."""
+    breaker = breaker or Breaker()
     by_user: dict[str, list[int]] = {}
     for index, plan in enumerate(plans):
         by_user.setdefault(plan.target_id or (plan.body or {}).get("anonymous_id", ""), []).append(index)
@@ -157,35 +165,44 @@ def send_events(runtime: SyncRuntime, plans: list[EventPlan]) -> list[tuple[str,
 
     def run(indexes: list[int]) -> None:
         for i in indexes:
+            if breaker.stopped():
+                results[i] = ("retry", NOT_ATTEMPTED)
+                continue
             results[i] = send_event(runtime, plans[i])
+            breaker.record(results[i][0] == "retry")
 
     run_groups(list(by_user.values()), run, runtime.settings.push_concurrency, "cio-events")  # re-raises AuthError
     return results
 
 
-def send_events_v2(runtime: SyncRuntime, plans: list[EventPlan], calls=None) -> list[tuple[str, str | None]]:
+def send_events_v2(runtime: SyncRuntime, plans: list[EventPlan], calls=None,
+                   breaker: Breaker | None = None) -> list[tuple[str, str | None]]:
     """v2_batch mode: person events go out packed in `POST /api/v2/batch` requests (one
     user's in order); anonymous events stay on v1, because a v2 entry needs a person identifier."""
+    breaker = breaker or Breaker()
     results: list[tuple[str, str | None]] = [("failed", "not attempted")] * len(plans)
     person = [i for i, plan in enumerate(plans) if plan.action == SEND]
     anonymous = [i for i, plan in enumerate(plans) if plan.action != SEND]
     batched = push_events_v2(
         runtime.customerio, [(plans[i].target_id or "", plans[i].body or {}) for i in person],
         user_id_mapping=runtime.settings.user_id_mapping, concurrency=runtime.settings.push_concurrency,
-        calls=calls,
+        calls=calls, breaker=breaker,
     )
     for i, result in zip(person, batched):
         results[i] = result
     if anonymous:
-        for i, result in zip(anonymous, send_events(runtime, [plans[i] for i in anonymous])):
+        for i, result in zip(anonymous, send_events(runtime, [plans[i] for i in anonymous], breaker)):
             results[i] = result
     return results
 
 
 def sync_events_page(
     runtime: SyncRuntime, events: list[dict[str, Any]], next_cursor: Cursor | None, flow_run_id: str | None = None,
-    cursor_name: str = EVENTS_CURSOR,
+    cursor_name: str = EVENTS_CURSOR, phase: Phase | None = None,
 ) -> SyncSummary:
+    """Decides, sends and records one page of events. `phase`: the events phase's breaker
+    and failed batch, shared by its pages (default: this page's own)."""
+    phase = phase or Phase(EVENTS)
     summary = SyncSummary()
     ids = [str(e.get("event_id")) for e in events if e.get("event_id")]
     done = already_decided(runtime, ids)
@@ -195,7 +212,7 @@ def sync_events_page(
     user_ids = sorted({e["user_id"] for e in todo if e.get("user_id")})
     docs = runtime.hull.users_by_ids(user_ids) if user_ids else []
     users = describe_users(runtime, docs)
-    identified = identify_first(runtime, docs, users, flow_run_id)
+    identified = identify_first(runtime, docs, users, flow_run_id, phase)
     if identified is not None:
         summary.merge(identified)
         users = describe_users(runtime, docs)  # who exists in Customer.io now
@@ -222,9 +239,9 @@ def sync_events_page(
     if not to_send:
         results = []
     elif runtime.settings.customerio_api == "v2_batch":
-        results = send_events_v2(runtime, to_send, summary.calls)
+        results = send_events_v2(runtime, to_send, summary.calls, phase.breaker)
     else:
-        results = send_events(runtime, to_send)
+        results = send_events(runtime, to_send, phase.breaker)
     now = utcnow()
     rows: list[dict[str, Any]] = []
     retry_ids: list[str] = []
@@ -259,8 +276,10 @@ def sync_events_page(
     with runtime.engine.begin() as connection:
         upsert(connection, event_state, rows, "hull_event_id")
         if retry_ids and next_cursor is not None:  # a rerun reports what is left, files nothing new
-            payload = {"hull_event_ids": retry_ids, "settings": runtime.settings.model_dump(mode="json")}
-            summary.failed_batches.append(record_failed_batch(connection, EVENTS, payload, first_error or "unknown error", flow_run_id))
+            batch_id = phase.file_unsent(connection, "hull_event_ids", retry_ids, runtime.settings.model_dump(mode="json"),
+                                         first_error or "unknown error", flow_run_id)
+            if batch_id is not None:  # a later page of the phase adds to the same batch
+                summary.failed_batches.append(batch_id)
         if next_cursor is not None:  # None: a rerun of a failed batch, outside the stream
             write_cursor(connection, cursor_name, next_cursor)
     return summary
@@ -286,13 +305,13 @@ class EventsPage:
 
 
 def run_events_page(runtime: SyncRuntime, cursor: Cursor, shard: Shard = WHOLE, cursor_name: str = EVENTS_CURSOR,
-                    flow_run_id: str | None = None) -> EventsPage:
+                    flow_run_id: str | None = None, phase: Phase | None = None) -> EventsPage:
     """Reads the next page of events after `cursor` and decides, sends and records it (the
     `sync-events-page` task's work, one Prefect task per page)."""
     events, next_cursor = fetch_events_page(runtime, cursor, shard=shard)
     if not events:
         return EventsPage(SyncSummary(), None)
-    return EventsPage(sync_events_page(runtime, events, next_cursor, flow_run_id, cursor_name), next_cursor)
+    return EventsPage(sync_events_page(runtime, events, next_cursor, flow_run_id, cursor_name, phase), next_cursor)
 
 
 __all__ = ["EVENTS_CURSOR", "EventsPage", "fetch_events_page", "run_events_page", "sync_events_page"]

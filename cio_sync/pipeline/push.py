@@ -64,11 +64,13 @@ def push_page(
     max_attributes_per_call: int,
     concurrency: int,
     after_identify: Callable[[UserPlan, UserOutcome], None] | None = None,
+    breaker: Breaker | None = None,
 ) -> list[UserOutcome]:
     """Returns one outcome per plan with an action. Raises AuthError at once on 401/403;
-    raises CustomerIoUnavailable (carrying the outcomes so far) when the breaker opens."""
+    raises CustomerIoUnavailable (carrying the outcomes so far) when the breaker (the phase's,
+    or one for this page) opens."""
     work = [p for p in plans if p.action in (INSERT, UPDATE, DELETE)]
-    breaker = Breaker()
+    breaker = breaker or Breaker()
 
     def run(plan: UserPlan) -> UserOutcome:
         if breaker.stopped():

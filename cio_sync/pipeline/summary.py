@@ -23,6 +23,7 @@ class SyncSummary:
     failed_batches: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # first few user errors, for the artifact
     warnings: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)  # why a phase stopped early (breaker, credentials)
 
     MAX_ERRORS = 20
 
@@ -37,6 +38,7 @@ class SyncSummary:
         self.failed_batches.extend(other.failed_batches)
         self.errors.extend(other.errors[: max(0, self.MAX_ERRORS - len(self.errors))])
         self.warnings.extend(w for w in other.warnings if w not in self.warnings)
+        self.stopped.extend(other.stopped)
         return self
 
     def add_error(self, message: str) -> None:
@@ -73,6 +75,7 @@ class SyncSummary:
         rows.append({"metric": "Hull write-backs pending", "value": self.writeback_pending})
         if self.failed_batches:
             rows.append({"metric": "failed batch ids", "value": ", ".join(map(str, self.failed_batches))})
+        rows += [{"metric": "stopped", "value": s} for s in self.stopped]
         rows += [{"metric": "warning", "value": w} for w in self.warnings]
         rows += [{"metric": "error", "value": e} for e in self.errors]
         return rows

@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from cio_sync.pipeline.batch_push import push_page_v2
+from cio_sync.pipeline.breaker import CONSECUTIVE_TRANSIENT_LIMIT
+from cio_sync.pipeline.phase import Phase
 from cio_sync.pipeline.push import CustomerIoUnavailable, UserOutcome, push_page
 from cio_sync.pipeline.summary import SyncSummary
 from cio_sync.pipeline.writeback import WriteBackPipeline, write_back
@@ -17,7 +19,7 @@ from cio_sync.rules.plan import DELETE, INSERT, SKIP, UserPlan, plan_page
 from cio_sync.runtime import SyncRuntime
 from cio_sync.store.cursors import Cursor, write_cursor
 from cio_sync.store.db import utcnow
-from cio_sync.store.failed import USERS, record_failed_batch
+from cio_sync.store.failed import USERS
 from cio_sync.store.users import load_user_state, record_user_outcomes
 
 
@@ -71,6 +73,7 @@ def record_page(
     cursor_name: str,
     next_cursor: Cursor | None,
     flow_run_id: str | None,
+    phase: Phase | None = None,
 ) -> None:
     now = utcnow()
     rows = [outcome_row(o, now) for o in outcomes]
@@ -79,14 +82,13 @@ def record_page(
         record_user_outcomes(connection, rows)
         # A rerun of a failed batch (no cursor) reports what is left instead of filing a new batch.
         if retryable and next_cursor is not None:
-            batch_id = record_failed_batch(
-                connection, USERS,
-                # The settings travel with the batch: a rerun redoes it as the failed run would have.
-                {"hull_ids": [o.plan.hull_id for o in retryable], "settings": runtime.settings.model_dump(mode="json")},
+            batch_id = (phase or Phase(USERS)).file_unsent(
+                connection, "hull_ids", [o.plan.hull_id for o in retryable], runtime.settings.model_dump(mode="json"),
                 next((o.error for o in retryable if o.error_kind == "transient"), retryable[0].error) or "unknown error",
                 flow_run_id,
             )
-            summary.failed_batches.append(batch_id)
+            if batch_id is not None:  # a later page of the phase adds to the same batch
+                summary.failed_batches.append(batch_id)
         if next_cursor is not None:
             write_cursor(connection, cursor_name, next_cursor)
     for outcome in outcomes:
@@ -104,10 +106,14 @@ def sync_page(
     next_cursor: Cursor | None,
     flow_run_id: str | None = None,
     write_backs: WriteBackPipeline | None = None,
+    phase: Phase | None = None,
 ) -> SyncSummary:
     """Plans, pushes and records one page of users; the cursor moves to `next_cursor` in the
     same transaction as the page's state rows (None: not part of a stream, nothing moves).
-    Write-backs go to `write_backs` (sent in the background) or, without it, out at once."""
+    Write-backs go to `write_backs` (sent in the background) or, without it, out at once.
+    `phase`: the users phase's breaker and failed batch, shared by its pages (default: this
+    page's own)."""
+    breaker = phase.breaker if phase is not None else None
     summary = SyncSummary(pages=1, users_seen=len(users))
     ids = [u["id"] for u in users if isinstance(u, dict) and isinstance(u.get("id"), str)]
     state = load_user_state(runtime.engine, ids)
@@ -126,6 +132,7 @@ def sync_page(
                 max_attributes_per_call=settings.max_attributes_per_call,
                 concurrency=settings.push_concurrency,
                 calls=summary.calls,
+                breaker=breaker,
             )
         else:
             outcomes = push_page(
@@ -133,19 +140,25 @@ def sync_page(
                 plans,
                 max_attributes_per_call=settings.max_attributes_per_call,
                 concurrency=settings.push_concurrency,
+                breaker=breaker,
             )
     except CustomerIoUnavailable as stopped:
         # Customer.io is down: what went through is recorded, the rest of the page becomes a
         # failed batch (rerun it, or the next run retries it first), and the run stops here.
-        record_page(runtime, stopped.args[0], summary, cursor_name, next_cursor, flow_run_id)
-        where = f"saved as failed batch {summary.failed_batches}" if summary.failed_batches else "to be retried"
+        record_page(runtime, stopped.args[0], summary, cursor_name, next_cursor, flow_run_id, phase)
+        batch_id = phase.failed_batch_id if phase is not None else next(iter(summary.failed_batches), None)
+        if next_cursor is not None and batch_id is not None:
+            where = f"the unsent users of the page are saved in failed batch {batch_id}"
+        else:  # a rerun (its batch stays open), or the events phase identifying users (retried next run)
+            where = "the unsent users are retried later"
+        limit = breaker.limit if breaker is not None else CONSECUTIVE_TRANSIENT_LIMIT
         raise PageIncomplete(
             summary,
-            "Customer.io kept failing (429/5xx/timeouts) even after retries, so the run stopped; "
-            f"the unsent users of the page are {where}.",
+            f"Customer.io kept failing (429/5xx/timeouts) for {limit} users in a row even after retries, "
+            f"so the {phase.kind if phase is not None else USERS} phase stopped; {where}.",
         ) from None
 
-    record_page(runtime, outcomes, summary, cursor_name, next_cursor, flow_run_id)
+    record_page(runtime, outcomes, summary, cursor_name, next_cursor, flow_run_id, phase)
     synced = [o.plan.hull_id for o in outcomes if o.ok]
     if synced and write_backs is not None:
         write_backs.submit(synced)  # sent while the next page is synced; counted at the end

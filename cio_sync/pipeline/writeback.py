@@ -49,9 +49,25 @@ def hull_claims(row: dict[str, Any], user_id_mapping: str) -> dict[str, Any]:
 def write_back(
     hull: HullClient, engine: Engine, user_id_mapping: str, hull_ids: list[str] | None = None, limit: int = 1000
 ) -> tuple[int, str | None]:
-    """Sends pending write-backs (of `hull_ids`, or the oldest `limit` of all).
-    Returns (sent, error); on a Hull failure the rows stay pending for the next run."""
-    rows = pending_writebacks(engine, limit, hull_ids)
+    """Sends pending write-backs: of every id in `hull_ids` (a page of any size), `limit` rows
+    at a time; without `hull_ids`, of the first `limit` pending rows (the catch-up at the start
+    of a run). Returns (sent, error); on a Hull failure that chunk and the ones after it stay
+    pending for the next run."""
+    if hull_ids is None:
+        return _write_back_rows(hull, engine, user_id_mapping, pending_writebacks(engine, limit))
+    sent = 0
+    for start in range(0, len(hull_ids), limit):
+        chunk = hull_ids[start : start + limit]
+        done, error = _write_back_rows(hull, engine, user_id_mapping, pending_writebacks(engine, len(chunk), chunk))
+        sent += done
+        if error:
+            after = len(hull_ids) - start - len(chunk)
+            return sent, error + (f" (with the {after} users after them)" if after else "")
+    return sent, None
+
+
+def _write_back_rows(hull: HullClient, engine: Engine, user_id_mapping: str,
+                     rows: list[dict[str, Any]]) -> tuple[int, str | None]:
     if not rows:
         return 0, None
     messages = [hull.traits_message(hull_claims(r, user_id_mapping), traits_for(r), r["hull_id"]) for r in rows]

@@ -25,6 +25,21 @@ def record_failed_batch(
     return batch_id
 
 
+def add_to_failed_batch(connection: Connection, batch_id: int, ids_key: str, ids: list[str]) -> None:
+    """Appends `ids` (those not already there) to an open batch's `payload[ids_key]`: one
+    phase of one run keeps one batch however many of its pages leave work unsent."""
+    payload = connection.execute(
+        select(failed_batches.c.payload).where(failed_batches.c.id == batch_id).with_for_update()
+    ).scalar_one()
+    payload = dict(payload or {})
+    existing = list(payload.get(ids_key) or [])
+    known = set(existing)
+    payload[ids_key] = existing + [i for i in dict.fromkeys(ids) if i not in known]
+    connection.execute(
+        update(failed_batches).where(failed_batches.c.id == batch_id).values(payload=payload, updated_at=utcnow())
+    )
+
+
 def list_failed_batches(engine: Engine, status: str | None = OPEN, ids: list[int] | None = None) -> list[dict[str, Any]]:
     query = select(failed_batches).order_by(failed_batches.c.id)
     if status:

@@ -63,3 +63,21 @@ def test_drain_flow_names_missing_hull_settings_before_any_call(prefect_harness,
     with pytest.raises(MissingSettingsError, match="HULL_CONNECTOR_SECRET"):
         drain_webhooks()
     assert hull_sim.journal() == []
+
+
+def test_drain_flow_with_hull_down_stops_after_one_batch_and_says_so(prefect_harness, drain_env, hull_sim, sqlite_url):
+    from cio_sync.pipeline.drain import DRAIN_RETRY
+    from flows.drain_webhooks import DrainStopped, drain_webhooks
+
+    engine = get_engine(sqlite_url)
+    for n in range(120):
+        payload = legacy_payload("email_opened", customer_id=f"c-{n}")
+        inbox.store_payload(engine, payload["event_id"], json.dumps(payload))
+    hull_sim.faults.down(True)
+
+    with pytest.raises(DrainStopped, match="Hull unavailable: 3 firehose POSTs in a row failed"):
+        drain_webhooks(batch_size=200)
+
+    assert inbox.count_by_status(engine)["pending"] == 120
+    posts = [e for e in hull_sim.journal() if "firehose" in e["path"]]
+    assert len(posts) == 3 * (1 + DRAIN_RETRY.total)  # the batch's three POSTs with their retries, no more

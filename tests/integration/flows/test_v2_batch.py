@@ -9,6 +9,7 @@ from cio_sync.pipeline import progress
 from cio_sync.store import db
 from flows.sync_users import sync_users
 from tests.support.builders import hull_user
+from tests.support.sims import poison_v2_entry
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -31,6 +32,10 @@ def hull(hull_sim):
 
 def cio_requests(cio_sim):
     return [e for e in cio_sim.journal() if not e["path"].startswith("/_sim")]
+
+
+def rows_error(sim_env, n):
+    return state_rows(sim_env["STATE_DATABASE_URL"])[user(n)["id"]].last_error
 
 
 def state_rows(url):
@@ -111,3 +116,23 @@ def test_progress_follows_pages_to_100_percent(sim_env, hull, cio_sim):
             flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
         ))
     assert [a.data for a in artifacts] == [100.0]
+
+
+@pytest.mark.postgres
+def test_a_poisoned_entry_fails_alone_and_every_other_user_is_delivered(sim_env, hull, cio_sim):
+    for n in range(40):
+        hull.upsert_user(user(n))
+    poison_v2_entry(cio_sim, "u-17")
+
+    summary = sync_users(**SETTINGS)  # completes: a 400 is one bad user, not a failed batch
+
+    assert set(cio_sim.people) == {f"u-{n}" for n in range(40) if n != 17}
+    assert summary["failed_users"] == {"permanent": 1} and summary["failed_batches"] == []
+    assert [e for e in summary["errors"] if "simulated: a poisoned entry" in e] == [
+        f"user {user(17)['id']}: " + rows_error(sim_env, 17)]
+    rows = state_rows(sim_env["STATE_DATABASE_URL"])
+    assert "simulated: a poisoned entry" in rows[user(17)["id"]].last_error
+    assert rows[user(17)["id"]].created_at is None  # never reached Customer.io
+    assert all(rows[user(n)["id"]].last_error is None for n in range(40) if n != 17)
+    statuses = [e["status"] for e in cio_requests(cio_sim)]
+    assert statuses.count(400) >= 2 and statuses.count(200) >= 2  # split, resent, isolated

@@ -127,7 +127,7 @@ def test_hull_down_then_back_up_loses_nothing_and_sends_nothing_twice(database_u
     hull_sim.faults.down(True)
     first = drain(now=now)
     assert (first["sent"], first["requeued"]) == (0, 70)
-    assert first["stopped"].startswith("Hull unavailable")
+    assert first["stopped"].startswith("Hull unavailable for 70 webhooks")  # two POSTs: the breaker is still closed
     rows = rows_by_event_id(database_url)
     assert {(row["status"], row["attempts"], row["next_attempt_at"]) for row in rows.values()} == {
         ("pending", 1, now + timedelta(seconds=30))}
@@ -141,6 +141,42 @@ def test_hull_down_then_back_up_loses_nothing_and_sends_nothing_twice(database_u
     assert {row["status"] for row in rows_by_event_id(database_url).values()} == {"done"}
     assert sorted(e["event_id"] for e in hull_sim.tracked_events) == sorted(p["event_id"] for p in payloads)
     assert len(hull_sim.firehose_messages) == 70  # not one message sent twice
+
+
+def test_three_failed_posts_in_a_row_open_the_breaker_and_the_rest_is_not_tried(database_url, hull_sim, drain):
+    payloads = many_payloads(220)  # five POSTs of at most 50
+    store(database_url, payloads)
+    hull_sim.faults.down(True)
+
+    counts = drain()
+
+    assert (counts["sent"], counts["requeued"], counts["failed"]) == (0, 220, 0)
+    assert counts["stopped"].startswith("Hull unavailable: 3 firehose POSTs in a row failed")
+    # Three POSTs, each tried 1 + FAST_RETRY.total times; the last two were never sent.
+    assert len([e for e in hull_sim.journal() if "firehose" in e["path"]]) == 3 * (1 + FAST_RETRY.total)
+    rows = rows_by_event_id(database_url)
+    attempts = Counter(rows[p["event_id"]]["attempts"] for p in payloads)
+    assert attempts == {1: 150, 0: 70}  # not tried: no attempt counted
+    assert {row["status"] for row in rows.values()} == {"pending"}
+
+    hull_sim.faults.down(False)
+    # The 70 never tried are due at once; the 150 tried wait for their backoff (30 s).
+    assert drain()["sent"] == 70
+    later = utcnow() + timedelta(seconds=31)
+    assert drain(now=later)["sent"] == 150 and len(hull_sim.firehose_messages) == 220
+
+
+def test_the_breaker_counts_across_the_batches_of_a_run(database_url, hull_sim, drain):
+    from cio_sync.pipeline.breaker import Breaker
+
+    store(database_url, many_payloads(150))
+    hull_sim.faults.down(True)
+    run_breaker = Breaker()
+    first = drain(batch_size=50, breaker=run_breaker)
+    second = drain(batch_size=50, worker_id="test-drain-2", breaker=run_breaker)
+    assert not run_breaker.open and "in a row" not in first["stopped"] + second["stopped"]
+    third = drain(batch_size=50, worker_id="test-drain-3", breaker=run_breaker)
+    assert run_breaker.open and third["stopped"].startswith("Hull unavailable: 3 firehose POSTs")
 
 
 def test_outage_mid_batch_keeps_what_hull_accepted(database_url, hull_sim, drain):

@@ -13,7 +13,7 @@ from cio_sync.pipeline.push import CustomerIoUnavailable
 from cio_sync.rules.mapping import MappedUser, chunk_attributes
 from cio_sync.rules.plan import DELETE, INSERT, UPDATE, UserPlan
 from connectors.customerio_batch import MAX_ENTRY_BYTES, MAX_REQUEST_BYTES, identify_entries, pack, v2_identifiers
-from connectors.http import TransientError
+from connectors.http import PermanentError, TransientError
 from simulators.customerio import MAX_BATCH_BYTES, MAX_BATCH_ENTRY_BYTES
 
 
@@ -30,10 +30,13 @@ class RecordingClient:
     """Stands in for CustomerIoClient: keeps every batch body as sent (raw bytes and parsed),
     answers 200, or 207 for entries `reject(entry)` names, or raises what `fail(n)` returns."""
 
-    def __init__(self, reject=None, fail=None):
+    def __init__(self, reject=None, fail=None, poison=None):
         self.bodies: list[bytes] = []
         self.reject = reject or (lambda entry: None)
         self.fail = fail or (lambda n: None)
+        # A request holding an entry `poison(entry)` is true for is refused whole with a 400
+        # naming no entry, as Customer.io answers a malformed request.
+        self.poison = poison or (lambda entry: False)
         self.lock = threading.Lock()
 
     def request_batch(self, body: bytes):
@@ -43,6 +46,9 @@ class RecordingClient:
         error = self.fail(n)
         if error is not None:
             raise error
+        if any(self.poison(entry) for entry in json.loads(body)["batch"]):
+            raise PermanentError("Customer.io", "POST", "/api/v2/batch", 400,
+                                 "the request is malformed: identifiers.id is not valid")
         errors = []
         for index, entry in enumerate(json.loads(body)["batch"]):
             reason = self.reject(entry)
@@ -208,3 +214,86 @@ def test_events_become_event_and_page_entries_with_their_ulid():
     assert first == {"type": "person", "identifiers": {"id": "u-1"}, "action": "event", "name": "Order",
                      "id": "01J0000000000000000000000A", "timestamp": 1700000000, "attributes": {"x": 1}}
     assert second["action"] == "page" and second["attributes"] == {"referrer": "https://g.co"}
+
+
+# ----- a 400 for a whole request: bisected down to the bad entries ------------------------
+
+
+def poisoned(*ids):
+    return lambda entry: entry["identifiers"].get("id") in ids
+
+
+def delivered_ids(client) -> Counter:
+    """Entries of requests that were accepted (a refused request applies nothing)."""
+    accepted = Counter()
+    for body in client.bodies:
+        batch = json.loads(body)["batch"]
+        if not any(client.poison(entry) for entry in batch):
+            accepted.update(entry["identifiers"]["id"] for entry in batch)
+    return accepted
+
+
+def test_one_poisoned_entry_fails_only_its_user_and_every_other_user_is_delivered_once():
+    client = RecordingClient(poison=poisoned("u-37"))
+    calls = Counter()
+    outcomes = push(client, [plan(n) for n in range(100)], calls=calls)
+    by_user = {o.plan.hull_id: o for o in outcomes}
+    bad = by_user.pop("h-37")
+    assert bad.ok is False and bad.error_kind == "permanent" and bad.identify_calls == 0
+    assert "HTTP 400" in bad.error and "identifiers.id is not valid" in bad.error  # Customer.io's reason
+    assert all(o.ok and o.identify_calls == 1 for o in by_user.values())
+    assert delivered_ids(client) == Counter({f"u-{n}": 1 for n in range(100) if n != 37})
+    # The first request, then two halves per level down to one user: 1 + 2 * ceil(log2(100)).
+    assert len(client.bodies) == calls["batch"] <= 1 + 2 * 7
+
+
+def test_two_poisoned_entries_in_one_request_are_both_isolated():
+    client = RecordingClient(poison=poisoned("u-3", "u-60"))
+    outcomes = push(client, [plan(n) for n in range(64)], concurrency=4)
+    failed = sorted(o.plan.hull_id for o in outcomes if not o.ok)
+    assert failed == ["h-3", "h-60"]
+    assert all(o.error_kind == "permanent" for o in outcomes if not o.ok)
+    assert sum(delivered_ids(client).values()) == 62
+
+
+def test_a_users_entries_stay_together_and_in_order_while_bisecting():
+    # Each user: 3 identify entries. Bisecting splits between users, never inside one.
+    plans = [plan(n, **{f"t{i:02}": i for i in range(80)}) for n in range(10)]
+    client = RecordingClient(poison=lambda e: e["identifiers"]["id"] == "u-6" and "t70" in e["attributes"])
+    outcomes = push(client, plans)
+    assert [o.plan.hull_id for o in outcomes if not o.ok] == ["h-6"]
+    for batch in client.batches:
+        ids = [e["identifiers"]["id"] for e in batch]
+        for user_id in set(ids):
+            assert ids.count(user_id) == 3  # a user's three entries, together
+    assert all(o.identify_calls == 3 for o in outcomes if o.ok)
+
+
+def test_a_400_for_a_request_of_one_user_fails_that_user_without_resending():
+    client = RecordingClient(poison=poisoned("u-1"))
+    outcomes = push(client, [plan(1)])
+    assert len(client.bodies) == 1 and outcomes[0].error_kind == "permanent"
+
+
+def test_a_transient_failure_while_bisecting_keeps_those_users_for_a_failed_batch():
+    # Request 1 (all 8) → 400; request 2 (first half) → 503 after retries; request 3 (second half) → 400 ...
+    client = RecordingClient(
+        poison=poisoned("u-6"),
+        fail=lambda n: TransientError("Customer.io", "POST", "/api/v2/batch", 503, "down") if n == 2 else None,
+    )
+    outcomes = push(client, [plan(n) for n in range(8)])
+    kinds = {o.plan.hull_id: o.error_kind for o in outcomes}
+    assert kinds == {"h-0": "transient", "h-1": "transient", "h-2": "transient", "h-3": "transient",
+                     "h-4": None, "h-5": None, "h-6": "permanent", "h-7": None}
+
+
+def test_a_poisoned_event_fails_alone_and_the_others_are_sent():
+    events = [(f"u-{n % 5}", {"id": f"01J00000000000000000000{n:03d}", "timestamp": 1700000000 + n,
+                              "name": "bad" if n == 12 else "Order", "data": {}}) for n in range(40)]
+    client = RecordingClient(poison=lambda e: e["name"] == "bad")
+    results = push_events_v2(client, events, user_id_mapping="external_id", concurrency=2)
+    assert results[12][0] == "failed" and "HTTP 400" in results[12][1]
+    assert [status for i, (status, _) in enumerate(results) if i != 12] == ["sent"] * 39
+    sent = [e["id"] for body in client.bodies for e in json.loads(body)["batch"]
+            if not any(x["name"] == "bad" for x in json.loads(body)["batch"])]
+    assert sorted(sent) == sorted(body["id"] for i, (_, body) in enumerate(events) if i != 12)
