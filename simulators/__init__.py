@@ -7,8 +7,9 @@ process (``python -m simulators customerio --port 9200``) and drive it over the
 
 from ._server import Faults, SimulatorServer
 from .customerio import CustomerIoSimulator
+from .env import RemoteCustomerIo, RemoteHull, simulator_environment
 from .hull import HullSimulator, sign_user_token
 from .seed import seed_synthetic
 
-__all__ = ["CustomerIoSimulator", "Faults", "HullSimulator", "SimulatorServer",
-           "seed_synthetic", "sign_user_token"]
+__all__ = ["CustomerIoSimulator", "Faults", "HullSimulator", "RemoteCustomerIo", "RemoteHull",
+           "SimulatorServer", "seed_synthetic", "sign_user_token", "simulator_environment"]

@@ -6,8 +6,9 @@ silently getting unfiltered results."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 MAX_PER_PAGE = 100
 MAX_RESULT_WINDOW = 10_000  # Elasticsearch's index.max_result_window

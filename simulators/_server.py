@@ -22,10 +22,11 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote
 
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
@@ -56,7 +57,7 @@ class HttpError(Exception):
 class Request:
     """What a route sees: method, raw (still URL-encoded) path, query, headers, body."""
 
-    __slots__ = ("method", "path", "query_string", "headers", "body", "_json", "_parsed")
+    __slots__ = ("_json", "_parsed", "body", "headers", "method", "path", "query_string")
 
     def __init__(self, method: str, path: str, query_string: str, headers, body: bytes):
         self.method = method
@@ -152,6 +153,10 @@ class Faults:
     body for that status".
     """
 
+    # Operations ``POST /_sim/faults {"op": ...}`` may name; a subclass adds its own.
+    OPS: tuple[str, ...] = ("fail_next", "error_rate", "drop_rate", "down", "latency", "force",
+                            "clear")
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.clear()
@@ -221,7 +226,7 @@ class Faults:
 
     def apply(self, op: str, kwargs: dict) -> None:
         """Entry point for ``POST /_sim/faults`` ({"op": ..., **kwargs})."""
-        if op not in ("fail_next", "error_rate", "drop_rate", "down", "latency", "force", "clear"):
+        if op not in self.OPS:
             raise ValueError(f"unknown fault op {op!r}")
         if "statuses" in kwargs:
             kwargs = {**kwargs, "statuses": tuple(kwargs["statuses"])}
@@ -283,7 +288,7 @@ class Faults:
 
 class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive by default
-    server: "_HttpServer"
+    server: _HttpServer
 
     def setup(self) -> None:
         super().setup()
@@ -297,7 +302,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         finally:
             self.server.untrack(self.connection)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # logging every request would dominate the CPU budget
 
     def _dispatch(self) -> None:
@@ -312,7 +317,7 @@ class _HttpServer(ThreadingHTTPServer):
     request_queue_size = 128
     block_on_close = False
 
-    def __init__(self, address: tuple[str, int], simulator: "SimulatorServer"):
+    def __init__(self, address: tuple[str, int], simulator: SimulatorServer):
         self.simulator = simulator
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
@@ -412,11 +417,12 @@ class SimulatorServer:
     """
 
     name = "simulator"
+    faults_class: type[Faults] = Faults  # a simulator may add its own fault switches
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
         self.port = port
-        self.faults = Faults()
+        self.faults = self.faults_class()
         # One lock guards the simulated service's data; reentrant so helpers compose.
         self.lock = threading.RLock()
         self.record_journal = True
@@ -452,7 +458,7 @@ class SimulatorServer:
         return self.error_payload("not found")
 
     # -- lifecycle ---------------------------------------------------------------
-    def start(self) -> "SimulatorServer":
+    def start(self) -> SimulatorServer:
         if self._httpd is not None:
             return self
         self._httpd = _HttpServer((self.host, self.port), self)
@@ -482,7 +488,7 @@ class SimulatorServer:
         """TCP connections accepted since start (a keep-alive client should open few)."""
         return self._httpd.connections_accepted if self._httpd else 0
 
-    def __enter__(self) -> "SimulatorServer":
+    def __enter__(self) -> SimulatorServer:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:

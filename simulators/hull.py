@@ -22,18 +22,30 @@ Design notes:
 
 from __future__ import annotations
 
+import functools
 import hmac
 import math
 import random
 import time
 from bisect import bisect_left, bisect_right, insort
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable
+from typing import Any, ClassVar
 
 import jwt
 
-from ._search import (QueryError, field_matcher, in_range, page_params, paginate, parse_time,
-                      range_of, sort_direction, split_query, terms_of)
+from ._search import (
+    QueryError,
+    field_matcher,
+    in_range,
+    page_params,
+    paginate,
+    parse_time,
+    range_of,
+    sort_direction,
+    split_query,
+    terms_of,
+)
 from ._server import HttpError, Request, Router, SimulatorServer
 
 DEFAULT_START = datetime(2026, 11, 26, 10, 0, 0, tzinfo=timezone.utc)
@@ -120,6 +132,18 @@ class HullSimulator(SimulatorServer):
     """
 
     name = "hull"
+    # Control routes added from other modules: (method, pattern, handler(sim, req, **params)).
+    # `simulators.seed` adds ``POST /_sim/seed`` here, so this module never imports it
+    # (seed depends on hull, never the reverse). Routes added after a simulator was
+    # created apply to simulators created later.
+    extra_control_routes: ClassVar[list[tuple[str, str, Callable[..., Any]]]] = []
+
+    @classmethod
+    def add_control_route(cls, method: str, pattern: str,
+                          handler: Callable[..., Any]) -> None:
+        """Register ``handler(sim, req, **params)`` for ``method`` + ``pattern`` (idempotent)."""
+        if not any(m == method and p == pattern for m, p, _ in cls.extra_control_routes):
+            cls.extra_control_routes.append((method, pattern, handler))
 
     def __init__(self, organization: str = "acme.hullapp.io",
                  connector_id: str = DEFAULT_CONNECTOR_ID, connector_secret: str = "secret", *,
@@ -151,7 +175,15 @@ class HullSimulator(SimulatorServer):
         self.users: dict[str, dict] = {}
         self.segments: dict[str, dict] = {}
         self.events: list[dict] = []
-        self._events_by_user: dict[str, list[tuple]] = {}  # id → [(epoch, event id, event)]
+        # Event index entries are (created_at epoch, event id, sequence, event): ordered as
+        # search results are, the sequence keeping equal (time, id) pairs apart.
+        self._event_sequence = 0
+        self._event_order: list[tuple] = []  # every entry, sorted
+        self._event_pending: list[tuple] = []  # added since the last search, not yet sorted in
+        self._events_by_user: dict[str, list[tuple]] = {}  # user id → entries
+        self._events_by_id: dict[str, list[tuple]] = {}  # event id (either form) → entries
+        # How the last event search found its candidates and how many it looked at.
+        self.last_event_search: dict[str, Any] = {}
         self.tracked_events: list[dict] = []
         self._tracked_ids: set = set()
         self.firehose_messages: list[dict] = []
@@ -248,8 +280,17 @@ class HullSimulator(SimulatorServer):
                 return
             self._unindex_identity(user)
             self._drop_order_key(hull_id)
-            if self._events_by_user.pop(hull_id, None):
+            removed = self._events_by_user.pop(hull_id, None)
+            if removed:
                 self.events = [e for e in self.events if e.get("user_id") != hull_id]
+                gone = {entry[2] for entry in removed}
+                self._event_order = [e for e in self._event_order if e[2] not in gone]
+                self._event_pending = [e for e in self._event_pending if e[2] not in gone]
+                for entry in removed:
+                    same_id = self._events_by_id.get(entry[1], [])
+                    same_id[:] = [e for e in same_id if e[2] not in gone]
+                    if not same_id:
+                        self._events_by_id.pop(entry[1], None)
 
     def user(self, hull_id: str) -> dict | None:
         with self.lock:
@@ -380,8 +421,29 @@ class HullSimulator(SimulatorServer):
             epoch = parse_time(event["created_at"])
         except QueryError as exc:
             raise ValueError(str(exc)) from None
+        self._event_sequence += 1
+        entry = (epoch, str(event_id), self._event_sequence, event)
         self.events.append(event)
-        self._events_by_user.setdefault(event["user_id"], []).append((epoch, event_id, event))
+        self._event_pending.append(entry)
+        self._events_by_user.setdefault(event["user_id"], []).append(entry)
+        self._events_by_id.setdefault(entry[1], []).append(entry)
+
+    def _sorted_events(self) -> list[tuple]:
+        """The sorted event index, with events added since the last search merged in: one
+        sort after bulk seeding, a few insertions after a few `add_event` calls."""
+        pending, order = self._event_pending, self._event_order
+        if pending:
+            if len(pending) <= 64:
+                for entry in pending:
+                    if not order or entry > order[-1]:
+                        order.append(entry)
+                    else:
+                        insort(order, entry)
+            else:
+                order.extend(pending)
+                order.sort()
+            self._event_pending = []
+        return order
 
     # -- HTTP shape ----------------------------------------------------------------
     def error_payload(self, message: str) -> Any:
@@ -402,8 +464,9 @@ class HullSimulator(SimulatorServer):
         r.add("POST", r"/_sim/segments", self._control_segments)
         r.add("POST", r"/_sim/events", self._control_events)
         r.add("POST", r"/_sim/advance", self._control_advance)
-        r.add("POST", r"/_sim/seed", self._control_seed)
         r.add("POST", r"/_sim/token", self._control_token)
+        for method, pattern, handler in self.extra_control_routes:
+            r.add(method, pattern, functools.partial(handler, self))
 
     def _authorize(self, req: Request) -> None:
         app_id = req.headers.get("Hull-App-Id") or ""
@@ -608,64 +671,142 @@ class HullSimulator(SimulatorServer):
             direction = sort_direction(body.get("sort"), "created_at",
                                        ("event_id", "_id"))
             with self.lock:
-                entries = self._matching_events(body.get("query"))
-                entries.sort(key=lambda entry: (entry[0], entry[1]),
-                             reverse=direction == "desc")
-                chosen, pagination = paginate(entries, page, per_page)
-                data = [dict(entry[2]) for entry in chosen]
+                chosen, pagination = self._event_page(body.get("query"), page, per_page,
+                                                      direction)
+                data = [dict(entry[3]) for entry in chosen]
         except QueryError as exc:
             raise HttpError(400, {"message": str(exc)}) from None
         return 200, {"data": data, "pagination": pagination}
 
-    def _matching_events(self, query: Any) -> list[tuple]:
-        """(created_at epoch, event id, event) entries matching ``query`` (lock held)."""
+    def _event_page(self, query: Any, page: int, per_page: int, direction: str):
+        """One page of events matching ``query`` (lock held), in (created_at, id) order.
+
+        Candidates come from an index: the events of named users (``terms user_id``, or
+        ``has_parent`` on user ids), the events with named ids (``terms event_id``/``_id``),
+        or else the sorted index between the ``created_at`` bounds, walked only as far as
+        the page needs. Every clause is still checked on every candidate."""
         required, excluded = split_query(query)
-        user_ids: set | None = None  # narrowed through the per-user event index
-        predicates = []
-        for clause in required:
-            kind = next(iter(clause))
-            if kind == "has_parent":
-                ids = self._parent_user_ids(clause)
-            elif kind in ("terms", "term") and terms_of(clause)[0] == "user_id":
-                ids = terms_of(clause)[1]
-            else:
-                predicates.append(self._event_clause_predicate(clause))
-                continue
-            user_ids = ids if user_ids is None else user_ids & ids
+        predicates = [self._event_clause_predicate(clause) for clause in required]
         for excluded_query in excluded:
             matches = self._event_query_predicate(excluded_query)
             predicates.append(lambda entry, matches=matches: not matches(entry))
-        if user_ids is None:
-            candidates = [e for entries in self._events_by_user.values() for e in entries]
-        else:
-            candidates = [e for hull_id in user_ids
-                          for e in self._events_by_user.get(hull_id, ())]
-        return [entry for entry in candidates if all(p(entry) for p in predicates)]
+        user_ids: set | None = None
+        event_ids: set | None = None
+        ranges = []
+        for clause in required:
+            kind = next(iter(clause))
+            if kind == "has_parent":
+                ids = self._parent_id_terms(clause)
+            elif kind in ("terms", "term") and terms_of(clause)[0] in ("event_id", "_id"):
+                values = terms_of(clause)[1]
+                event_ids = values if event_ids is None else event_ids & values
+                continue
+            elif kind in ("terms", "term") and terms_of(clause)[0] == "user_id":
+                ids = terms_of(clause)[1]
+            else:
+                if kind == "range" and next(iter(clause["range"]), None) == "created_at":
+                    ranges.append(range_of(clause)[1])
+                continue
+            if ids is not None:
+                user_ids = ids if user_ids is None else user_ids & ids
+        if event_ids is not None or user_ids is not None:
+            if event_ids is not None:
+                candidates = [e for i in event_ids for e in self._events_by_id.get(str(i), ())]
+            else:
+                candidates = [e for i in user_ids for e in self._events_by_user.get(i, ())]
+            self.last_event_search = {"index": "event id" if event_ids is not None else "user id",
+                                      "examined": len(candidates)}
+            entries = sorted((e for e in candidates if all(p(e) for p in predicates)),
+                             reverse=direction == "desc")
+            return paginate(entries, page, per_page)
+        return self._scan_events(ranges, predicates, page, per_page, direction)
 
-    def _parent_user_ids(self, clause: dict) -> set:
+    def _scan_events(self, ranges: list[dict], predicates: list, page: int, per_page: int,
+                     direction: str):
+        """Walk the sorted index within the ``created_at`` bounds, only as far as the page
+        and one more match: the cost grows with ``page × per_page``, not with the number
+        of events. ``total`` is exact when the walk reached the last match; otherwise it
+        counts the matches up to this page plus one (``"total_relation": "gte"``, as
+        Elasticsearch reports a total it did not count to the end), so ``pages`` still
+        says whether another page exists."""
+        order = self._sorted_events()
+        low, high = 0, len(order)
+        for bounds in ranges:
+            if "gte" in bounds:
+                low = max(low, bisect_left(order, bounds["gte"], key=_first))
+            if "gt" in bounds:
+                low = max(low, bisect_right(order, bounds["gt"], key=_first))
+            if "lte" in bounds:
+                high = min(high, bisect_right(order, bounds["lte"], key=_first))
+            if "lt" in bounds:
+                high = min(high, bisect_left(order, bounds["lt"], key=_first))
+        start, chosen, matched, exact = (page - 1) * per_page, [], 0, True
+        positions = range(low, high) if direction != "desc" else range(high - 1, low - 1, -1)
+        examined = 0
+        for position in positions:
+            examined += 1
+            entry = order[position]
+            if not all(p(entry) for p in predicates):
+                continue
+            matched += 1
+            if matched > start + per_page:
+                exact = False  # one match past the page is all `pages` needs
+                break
+            if matched > start:
+                chosen.append(entry)
+        self.last_event_search = {"index": "created_at", "examined": examined}
+        pagination = {"page": page, "per_page": per_page,
+                      "pages": math.ceil(matched / per_page), "total": matched}
+        if not exact:
+            pagination["total_relation"] = "gte"
+        return chosen, pagination
+
+    def _parent_id_terms(self, clause: dict) -> set | None:
+        """The user ids of a ``has_parent`` whose query is only ``terms id``; else None."""
         spec = clause["has_parent"]
         if not isinstance(spec, dict) or spec.get("parent_type") != "user_report":
             raise QueryError("has_parent needs parent_type user_report")
-        return {hull_id for _, hull_id in self._matching_user_keys(spec.get("query"))}
+        required, excluded = split_query(spec.get("query"))
+        if excluded or len(required) != 1:
+            return None
+        kind = next(iter(required[0]))
+        if kind in ("terms", "term") and terms_of(required[0])[0] in ("id", "_id"):
+            return terms_of(required[0])[1]
+        return None
+
+    def _parent_predicate(self, clause: dict):
+        """``has_parent`` as a predicate on events: the event's user matches the parent
+        query (checked once per user and query, on the user report as it is now)."""
+        spec = clause["has_parent"]
+        if not isinstance(spec, dict) or spec.get("parent_type") != "user_report":
+            raise QueryError("has_parent needs parent_type user_report")
+        matches = self._user_query_predicate(spec.get("query"))
+        users, seen = self.users, {}
+
+        def predicate(entry) -> bool:
+            user_id = entry[3].get("user_id")
+            found = seen.get(user_id)
+            if found is None:
+                user = users.get(user_id)
+                found = seen[user_id] = user is not None and matches(user)
+            return found
+        return predicate
 
     def _event_clause_predicate(self, clause: dict):
-        """A predicate on index entries; event ids match whichever form (event_id/_id)."""
+        """A predicate on index entries. Terms filter the field they name, as Hull's search
+        did: ``event_id`` finds connector-form events, ``_id`` raw-form ones, never both."""
         kind = next(iter(clause))
         if kind == "has_parent":
-            ids = self._parent_user_ids(clause)
-            return lambda entry: entry[2].get("user_id") in ids
+            return self._parent_predicate(clause)
         if kind == "range":
             field, bounds = range_of(clause)
             if field == "created_at":
                 return lambda entry: in_range(entry[0], bounds)
             matches = _date_matcher(field, bounds)
-            return lambda entry: matches(entry[2])
+            return lambda entry: matches(entry[3])
         if kind in ("terms", "term"):
-            field, values = terms_of(clause)
-            if field in ("event_id", "_id"):
-                return lambda entry: entry[1] in values
-            matches = field_matcher(field, values)
-            return lambda entry: matches(entry[2])
+            matches = field_matcher(*terms_of(clause))
+            return lambda entry: matches(entry[3])
         raise QueryError(f"unsupported filter {kind!r} on events")
 
     def _event_query_predicate(self, query: Any):
@@ -873,20 +1014,6 @@ class HullSimulator(SimulatorServer):
         if "seconds" in body:
             self.advance(float(body["seconds"]))
         return 200, {"now": self.now.isoformat().replace("+00:00", "Z")}
-
-    def _control_seed(self, req: Request):
-        from .seed import seed_synthetic  # seed imports nothing from here at module level
-
-        body = dict(req.json({}))
-        n_users = int(body.pop("n_users", 0))
-        if "segments" in body:
-            body["segments"] = tuple(tuple(pair) for pair in body["segments"])
-        if "events_per_user" in body:
-            body["events_per_user"] = tuple(body["events_per_user"])
-        try:
-            return 200, seed_synthetic(self, n_users, **body)
-        except TypeError as exc:
-            raise HttpError(400, {"message": str(exc)}) from None
 
     def _control_token(self, req: Request):
         body = req.json({})

@@ -5,15 +5,19 @@ seconds): random draws are bare ``random()`` calls into small pools, traits
 come from a pool of pre-generated trait profiles (plus a few per-user unique
 traits), and accounts are shared dicts.  Sharing is safe because the Hull
 simulator never mutates nested values in place (see hull.py).
+
+Importing this module (``import simulators`` does) adds ``POST /_sim/seed`` to every
+Hull simulator created afterwards; hull.py itself knows nothing about seeding.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from itertools import combinations
 from random import Random
-from typing import Callable
 
+from ._server import HttpError, Request
 from .hull import HullSimulator, iso_seconds
 
 DEFAULT_SEGMENTS = (("seg-vip", "VIP"), ("seg-trial", "Trial"), ("seg-churn", "Churn Risk"),
@@ -209,3 +213,26 @@ def _event(rng: Random, hull_id: str, n: int, now: int, created: int) -> dict:
     return {"event_id": f"{rng.getrandbits(128):032x}", "event": name, "created_at": at,
             "properties": properties, "context": context, "user_id": hull_id,
             "anonymous_id": f"web:{n}", "event_source": "track", "event_type": "track"}
+
+
+def _control_seed(hull_sim: HullSimulator, req: Request):
+    """``POST /_sim/seed {"n_users": N, ...seed_synthetic keyword arguments}``."""
+    body = req.json({})
+    if not isinstance(body, dict):
+        raise HttpError(400, {"message": "expected an object"})
+    body = dict(body)
+    try:
+        n_users = int(body.pop("n_users", 0))
+    except (TypeError, ValueError):
+        raise HttpError(400, {"message": "n_users must be an integer"}) from None
+    if "segments" in body:
+        body["segments"] = tuple(tuple(pair) for pair in body["segments"])
+    if "events_per_user" in body:
+        body["events_per_user"] = tuple(body["events_per_user"])
+    try:
+        return 200, seed_synthetic(hull_sim, n_users, **body)
+    except TypeError as exc:
+        raise HttpError(400, {"message": str(exc)}) from None
+
+
+HullSimulator.add_control_route("POST", r"/_sim/seed", _control_seed)
