@@ -155,6 +155,9 @@ def _identity_changes(plan: UserPlan, settings: ConnectorSettings, at: Callable[
         plan.previous_id, plan.previous_mapping = stored_id, stored_mapping
         if settings.on_id_change != "ignore":
             plan.id_change = settings.on_id_change
+        if plan.id_change == DELETE_OLD:
+            # The person moves: with the old one deleted first, `_update` would leave nobody.
+            plan.update_only = False
 
 
 def identify_attributes(plan: UserPlan, max_per_call: int) -> list[dict[str, Any]]:

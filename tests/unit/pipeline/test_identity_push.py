@@ -82,7 +82,7 @@ def test_v1_merge_of_an_old_person_customerio_no_longer_knows_goes_on():
     assert outcome.error_kind == "permanent" and not outcome.moved and len(client.calls) == 2
 
 
-def test_v1_delete_old_deletes_first_and_update_only_never_creates():
+def test_v1_delete_old_deletes_first_and_update_only_adds_update():
     client, _ = v1([plan(previous_id="u-1", previous_mapping="external_id", id_change=DELETE_OLD, update_only=True)])
     assert client.calls[0] == ("delete", "u-1")
     assert client.calls[1][0] == "identify" and client.calls[1][2]["_update"] is True

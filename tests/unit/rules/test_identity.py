@@ -180,5 +180,7 @@ def test_segment_exit_targets_the_stored_id_and_unset_sends_empty_segments():
 def test_update_only_marks_plans_and_skips_people_not_in_customerio():
     plan = plan_one({**USER, "traits_plan": "silver"}, state(), sync_mode="update_only")
     assert plan.action == "update" and plan.update_only and plan.timestamp == map_user(USER, settings(), {}, set()).indexed_at
+    moved = plan_one({**USER, "external_id": "acct-1"}, state(), sync_mode="update_only", on_id_change="delete_old")
+    assert moved.id_change == "delete_old" and not moved.update_only  # the new id must be created
     new = plan_one(USER, state().iloc[0:0], sync_mode="update_only")
     assert (new.action, new.reason) == ("skip", "not_in_customerio")
