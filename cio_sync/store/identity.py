@@ -14,6 +14,14 @@ def read_stream_mapping(engine: Engine, stream: str) -> str | None:
         ).scalar_one_or_none()
 
 
+def latest_stream_mapping(engine: Engine) -> str | None:
+    """The mapping the users streams ran with most recently (all shards share one)."""
+    with engine.connect() as connection:
+        return connection.execute(
+            select(stream_identity.c.user_id_mapping).order_by(stream_identity.c.updated_at.desc()).limit(1)
+        ).scalar_one_or_none()
+
+
 def record_stream_mapping(engine: Engine, stream: str, user_id_mapping: str) -> None:
     with engine.begin() as connection:
         upsert(connection, stream_identity,

@@ -265,3 +265,24 @@ def test_identify_carries_hull_indexed_at_as_its_timestamp(sim_env, hull, cio_si
     stamps = [body.get("timestamp", body.get("_timestamp")) for action, body in sent(cio_sim) if action == "identify"]
     assert len(stamps) >= 3 and set(stamps) == {indexed_at}
     assert cio_sim.updated_at["u-1"] == indexed_at
+
+
+def test_a_batch_failed_before_a_migration_is_rerun_with_the_new_mapping(sim_env, hull, cio_sim, api):
+    from flows.rerun_failed_batches import rerun_failed_batches
+
+    for n in (1, 2):
+        hull.upsert_user(hull_user(n))
+    run(api)
+    hull.advance(10)
+    hull.set_trait(hid(1), "plan", "silver")
+    cio_sim.faults.force("/api/", 503)  # Customer.io down for the whole run
+    with pytest.raises(SyncFailed, match="failed batches"):
+        run(api)
+    cio_sim.faults.clear()
+    run(api, user_id_mapping="email", migrate_ids=True)
+    assert sorted(cio_sim.people) == ["user1@example.com", "user2@example.com"]
+
+    result = rerun_failed_batches()  # the batch was saved with user_id_mapping=external_id
+    assert [row["result"] for row in result["batches"]] == ["resolved"]
+    assert sorted(cio_sim.people) == ["user1@example.com", "user2@example.com"]  # nobody moved back
+    assert cio_sim.people["user1@example.com"]["plan"] == "silver"
