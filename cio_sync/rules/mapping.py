@@ -240,8 +240,16 @@ def map_user(
 
 
 def _unix_or_none(value: Any) -> int | None:
+    if isinstance(value, str):
+        return _iso_to_unix(value)  # users read together share few `indexed_at` values
     seconds = to_unix_seconds(value)
     return seconds if isinstance(seconds, int) and not isinstance(seconds, bool) else None
+
+
+@lru_cache(maxsize=1024)
+def _iso_to_unix(value: str) -> int | None:
+    seconds = to_unix_seconds(value)
+    return seconds if isinstance(seconds, int) else None
 
 
 @lru_cache(maxsize=64)

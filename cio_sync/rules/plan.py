@@ -101,14 +101,15 @@ def plan_page(
     )
     update_only = settings.sync_mode == "update_only"
     decided = decide(page, state_frame, settings.segment_exit, update_only)
-    # Row positions in a plain dict, values read only for the users that need them: `.loc` per
-    # user (or converting every row) cost more than the whole vectorised decision.
+    # Row positions in a plain dict and the few columns the plans read as plain lists: `.loc`
+    # or `.iat` per user cost more than the whole vectorised decision.
     state_position = {hull_id: i for i, hull_id in enumerate(state["hull_id"])}
+    columns = {c: state[c].tolist() for c in _PLAN_COLUMNS if c in state}
 
     def at(column: str, position: int | None) -> Any:
-        if position is None or column not in state:
+        if position is None or column not in columns:
             return None
-        value = state[column].iat[position]
+        value = columns[column][position]
         return None if _missing(value) else value
 
     for (user, mapped), action, reason in zip(mapped_users, decided["action"], decided["reason"]):
@@ -177,13 +178,12 @@ def _column(state: pd.DataFrame, name: str) -> pd.Series:
     return state[name] if name in state else pd.Series([None] * len(state), index=state.index, dtype=object)
 
 
+_PLAN_COLUMNS = ("cio_id", "created_at", "cio_id_mapping", "attribute_names", "suppressed_at")
+
+
 def _missing(value: Any) -> bool:
-    if value is None:
-        return True
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):  # lists and dicts
-        return False
+    """None, or what pandas puts in its place (NaN, NaT)."""
+    return value is None or value is pd.NaT or (isinstance(value, float) and value != value)
 
 
 __all__ = ["DELETE", "DELETE_OLD", "INSERT", "MERGE", "SKIP", "SUPPRESS", "UNSET_SEGMENTS", "UPDATE", "UserPlan",
