@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -135,13 +135,40 @@ class ConnectorSettings(BaseSettings):
     # v1: one Track API call per identify chunk/delete/event; v2_batch: `POST /api/v2/batch`
     # requests packed by bytes (tasks/load_v2.py).
     customerio_api: Literal["v1", "v2_batch"] = "v1"
+    # Identity (cio_sync/rules/plan.py). When a user's mapped id changes: merge the old person
+    # into the new one, delete the old one, or leave it (the original connector's behaviour).
+    on_id_change: Literal["merge", "delete_old", "ignore"] = "merge"
+    # Attributes Customer.io accepted before and no longer sent are sent as "" (removed).
+    unset_removed_attributes: bool = True
+    # update_only: identify with `_update: true` and never add a person to Customer.io.
+    sync_mode: Literal["upsert", "update_only"] = "upsert"
+    # What happens to a person whose user left every synchronized segment. None: from
+    # `enable_user_deletion` (true → delete, false → keep), which stays as an alias.
+    on_segment_exit: Literal["keep", "delete", "suppress", "unset_segments"] | None = None
+
+    @model_validator(mode="after")
+    def _segment_exit_alias(self) -> ConnectorSettings:
+        # One source of truth after validation: `on_segment_exit` wins when set, and
+        # `enable_user_deletion` always says whether people are deleted.
+        if self.on_segment_exit is None:
+            self.on_segment_exit = "delete" if self.enable_user_deletion else "keep"
+        self.enable_user_deletion = self.on_segment_exit == "delete"
+        return self
+
+    @property
+    def segment_exit(self) -> str:
+        return self.on_segment_exit or ("delete" if self.enable_user_deletion else "keep")
 
     @classmethod
     def resolve(cls, **overrides: Any) -> ConnectorSettings:
         """Build settings from explicit values (flow parameters) over the environment.
         Names that are not settings (other flow parameters) are ignored, so a flow can pass
         all of its parameters."""
-        return cls(**{k: v for k, v in overrides.items() if v is not None and k in cls.model_fields})
+        values = {k: v for k, v in overrides.items() if v is not None and k in cls.model_fields}
+        if "enable_user_deletion" in values and "on_segment_exit" not in values:
+            # The alias given as a parameter beats an ON_SEGMENT_EXIT left in the environment.
+            values["on_segment_exit"] = "delete" if values["enable_user_deletion"] else "keep"
+        return cls(**values)
 
 
 class LeaseSettings(BaseSettings):

@@ -61,6 +61,19 @@ class CustomerIoClient(ApiClient):
     def delete(self, identifier: str) -> None:
         self.request("DELETE", customer_path(identifier))
 
+    def suppress(self, identifier: str) -> None:
+        """Deletes the person and blocks the identifier from being added again."""
+        self.request("POST", customer_path(identifier) + "/suppress")
+
+    def unsuppress(self, identifier: str) -> None:
+        """Makes a suppressed identifier usable again (it does not recreate the person)."""
+        self.request("POST", customer_path(identifier) + "/unsuppress")
+
+    def merge(self, primary: dict[str, str], secondary: dict[str, str]) -> None:
+        """`POST /api/v1/merge_customers`: `secondary` is merged into `primary` (which must
+        exist) and deleted. Each is `{"id"|"email"|"cio_id": value}`."""
+        self.request("POST", "/api/v1/merge_customers", json_body={"primary": primary, "secondary": secondary})
+
     def track(self, identifier: str, event: dict[str, Any]) -> None:
         self.request("POST", customer_path(identifier) + "/events", json_body=event)
 

@@ -81,12 +81,21 @@ def identify_entries(identifiers: dict[str, str], chunks: list[dict[str, Any]],
 
 
 def identify_encoded(identifiers: dict[str, str], chunks: list[dict[str, Any]],
-                     max_entry_bytes: int = MAX_ENTRY_BYTES) -> list[tuple[dict[str, Any], bytes]]:
-    """identify_entries with each entry's bytes: every entry is serialised exactly once."""
+                     max_entry_bytes: int = MAX_ENTRY_BYTES, *, timestamp: int | None = None,
+                     update_only: bool = False) -> list[tuple[dict[str, Any], bytes]]:
+    """identify_entries with each entry's bytes: every entry is serialised exactly once.
+    `timestamp` orders updates sent close together (v2's entry-level `timestamp`, v1's
+    `_timestamp`); `update_only` adds `_update: true` to the attributes (never creates)."""
     entries: list[tuple[dict[str, Any], bytes]] = []
 
     def add(chunk: list[tuple[str, Any]]) -> None:
-        entry = {"type": "person", "identifiers": identifiers, "action": "identify", "attributes": dict(chunk)}
+        attributes = dict(chunk)
+        if update_only:
+            attributes["_update"] = True
+        entry: dict[str, Any] = {"type": "person", "identifiers": identifiers, "action": "identify"}
+        if timestamp is not None:
+            entry["timestamp"] = timestamp
+        entry["attributes"] = attributes
         data = encode_entry(entry)
         if len(chunk) > 1 and len(data) > max_entry_bytes:
             middle = len(chunk) // 2
@@ -98,6 +107,16 @@ def identify_encoded(identifiers: dict[str, str], chunks: list[dict[str, Any]],
     for chunk in chunks:
         add(list(chunk.items()))
     return entries
+
+
+def person_entry(identifiers: dict[str, str], action: str) -> dict[str, Any]:
+    """A person entry without attributes: `delete`, `suppress` or `unsuppress`."""
+    return {"type": "person", "identifiers": identifiers, "action": action}
+
+
+def merge_entry(primary: dict[str, str], secondary: dict[str, str]) -> dict[str, Any]:
+    """The v2 `merge` action: `secondary` merged into `primary` (which must exist), then deleted."""
+    return {"type": "person", "action": "merge", "primary": primary, "secondary": secondary}
 
 
 def event_entry(identifiers: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:

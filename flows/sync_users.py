@@ -16,6 +16,7 @@ from prefect.utilities.annotations import quote
 
 from cio_sync.pipeline.events_page import EVENTS_CURSOR
 from cio_sync.pipeline.extract import UserPagePrefetcher, resolve_run_segments, walk_bound
+from cio_sync.pipeline.identity import IdMappingChanged, check_id_mapping
 from cio_sync.pipeline.phase import Phase
 from cio_sync.pipeline.progress import SyncProgress
 from cio_sync.pipeline.summary import SyncSummary
@@ -24,7 +25,7 @@ from cio_sync.pipeline.writeback import WriteBackPipeline, write_back
 from cio_sync.rules.sharding import WHOLE, Shard
 from cio_sync.runtime import SyncRuntime, build_runtime
 from cio_sync.settings import ConnectorSettings, LeaseSettings
-from cio_sync.store.cursors import read_cursor
+from cio_sync.store.cursors import Cursor, read_cursor
 from cio_sync.store.failed import EVENTS, USERS
 from cio_sync.store.lease import Lease, LeaseHeld
 from cio_sync.store.users import count_pending_writebacks
@@ -76,7 +77,12 @@ def sync_users(
     push_concurrency: int | None = None,
     users_per_batch: int | None = None,
     customerio_api: Literal["v1", "v2_batch"] | None = None,
+    on_id_change: Literal["merge", "delete_old", "ignore"] | None = None,
+    unset_removed_attributes: bool | None = None,
+    sync_mode: Literal["upsert", "update_only"] | None = None,
+    on_segment_exit: Literal["keep", "delete", "suppress", "unset_segments"] | None = None,
     dry_run: bool = False,
+    migrate_ids: bool = False,
     max_pages: int | None = None,
     shard_count: int = 1,
     shard_index: int = 0,
@@ -91,6 +97,8 @@ def sync_users(
     `shard_count`/`shard_index`: this run handles only the users whose Hull id hashes to
     `shard_index` (see cio_sync/rules/sharding.py), with its own cursors. `global_rate_limit`:
     also take Customer.io request slots from the Prefect limit shared by all shards and workers.
+    `migrate_ids`: allow a run whose `user_id_mapping` differs from the last run's (every id
+    changes): every user is read again and moved to its new id (cio_sync/pipeline/identity.py).
     """
     logger = get_run_logger()
     shard = Shard(shard_index, shard_count)
@@ -106,7 +114,7 @@ def sync_users(
                 lease.acquire()
             except LeaseHeld as exc:
                 raise SyncFailed(str(exc)) from None
-        return _run(runtime, lease, logger, max_pages, shard)
+        return _run(runtime, lease, logger, max_pages, shard, migrate_ids)
     finally:
         if lease is not None:
             lease.release()
@@ -122,11 +130,18 @@ def lease_holder() -> str:
 
 
 def _run(runtime: SyncRuntime, lease: Lease | None, logger: logging.Logger | logging.LoggerAdapter,
-         max_pages: int | None, shard: Shard = WHOLE) -> dict[str, Any]:
+         max_pages: int | None, shard: Shard = WHOLE, migrate_ids: bool = False) -> dict[str, Any]:
     settings = runtime.settings
     summary = SyncSummary()
     if not shard.is_whole:
         logger.info("syncing %s", shard.label())
+    try:  # before anything is sent
+        identity = check_id_mapping(runtime, shard.cursor_name(USERS_CURSOR), migrate_ids)
+    except IdMappingChanged as exc:
+        raise SyncFailed(str(exc)) from None
+    if identity.warning:
+        summary.warnings.append(identity.warning)
+        logger.warning(identity.warning)
     if not settings.synchronized_segments:
         summary.warnings.append(NO_SEGMENTS_WARNING)
         logger.warning(NO_SEGMENTS_WARNING)
@@ -145,7 +160,7 @@ def _run(runtime: SyncRuntime, lease: Lease | None, logger: logging.Logger | log
             summary.warnings.append(error)
 
     run_id = str(flow_run.get_id() or "")
-    failure = _sync_users_stream(runtime, lease, summary, logger, max_pages, shard, run_id)
+    failure = _sync_users_stream(runtime, lease, summary, logger, max_pages, shard, run_id, identity.walk_from_start)
     if failure is None and settings.events_filter and runtime.whitelisted_segment_ids:
         failure = _sync_events(runtime, summary, logger, run_id, shard)
 
@@ -168,10 +183,10 @@ def _run(runtime: SyncRuntime, lease: Lease | None, logger: logging.Logger | log
 
 
 def _sync_users_stream(runtime: SyncRuntime, lease: Lease | None, summary: SyncSummary, logger, max_pages: int | None,
-                       shard: Shard, run_id: str) -> str | None:
+                       shard: Shard, run_id: str, from_start: bool = False) -> str | None:
     """The users phase, page by page; returns why it stopped early, or None."""
     users_cursor = shard.cursor_name(USERS_CURSOR)
-    cursor = read_cursor(runtime.engine, users_cursor)
+    cursor = Cursor() if from_start else read_cursor(runtime.engine, users_cursor)
     pages = 0
     failure: str | None = None
     progress = SyncProgress(logger)

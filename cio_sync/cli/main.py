@@ -46,7 +46,7 @@ def cmd_sync_users(args) -> int:
     if bar is not None:
         progress.add_listener(bar)
     try:
-        summary = sync_users(dry_run=args.dry_run, max_pages=args.max_pages)
+        summary = sync_users(dry_run=args.dry_run, max_pages=args.max_pages, migrate_ids=args.migrate_ids)
     except SyncFailed as exc:
         if bar is not None:
             bar.close()  # end the bar's line before the message
@@ -186,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="decide and report, send nothing, change no state")
     p.add_argument("--max-pages", type=int, default=None, help="stop after this many pages")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    p.add_argument("--migrate-ids", action="store_true",
+                   help="user_id_mapping changed: move every person to its new id (on_id_change, merge by default)")
     p.set_defaults(func=cmd_sync_users)
 
     p = sub.add_parser("check", help="check credentials and settings (non-zero exit on a problem)")

@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cio_sync.pipeline.breaker import Breaker
-from cio_sync.pipeline.push import CustomerIoUnavailable, UserOutcome
+from cio_sync.pipeline.push import PUSHED_ACTIONS, CustomerIoUnavailable, UserOutcome
 from cio_sync.pipeline.senders import run_groups
-from cio_sync.rules.mapping import chunk_attributes
-from cio_sync.rules.plan import DELETE, INSERT, UPDATE, UserPlan
+from cio_sync.rules.plan import DELETE, DELETE_OLD, MERGE, SUPPRESS, UNSET_SEGMENTS, UserPlan, identify_attributes
 from connectors.customerio import CustomerIoClient
 from connectors.customerio_batch import (
     MAX_ENTRY_BYTES,
@@ -40,7 +39,9 @@ from connectors.customerio_batch import (
     encode_item,
     event_entry,
     identify_encoded,
+    merge_entry,
     pack,
+    person_entry,
     rejected_indexes,
     v2_identifiers,
 )
@@ -49,14 +50,37 @@ from connectors.http import AuthError, PermanentError, TransientError
 
 def user_entries(plan: UserPlan, owner: int, user_id_mapping: str, max_attributes: int,
                  max_entry_bytes: int = MAX_ENTRY_BYTES) -> ItemEntries:
+    """One user's entries, in the order v1 sends its calls (cio_sync/pipeline/push.py): a
+    returning person's `unsuppress`; after an id change the old person's `delete`, or an
+    empty identify of the new id and the `merge`; then the identify chunks."""
     assert plan.target_id is not None, "only plans with an action are pushed"
-    identifiers = v2_identifiers(plan.target_id, user_id_mapping)
-    if plan.action == DELETE:
-        entry = {"type": "person", "identifiers": identifiers, "action": "delete"}
-        return encode_item([(entry, encode_entry(entry))], ["delete"], owner, max_entry_bytes)
-    assert plan.mapped is not None
-    encoded = identify_encoded(identifiers, chunk_attributes(plan.mapped.attributes, max_attributes), max_entry_bytes)
-    labels = [f"identify {i + 1}/{len(encoded)}" for i in range(len(encoded))]
+    target = v2_identifiers(plan.target_id, plan.target_mapping or user_id_mapping)
+    if plan.action in (DELETE, SUPPRESS):
+        entry = person_entry(target, plan.action)
+        return encode_item([(entry, encode_entry(entry))], [plan.action], owner, max_entry_bytes)
+    encoded: list[tuple[dict[str, Any], bytes]] = []
+    labels: list[str] = []
+
+    def add(entry: dict[str, Any], label: str) -> None:
+        encoded.append((entry, encode_entry(entry)))
+        labels.append(label)
+
+    if plan.unsuppress_id is not None:
+        add(person_entry(v2_identifiers(plan.unsuppress_id, plan.unsuppress_mapping or user_id_mapping),
+                         "unsuppress"), "unsuppress")
+    if plan.previous_id is not None and plan.id_change is not None:
+        previous = v2_identifiers(plan.previous_id, plan.previous_mapping or user_id_mapping)
+        if plan.id_change == DELETE_OLD:
+            add(person_entry(previous, "delete"), "delete_old")
+        elif plan.id_change == MERGE:
+            add({"type": "person", "identifiers": target, "action": "identify", "attributes": {}},
+                "identify (the merge's primary)")
+            add(merge_entry(target, previous), "merge")
+    chunks = identify_encoded(target, identify_attributes(plan, max_attributes), max_entry_bytes,
+                              timestamp=plan.timestamp,
+                              update_only=plan.update_only or plan.action == UNSET_SEGMENTS)
+    encoded.extend(chunks)
+    labels.extend(f"identify {i + 1}/{len(chunks)}" for i in range(len(chunks)))
     return encode_item(encoded, labels, owner, max_entry_bytes)
 
 
@@ -186,7 +210,7 @@ def push_page_v2(
     """The v2 counterpart of `cio_sync.pipeline.push.push_page`: one UserOutcome per plan with an action,
     same error kinds, same exceptions (AuthError; CustomerIoUnavailable carrying outcomes).
     `identify_calls`/`delete_calls` count accepted entries; `calls["batch"]` counts requests."""
-    work = [p for p in plans if p.action in (INSERT, UPDATE, DELETE)]
+    work = [p for p in plans if p.action in PUSHED_ACTIONS]
     items = [user_entries(plan, i, user_id_mapping, max_attributes_per_call, max_entry_bytes)
              for i, plan in enumerate(work)]
     results = [ItemResult() for _ in work]
@@ -205,11 +229,15 @@ def push_page_v2(
 
 
 def _user_outcome(plan: UserPlan, result: ItemResult) -> UserOutcome:
+    delivered = result.delivered
     outcome = UserOutcome(
         plan,
-        identify_calls=result.delivered["identify"],
-        delete_calls=result.delivered["delete"],
-        created=result.delivered["identify"] > 0,
+        identify_calls=delivered["identify"],
+        delete_calls=delivered["delete"] + delivered["delete_old"],
+        created=delivered["identify"] > 0,
+        calls=Counter({k: delivered[k] for k in ("merge", "suppress", "unsuppress") if delivered[k]}),
+        moved=bool(delivered["merge"] or delivered["delete_old"]),
+        unsuppressed=bool(delivered["unsuppress"]),
     )
     if result.error_kind is None:
         outcome.ok = True

@@ -30,7 +30,7 @@ from cio_sync.pipeline.senders import run_groups
 from cio_sync.pipeline.summary import SyncSummary
 from cio_sync.pipeline.users_page import sync_page
 from cio_sync.rules.events import SEND, SEND_ANONYMOUS, SKIP, EventPlan, EventUser, plan_event
-from cio_sync.rules.mapping import MalformedUserError, map_user
+from cio_sync.rules.mapping import MalformedUserError, latest_anonymous_id, map_user
 from cio_sync.rules.sharding import WHOLE, Shard
 from cio_sync.runtime import SyncRuntime
 from cio_sync.store.cursors import Cursor, write_cursor
@@ -90,12 +90,12 @@ def describe_users(runtime: SyncRuntime, docs: list[dict[str, Any]]) -> dict[str
             mapped = map_user(doc, runtime.settings, runtime.segment_names, runtime.whitelisted_segment_ids)
         except MalformedUserError:
             continue
-        anonymous_ids = doc.get("anonymous_ids") or []
         users[mapped.hull_id] = EventUser(
             cio_id=live.get(mapped.hull_id) if mapped.cio_id == live.get(mapped.hull_id) else None,
             in_segments=bool(mapped.whitelisted_segment_ids),
             has_mapped_id=mapped.cio_id is not None,
-            anonymous_id=anonymous_ids[0] if anonymous_ids else None,
+            # The same anonymous id the user's identify will carry, so these events join it.
+            anonymous_id=latest_anonymous_id(doc),
         )
     return users
 

@@ -1,20 +1,40 @@
 """Load: send one page's decisions to Customer.io with bounded concurrency.
 
-One user's calls (identify chunks, then its events) always run in order on one thread;
-different users run in parallel. All threads share the client's rate limiter.
+One user's calls (unsuppress, the id change, identify chunks, then its events) always run
+in order on one thread; different users run in parallel. All threads share the client's
+rate limiter.
+
+An id change with `on_id_change=merge` is three steps: an empty identify of the new id
+(Customer.io merges only into a person that exists), `POST /api/v1/merge_customers` with the
+new id as primary and the old as secondary (the old person's activity moves over, then it is
+deleted; its email no longer blocks the new person), then the identify calls. With
+`delete_old` the old person is deleted first, then the new one identified.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cio_sync.pipeline.breaker import CONSECUTIVE_TRANSIENT_LIMIT, Breaker
 from cio_sync.pipeline.senders import run_groups
-from cio_sync.rules.mapping import chunk_attributes
-from cio_sync.rules.plan import DELETE, INSERT, UPDATE, UserPlan
+from cio_sync.rules.plan import (
+    DELETE,
+    DELETE_OLD,
+    INSERT,
+    MERGE,
+    SUPPRESS,
+    UNSET_SEGMENTS,
+    UPDATE,
+    UserPlan,
+    identify_attributes,
+)
 from connectors.customerio import CustomerIoClient
+from connectors.customerio_batch import v2_identifiers
 from connectors.http import AuthError, PermanentError, TransientError
+
+PUSHED_ACTIONS = (INSERT, UPDATE, DELETE, SUPPRESS, UNSET_SEGMENTS)
 
 
 class CustomerIoUnavailable(Exception):
@@ -31,20 +51,36 @@ class UserOutcome:
     error_kind: str | None = None  # permanent | transient | not_attempted
     error: str | None = None
     extra: dict = field(default_factory=dict)
+    calls: Counter = field(default_factory=Counter)  # merge / suppress / unsuppress calls accepted
+    moved: bool = False  # the old person of an id change is gone (merged or deleted)
+    unsuppressed: bool = False  # the suppressed identifier was unsuppressed
+
+
+def identifiers(identifier: str, user_id_mapping: str | None) -> dict[str, str]:
+    """`{"id"|"email"|"cio_id": value}` for a merge body (the same rule as v2 identifiers)."""
+    return v2_identifiers(identifier, user_id_mapping or "external_id")
 
 
 def push_user(client: CustomerIoClient, plan: UserPlan, max_attributes_per_call: int,
               after_identify: Callable[[UserPlan, UserOutcome], None] | None = None) -> UserOutcome:
     outcome = UserOutcome(plan)
-    assert plan.target_id is not None, "only plans with an action are pushed"
+    target = plan.target_id
+    assert target is not None, "only plans with an action are pushed"
     try:
         if plan.action == DELETE:
-            client.delete(plan.target_id)
+            client.delete(target)
             outcome.delete_calls += 1
+        elif plan.action == SUPPRESS:
+            client.suppress(target)
+            outcome.calls["suppress"] += 1
         else:
-            assert plan.mapped is not None
-            for chunk in chunk_attributes(plan.mapped.attributes, max_attributes_per_call):
-                client.identify(plan.target_id, chunk)
+            _before_identify(client, plan, outcome)
+            # unset_segments keeps the person only if it is still there: never recreate it.
+            reserved: dict[str, object] = {"_update": True} if plan.update_only or plan.action == UNSET_SEGMENTS else {}
+            if plan.timestamp is not None:
+                reserved["_timestamp"] = plan.timestamp
+            for chunk in identify_attributes(plan, max_attributes_per_call):
+                client.identify(target, {**chunk, **reserved})
                 outcome.identify_calls += 1
                 outcome.created = True
             if after_identify is not None:
@@ -55,6 +91,32 @@ def push_user(client: CustomerIoClient, plan: UserPlan, max_attributes_per_call:
     except TransientError as exc:
         outcome.error_kind, outcome.error = "transient", str(exc)
     return outcome
+
+
+def _before_identify(client: CustomerIoClient, plan: UserPlan, outcome: UserOutcome) -> None:
+    """Unsuppress a returning person; move the person of an id change to its new id."""
+    target = plan.target_id
+    assert target is not None
+    if plan.unsuppress_id is not None:
+        client.unsuppress(plan.unsuppress_id)
+        outcome.calls["unsuppress"] += 1
+        outcome.unsuppressed = True
+    if plan.previous_id is None or plan.id_change is None:
+        return
+    if plan.id_change == DELETE_OLD:
+        client.delete(plan.previous_id)
+        outcome.delete_calls += 1
+    elif plan.id_change == MERGE:
+        client.identify(target, {})  # the primary must exist before the merge
+        outcome.identify_calls += 1
+        try:
+            client.merge(identifiers(target, plan.target_mapping), identifiers(plan.previous_id, plan.previous_mapping))
+            outcome.calls["merge"] += 1
+        except PermanentError as exc:
+            if exc.status != 404:
+                raise
+            # 404: nobody has the old id any more (deleted in Customer.io meanwhile): nothing to merge.
+    outcome.moved = True
 
 
 def push_page(
@@ -69,7 +131,7 @@ def push_page(
     """Returns one outcome per plan with an action. Raises AuthError at once on 401/403;
     raises CustomerIoUnavailable (carrying the outcomes so far) when the breaker (the phase's,
     or one for this page) opens."""
-    work = [p for p in plans if p.action in (INSERT, UPDATE, DELETE)]
+    work = [p for p in plans if p.action in PUSHED_ACTIONS]
     breaker = breaker or Breaker()
 
     def run(plan: UserPlan) -> UserOutcome:
@@ -90,4 +152,5 @@ def push_page(
     return outcomes
 
 
-__all__ = ["CONSECUTIVE_TRANSIENT_LIMIT", "CustomerIoUnavailable", "UserOutcome", "push_page", "push_user"]
+__all__ = ["CONSECUTIVE_TRANSIENT_LIMIT", "PUSHED_ACTIONS", "CustomerIoUnavailable", "UserOutcome", "push_page",
+           "push_user"]

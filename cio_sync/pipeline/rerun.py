@@ -13,6 +13,7 @@ as done.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from cio_sync.pipeline.events_page import sync_events_page
@@ -21,12 +22,14 @@ from cio_sync.pipeline.summary import SyncSummary
 from cio_sync.pipeline.users_page import PageIncomplete, sync_page
 from cio_sync.runtime import SyncRuntime
 from cio_sync.store.failed import EVENTS, USERS
+from cio_sync.store.identity import latest_stream_mapping
 from connectors.http import ApiError, AuthError
 
 
 def rerun_batch(runtime: SyncRuntime, batch: dict[str, Any], run_id: str | None) -> tuple[bool, str | None, SyncSummary]:
     """Returns (resolved, error, summary). AuthError propagates: it stops the whole rerun."""
     summary = SyncSummary()
+    runtime = _with_current_id_mapping(runtime)
     try:
         runtime = runtime.with_segments(resolve_run_segments(runtime.hull, runtime.settings.synchronized_segments))
         if batch["kind"] == USERS:
@@ -60,3 +63,12 @@ def rerun_batch(runtime: SyncRuntime, batch: dict[str, Any], run_id: str | None)
 def _unfound(wanted: list[str], found: list[object]) -> list[str]:
     seen = {str(i) for i in found if i}
     return [i for i in dict.fromkeys(wanted) if i not in seen]
+
+
+def _with_current_id_mapping(runtime: SyncRuntime) -> SyncRuntime:
+    """A batch saved before a migration of `user_id_mapping` is redone with the mapping in
+    force now: with the saved one, its people would be moved back to their old ids."""
+    current = latest_stream_mapping(runtime.engine)
+    if current is None or current == runtime.settings.user_id_mapping:
+        return runtime
+    return replace(runtime, settings=runtime.settings.model_copy(update={"user_id_mapping": current}))

@@ -16,6 +16,8 @@ class SyncSummary:
     failed_users: Counter = field(default_factory=Counter)  # by error kind
     calls: Counter = field(default_factory=Counter)  # identify/delete/event/anonymous_event/batch
     dropped_attributes: Counter = field(default_factory=Counter)  # attribute name -> users
+    removed_attributes: Counter = field(default_factory=Counter)  # attribute name -> users (sent as "")
+    id_changes: Counter = field(default_factory=Counter)  # on_id_change action -> users
     events: Counter = field(default_factory=Counter)  # sent / failed
     event_skip_reasons: Counter = field(default_factory=Counter)
     writeback_sent: int = 0
@@ -31,7 +33,7 @@ class SyncSummary:
         self.pages += other.pages
         self.users_seen += other.users_seen
         for name in ("decisions", "skip_reasons", "failed_users", "calls", "dropped_attributes",
-                     "events", "event_skip_reasons"):
+                     "removed_attributes", "id_changes", "events", "event_skip_reasons"):
             getattr(self, name).update(getattr(other, name))
         self.writeback_sent += other.writeback_sent
         self.writeback_pending = other.writeback_pending or self.writeback_pending
@@ -65,12 +67,17 @@ class SyncSummary:
         ]
         for action in ("insert", "update", "delete", "skip"):
             rows.append({"metric": f"decision: {action}", "value": self.decisions.get(action, 0)})
+        for action in ("suppress", "unset_segments"):  # only when on_segment_exit makes them
+            if self.decisions.get(action):
+                rows.append({"metric": f"decision: {action}", "value": self.decisions[action]})
+        rows += [{"metric": f"id changed: {k}", "value": v} for k, v in sorted(self.id_changes.items())]
         rows += [{"metric": f"skipped: {k}", "value": v} for k, v in sorted(self.skip_reasons.items())]
         rows += [{"metric": f"failed: {k}", "value": v} for k, v in sorted(self.failed_users.items())]
         rows += [{"metric": f"Customer.io calls: {k}", "value": v} for k, v in sorted(self.calls.items())]
         rows += [{"metric": f"events: {k}", "value": v} for k, v in sorted(self.events.items())]
         rows += [{"metric": f"events skipped: {k}", "value": v} for k, v in sorted(self.event_skip_reasons.items())]
         rows += [{"metric": f"attribute dropped: {k}", "value": v} for k, v in sorted(self.dropped_attributes.items())]
+        rows += [{"metric": f"attribute removed: {k}", "value": v} for k, v in sorted(self.removed_attributes.items())]
         rows.append({"metric": "Hull write-backs sent", "value": self.writeback_sent})
         rows.append({"metric": "Hull write-backs pending", "value": self.writeback_pending})
         if self.failed_batches:

@@ -15,7 +15,8 @@ from cio_sync.pipeline.phase import Phase
 from cio_sync.pipeline.push import CustomerIoUnavailable, UserOutcome, push_page
 from cio_sync.pipeline.summary import SyncSummary
 from cio_sync.pipeline.writeback import WriteBackPipeline, write_back
-from cio_sync.rules.plan import DELETE, INSERT, SKIP, UserPlan, plan_page
+from cio_sync.rules.mapping import tracked_names
+from cio_sync.rules.plan import DELETE, INSERT, SKIP, SUPPRESS, UNSET_SEGMENTS, UPDATE, UserPlan, plan_page
 from cio_sync.runtime import SyncRuntime
 from cio_sync.store.cursors import Cursor, write_cursor
 from cio_sync.store.db import utcnow
@@ -39,6 +40,10 @@ def summarize_plans(plans: list[UserPlan], summary: SyncSummary) -> None:
         if plan.mapped is not None and plan.action != SKIP:
             for name, _reason in plan.mapped.dropped:
                 summary.dropped_attributes[name] += 1
+        if plan.previous_id is not None and plan.action == UPDATE:
+            summary.id_changes[plan.id_change or "ignore"] += 1
+        for name in plan.unset_attributes:
+            summary.removed_attributes[name] += 1
 
 
 def outcome_row(outcome: UserOutcome, now) -> dict[str, Any]:
@@ -46,15 +51,24 @@ def outcome_row(outcome: UserOutcome, now) -> dict[str, Any]:
     row: dict[str, Any] = {"hull_id": plan.hull_id, "last_decision": plan.action}
     if outcome.ok:
         row.update(last_error=None, last_error_at=None, writeback_pending=True, synced_at=now)
-        if plan.action == DELETE:
+        if plan.action in (DELETE, SUPPRESS):
             row.update(deleted_at=now, segment_ids=[])
+            if plan.action == SUPPRESS:
+                row["suppressed_at"] = now
+        elif plan.action == UNSET_SEGMENTS:
+            # The person stays; an empty segment list marks it unset, and no hash makes its
+            # return to a segment a full update.
+            row.update(segment_ids=[], attributes_hash=None)
         else:
             assert plan.mapped is not None
             row.update(
                 cio_id=plan.target_id,
+                cio_id_mapping=plan.target_mapping,
                 attributes_hash=plan.mapped.attributes_hash,
+                attribute_names=tracked_names(plan.mapped.attributes),
                 segment_ids=plan.mapped.whitelisted_segment_ids,
                 deleted_at=None,
+                suppressed_at=None,
             )
             if plan.action == INSERT:
                 row["created_at"] = now
@@ -62,7 +76,14 @@ def outcome_row(outcome: UserOutcome, now) -> dict[str, Any]:
     row.update(last_error=outcome.error, last_error_at=now, writeback_pending=False)
     if plan.action == INSERT and outcome.created:
         # Some chunks were accepted: the person exists and must be deletable later.
-        row.update(cio_id=plan.target_id, created_at=now, deleted_at=None)
+        assert plan.mapped is not None
+        row.update(cio_id=plan.target_id, cio_id_mapping=plan.target_mapping, created_at=now, deleted_at=None,
+                   attribute_names=tracked_names(plan.mapped.attributes))
+    elif outcome.moved:
+        # The old person is gone (merged or deleted): from now on the person is the new id.
+        row.update(cio_id=plan.target_id, cio_id_mapping=plan.target_mapping, writeback_pending=True)
+    if outcome.unsuppressed:
+        row["suppressed_at"] = None
     return row
 
 
@@ -94,6 +115,7 @@ def record_page(
     for outcome in outcomes:
         summary.calls["identify"] += outcome.identify_calls
         summary.calls["delete"] += outcome.delete_calls
+        summary.calls.update(outcome.calls)
         if not outcome.ok:
             summary.failed_users[outcome.error_kind] += 1
             summary.add_error(f"user {outcome.plan.hull_id}: {outcome.error}")
@@ -119,6 +141,9 @@ def sync_page(
     state = load_user_state(runtime.engine, ids)
     settings = runtime.settings
     plans = plan_page(users, state, settings, runtime.segment_names, runtime.whitelisted_segment_ids)
+    # The deletion guard hooks in here, before anything is sent: `[p for p in plans if
+    # p.destructive]` are the deletes, suppressions and id-change merges or old-person deletes
+    # of this page (a migration of every id is a full walk of such pages).
     summarize_plans(plans, summary)
     if runtime.dry_run:
         return summary

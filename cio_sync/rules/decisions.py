@@ -1,16 +1,23 @@
 """The decision table, vectorised over one page of users with pandas. Pure: no I/O.
 
-Order (from the original connector, plus `invalid_id` and `malformed`):
- 1. no email                                         → skip  no_email
- 2. not in segments, deletion off                     → skip  not_in_segments
- 3. not in segments, deletion on, created, not deleted → delete
- 4. not in segments, deletion on, never created        → skip  not_in_segments
- 5. not in segments, deletion on, already deleted      → skip  already_deleted
- 6. no value for the mapped id                         → skip  no_id_value
- 7. id value breaks the identifier limit               → skip  invalid_id
- 8. never created (or deleted since)                   → insert
- 9. same attribute hash as the last sync               → skip  unchanged
-10. otherwise                                          → update
+Order (from the original connector, plus `invalid_id`, `malformed`, the segment-exit actions
+and update-only mode). "Live": created in Customer.io and not deleted (or suppressed) since.
+ 1. no email                                                  → skip  no_email
+ 2. not in segments, on_segment_exit=keep                      → skip  not_in_segments
+ 3. not in segments, live, on_segment_exit=delete              → delete
+ 4. not in segments, live, on_segment_exit=suppress            → suppress
+ 5. not in segments, live, on_segment_exit=unset_segments, not yet unset → unset_segments
+ 6. not in segments, otherwise never created or already unset  → skip  not_in_segments
+ 7. not in segments, suppressed                                → skip  already_suppressed
+ 8. not in segments, already deleted                           → skip  already_deleted
+ 9. no value for the mapped id                                 → skip  no_id_value
+10. id value breaks the identifier limit                       → skip  invalid_id
+11. not live, sync_mode=update_only                            → skip  not_in_customerio
+12. never created (or deleted or suppressed since)             → insert
+13. same attribute hash as the last sync                       → skip  unchanged
+14. otherwise                                                  → update
+
+`enable_user_deletion` is on_segment_exit `delete` (true) or `keep` (false).
 """
 
 from __future__ import annotations
@@ -19,36 +26,54 @@ import numpy as np
 import pandas as pd
 
 INSERT, UPDATE, DELETE, SKIP = "insert", "update", "delete", "skip"
+SUPPRESS, UNSET_SEGMENTS = "suppress", "unset_segments"
+SEGMENT_EXITS = ("keep", "delete", "suppress", "unset_segments")
 
 PAGE_COLUMNS = ["hull_id", "has_email", "in_segments", "has_id", "id_valid", "attributes_hash"]
 STATE_COLUMNS = ["hull_id", "state_created", "state_deleted", "state_hash"]
+# Optional state columns (False when absent): suppressed since the last insert; segments
+# already unset (on_segment_exit=unset_segments sent `hull_segments` empty).
+OPTIONAL_STATE_COLUMNS = ["state_suppressed", "state_unset"]
 
 
-def decide(page: pd.DataFrame, state: pd.DataFrame, enable_user_deletion: bool) -> pd.DataFrame:
-    """`page` has PAGE_COLUMNS (one row per user), `state` has STATE_COLUMNS (rows for known
-    users only). Returns `page` with `action` and `reason` columns added."""
+def decide(page: pd.DataFrame, state: pd.DataFrame, on_segment_exit: str | bool,
+           update_only: bool = False) -> pd.DataFrame:
+    """`page` has PAGE_COLUMNS (one row per user), `state` has STATE_COLUMNS and maybe
+    OPTIONAL_STATE_COLUMNS (rows for known users only). `on_segment_exit` is one of
+    SEGMENT_EXITS, or a bool for `enable_user_deletion`. Returns `page` with `action` and
+    `reason` columns added."""
+    if isinstance(on_segment_exit, bool):
+        on_segment_exit = "delete" if on_segment_exit else "keep"
+    if on_segment_exit not in SEGMENT_EXITS:
+        raise ValueError(f"on_segment_exit must be one of {SEGMENT_EXITS}, not {on_segment_exit!r}")
     frame = page.merge(state, on="hull_id", how="left")
     created = frame["state_created"].fillna(False).astype(bool)
     deleted = frame["state_deleted"].fillna(False).astype(bool)
+    suppressed, unset = (
+        frame[c].fillna(False).astype(bool) if c in frame else pd.Series(False, index=frame.index)
+        for c in OPTIONAL_STATE_COLUMNS
+    )
     live = created & ~deleted
     out = ~frame["in_segments"].astype(bool)
     has_email = frame["has_email"].astype(bool)
     unchanged = frame["state_hash"].notna() & (frame["state_hash"] == frame["attributes_hash"])
 
-    conditions = [
-        ~has_email,
-        out & (not enable_user_deletion),
-        out & live,
-        out & ~created,
-        out & deleted,
-        ~frame["has_id"].astype(bool),
-        ~frame["id_valid"].astype(bool),
-        ~live,
-        unchanged,
+    rules = [
+        (~has_email, SKIP, "no_email"),
+        (out & (on_segment_exit == "keep"), SKIP, "not_in_segments"),
+        (out & live & (on_segment_exit == "delete"), DELETE, ""),
+        (out & live & (on_segment_exit == "suppress"), SUPPRESS, ""),
+        (out & live & (on_segment_exit == "unset_segments") & ~unset, UNSET_SEGMENTS, ""),
+        (out & (~created | live), SKIP, "not_in_segments"),
+        (out & suppressed, SKIP, "already_suppressed"),
+        (out & deleted, SKIP, "already_deleted"),
+        (~frame["has_id"].astype(bool), SKIP, "no_id_value"),
+        (~frame["id_valid"].astype(bool), SKIP, "invalid_id"),
+        (~live & update_only, SKIP, "not_in_customerio"),
+        (~live, INSERT, ""),
+        (unchanged, SKIP, "unchanged"),
     ]
-    actions = [SKIP, SKIP, DELETE, SKIP, SKIP, SKIP, SKIP, INSERT, SKIP]
-    reasons = ["no_email", "not_in_segments", "", "not_in_segments", "already_deleted",
-               "no_id_value", "invalid_id", "", "unchanged"]
-    frame["action"] = np.select(conditions, actions, default=UPDATE)
-    frame["reason"] = np.select(conditions, reasons, default="")
+    conditions = [condition for condition, _, _ in rules]
+    frame["action"] = np.select(conditions, [action for _, action, _ in rules], default=UPDATE)
+    frame["reason"] = np.select(conditions, [reason for _, _, reason in rules], default="")
     return frame

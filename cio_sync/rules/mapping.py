@@ -16,6 +16,10 @@ from cio_sync.settings import ConnectorSettings
 # user's hash after each write-back and re-send everyone on every run.
 OWN_TRAIT_NAMESPACE = "customerio/"
 DATE_SUFFIXES = ("_at", "_date")
+# Sent for every user (or carrying identity): never in the names kept per user, never removed.
+ALWAYS_SENT = frozenset({"id", "email", "created_at", "hull_segments", "anonymous_id"})
+# Customer.io removes an attribute sent with an empty string value.
+REMOVED = ""
 
 
 @dataclass
@@ -27,6 +31,7 @@ class MappedUser:
     whitelisted_segment_ids: list[str]
     id_error: str | None = None  # set when the id value breaks a limit
     dropped: list[tuple[str, str]] = field(default_factory=list)  # (attribute, reason)
+    indexed_at: int | None = None  # Hull's indexed_at, unix seconds: Customer.io's `_timestamp`
 
     @cached_property
     def attributes_hash(self) -> str:
@@ -97,6 +102,30 @@ def attributes_hash(attributes: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def tracked_names(attributes: dict[str, Any]) -> list[str]:
+    """The names kept in state for a user whose attributes Customer.io accepted."""
+    return sorted(name for name in attributes if name not in ALWAYS_SENT)
+
+
+def removed_names(previous: list[str] | None, attributes: dict[str, Any]) -> list[str]:
+    """Names Customer.io accepted last time that are not sent now: the trait is gone from
+    Hull (or null), no longer whitelisted, or its value now breaks a limit."""
+    return sorted(name for name in previous or () if name not in attributes and name not in ALWAYS_SENT)
+
+
+def latest_anonymous_id(user: dict[str, Any]) -> str | None:
+    """The user's most recent Hull anonymous id: the last of `anonymous_ids` (Hull appends
+    new ones). Customer.io takes one `anonymous_id` per person; the most recent one is the
+    one most likely to have anonymous activity still within Customer.io's 30 days."""
+    anonymous_ids = user.get("anonymous_ids")
+    if not isinstance(anonymous_ids, list):
+        return None
+    for value in reversed(anonymous_ids):
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 def lookup(user: dict[str, Any], hull_name: str) -> tuple[bool, Any]:
     """Finds a configured attribute in a user report: `email`, `traits_x`, `x` (a trait), `account.x`."""
     if hull_name.startswith("account."):
@@ -157,8 +186,14 @@ def map_user(
     if user.get("created_at") is not None:
         attributes["created_at"] = to_unix_seconds(user["created_at"])
     attributes["hull_segments"] = sorted(segment_names.get(s, s) for s in segment_ids)
-
     max_value_length = settings.max_attribute_value_length
+    anonymous_id = latest_anonymous_id(user)
+    if anonymous_id is not None and byte_length(anonymous_id) <= max_value_length:
+        attributes["anonymous_id"] = anonymous_id  # links the person's earlier anonymous events
+    # With removal on, a null is a removed trait (Hull removes a trait by setting it to null):
+    # it is left out, and sent as "" if Customer.io had it (cio_sync/rules/plan.py).
+    keep_nulls = not settings.unset_removed_attributes
+
     for hull_name, trait_key, account_key, name, is_date, name_too_long in _attribute_plan(
         tuple(settings.synchronized_attributes), settings.max_attribute_name_length
     ):
@@ -177,6 +212,8 @@ def map_user(
             continue
         if is_date:
             value = to_unix_seconds(value)
+        if value is None and not keep_nulls:
+            continue
         if name_too_long:
             dropped.append((name, f"name longer than {settings.max_attribute_name_length} bytes"))
             continue
@@ -198,7 +235,21 @@ def map_user(
         whitelisted_segment_ids=sorted(s for s in segment_ids if s in whitelisted_ids),
         id_error=id_error,
         dropped=dropped,
+        indexed_at=_unix_or_none(user.get("indexed_at")),
     )
+
+
+def _unix_or_none(value: Any) -> int | None:
+    if isinstance(value, str):
+        return _iso_to_unix(value)  # users read together share few `indexed_at` values
+    seconds = to_unix_seconds(value)
+    return seconds if isinstance(seconds, int) and not isinstance(seconds, bool) else None
+
+
+@lru_cache(maxsize=1024)
+def _iso_to_unix(value: str) -> int | None:
+    seconds = to_unix_seconds(value)
+    return seconds if isinstance(seconds, int) else None
 
 
 @lru_cache(maxsize=64)

@@ -1,27 +1,64 @@
-"""Diff: map one page of Hull users and decide, against their state rows, what to do with each."""
+"""Diff: map one page of Hull users and decide, against their state rows, what to do with each.
+
+Besides the action, a plan says how the person's identity changes in Customer.io:
+- an id change (the mapped id differs from the one the person was last sent as): with
+  `on_id_change=merge` the old person is merged into the new one, with `delete_old` it is
+  deleted first, with `ignore` it is left as it is (the original connector's behaviour);
+- `unset_attributes`: attributes Customer.io accepted last time and no longer sent, sent as
+  "" so Customer.io removes them (`unset_removed_attributes`);
+- `unsuppress`: the person was suppressed when it left the segments and is back;
+- `update_only` and `timestamp`: Customer.io's `_update` and `_timestamp` on identify.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
-from cio_sync.rules.decisions import DELETE, INSERT, PAGE_COLUMNS, SKIP, UPDATE, decide
-from cio_sync.rules.mapping import MalformedUserError, MappedUser, map_user
+from cio_sync.rules.decisions import (
+    DELETE,
+    INSERT,
+    PAGE_COLUMNS,
+    SKIP,
+    SUPPRESS,
+    UNSET_SEGMENTS,
+    UPDATE,
+    decide,
+)
+from cio_sync.rules.mapping import REMOVED, MalformedUserError, MappedUser, chunk_attributes, map_user, removed_names
 from cio_sync.settings import ConnectorSettings
+
+MERGE, DELETE_OLD = "merge", "delete_old"
 
 
 @dataclass
 class UserPlan:
     hull_id: str
-    action: str  # insert | update | delete | skip
+    action: str  # insert | update | delete | suppress | unset_segments | skip
     reason: str
     mapped: MappedUser | None
     external_id: str | None
     target_id: str | None  # Customer.io identifier the calls go to
     created_at: Any = None  # from state: first creation in Customer.io
+    target_mapping: str | None = None  # the user_id_mapping target_id is sent under (None: the run's)
+    previous_id: str | None = None  # the id the person was last sent as, when it changed
+    previous_mapping: str | None = None  # the user_id_mapping previous_id was sent under
+    id_change: str | None = None  # merge | delete_old, when previous_id is set
+    unset_attributes: list[str] = field(default_factory=list)  # sent as "" (removed)
+    unsuppress_id: str | None = None  # the suppressed identifier to unsuppress before the identify
+    unsuppress_mapping: str | None = None
+    update_only: bool = False  # identify with `_update: true`
+    timestamp: int | None = None  # `_timestamp` of the identify calls (Hull's indexed_at)
+
+    @property
+    def destructive(self) -> bool:
+        """Whether Customer.io loses a person by this plan: a delete, a suppress, or an old
+        person merged away or deleted after an id change. What a deletion guard counts."""
+        return self.action in (DELETE, SUPPRESS) or self.id_change is not None
 
 
 def plan_page(
@@ -56,32 +93,98 @@ def plan_page(
             "state_created": state["created_at"].notna(),
             "state_deleted": state["deleted_at"].notna(),
             "state_hash": state["attributes_hash"],
+            "state_suppressed": _column(state, "suppressed_at").notna(),
+            # After unset_segments the row keeps no whitelisted segment (an empty list); a row
+            # written by an insert or update always has at least one.
+            "state_unset": _column(state, "segment_ids").map(lambda ids: isinstance(ids, list) and not ids),
         }
     )
-    decided = decide(page, state_frame, settings.enable_user_deletion)
-    # Row positions in a plain dict, values read only for the users that need them: `.loc` per
-    # user (or converting every row) cost more than the whole vectorised decision.
+    update_only = settings.sync_mode == "update_only"
+    decided = decide(page, state_frame, settings.segment_exit, update_only)
+    # Row positions in a plain dict and the few columns the plans read as plain lists: `.loc`
+    # or `.iat` per user cost more than the whole vectorised decision.
     state_position = {hull_id: i for i, hull_id in enumerate(state["hull_id"])}
+    columns = {c: state[c].tolist() for c in _PLAN_COLUMNS if c in state}
+
+    def at(column: str, position: int | None) -> Any:
+        if position is None or column not in columns:
+            return None
+        value = columns[column][position]
+        return None if _missing(value) else value
 
     for (user, mapped), action, reason in zip(mapped_users, decided["action"], decided["reason"]):
         position = state_position.get(mapped.hull_id)
-        known = position is not None
-        target = mapped.cio_id
-        if action == DELETE:
-            # delete the person that was created, even if the id changed
-            target = state["cio_id"].iat[position]
-        plans.append(
-            UserPlan(
-                hull_id=mapped.hull_id,
-                action=action,
-                reason=reason,
-                mapped=mapped,
-                external_id=user.get("external_id"),
-                target_id=target,
-                created_at=state["created_at"].iat[position] if known and action == UPDATE else None,
-            )
+        plan = UserPlan(
+            hull_id=mapped.hull_id,
+            action=action,
+            reason=reason,
+            mapped=mapped,
+            external_id=user.get("external_id"),
+            target_id=mapped.cio_id,
+            created_at=at("created_at", position) if action == UPDATE else None,
+            timestamp=mapped.indexed_at,
+            update_only=update_only,
+            target_mapping=settings.user_id_mapping,
         )
+        if action in (DELETE, SUPPRESS, UNSET_SEGMENTS):
+            # The person that was created, even if the id changed since.
+            plan.target_id = at("cio_id", position)
+            plan.target_mapping = at("cio_id_mapping", position) or settings.user_id_mapping
+        elif action in (INSERT, UPDATE):
+            _identity_changes(plan, settings, at, position)
+        plans.append(plan)
     return plans
 
 
-__all__ = ["DELETE", "INSERT", "SKIP", "UPDATE", "UserPlan", "plan_page"]
+def _identity_changes(plan: UserPlan, settings: ConnectorSettings, at: Callable[[str, int | None], Any],
+                      position: int | None) -> None:
+    assert plan.mapped is not None
+    # Rows from before per-row mappings were kept were sent under this run's mapping (a
+    # change of mapping first marks them with the old one: cio_sync/store/identity.py).
+    stored_mapping = at("cio_id_mapping", position) or settings.user_id_mapping
+    if plan.action == INSERT:
+        # A new person (never created, deleted, or suppressed and back): nothing to remove; a
+        # suppressed identifier is unsuppressed first, or Customer.io would ignore the identify.
+        if at("suppressed_at", position) is not None:
+            plan.unsuppress_id, plan.unsuppress_mapping = at("cio_id", position), stored_mapping
+        return
+    # UPDATE: the person is live in Customer.io under the id stored in state.
+    if settings.unset_removed_attributes:
+        plan.unset_attributes = removed_names(at("attribute_names", position), plan.mapped.attributes)
+    stored_id = at("cio_id", position)
+    if stored_id is not None and stored_id != plan.mapped.cio_id:
+        plan.previous_id, plan.previous_mapping = stored_id, stored_mapping
+        if settings.on_id_change != "ignore":
+            plan.id_change = settings.on_id_change
+        if plan.id_change == DELETE_OLD:
+            # The person moves: with the old one deleted first, `_update` would leave nobody.
+            plan.update_only = False
+
+
+def identify_attributes(plan: UserPlan, max_per_call: int) -> list[dict[str, Any]]:
+    """The attribute chunks of a plan's identify calls (reserved `_` keys not included):
+    the mapped attributes plus "" for each removed one; `hull_segments` empty alone for
+    unset_segments."""
+    if plan.action == UNSET_SEGMENTS:
+        return [{"hull_segments": []}]
+    assert plan.mapped is not None
+    attributes = dict(plan.mapped.attributes)
+    for name in plan.unset_attributes:
+        attributes[name] = REMOVED
+    return chunk_attributes(attributes, max_per_call)
+
+
+def _column(state: pd.DataFrame, name: str) -> pd.Series:
+    return state[name] if name in state else pd.Series([None] * len(state), index=state.index, dtype=object)
+
+
+_PLAN_COLUMNS = ("cio_id", "created_at", "cio_id_mapping", "attribute_names", "suppressed_at")
+
+
+def _missing(value: Any) -> bool:
+    """None, or what pandas puts in its place (NaN, NaT)."""
+    return value is None or value is pd.NaT or (isinstance(value, float) and value != value)
+
+
+__all__ = ["DELETE", "DELETE_OLD", "INSERT", "MERGE", "SKIP", "SUPPRESS", "UNSET_SEGMENTS", "UPDATE", "UserPlan",
+           "identify_attributes", "plan_page"]

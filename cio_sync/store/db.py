@@ -47,6 +47,23 @@ user_state = Table(
     Column("last_error_at", DateTime(timezone=True)),
     Column("writeback_pending", Boolean, nullable=False, default=False, index=True),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # 0006: the user_id_mapping `cio_id` was sent under (NULL: rows from before 0006, sent
+    # under the mapping of the stream's last run), the names of the attributes Customer.io
+    # last accepted (not values; the always-sent ones left out), and when the person was
+    # suppressed (on_segment_exit=suppress; cleared when unsuppressed).
+    Column("cio_id_mapping", String(255)),
+    Column("attribute_names", JSON),
+    Column("suppressed_at", DateTime(timezone=True)),
+)
+
+# The user_id_mapping in force at each users stream's last run (one row per stream: shards
+# have their own): a run whose mapping differs is a migration of every id.
+stream_identity = Table(
+    "stream_identity",
+    metadata,
+    Column("stream", String(64), primary_key=True),
+    Column("user_id_mapping", String(255), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
 # Where each incremental stream resumes: a timestamp plus the ids already handled at it.

@@ -42,3 +42,23 @@ def test_missing_settings_are_named_before_anything_runs(monkeypatch, tmp_path, 
 def test_failed_list_with_nothing_failed(sim_env, capsys):
     assert main(["failed", "list"]) == 0
     assert "no open failed batches" in capsys.readouterr().out
+
+
+def test_sync_users_migrate_ids_reaches_the_flow(monkeypatch, tmp_path, capsys):
+    import flows.sync_users
+
+    monkeypatch.chdir(tmp_path)
+    for key, value in {"HULL_ORGANIZATION": "acme.hullapp.io", "HULL_CONNECTOR_ID": "c", "HULL_CONNECTOR_SECRET": "s",
+                       "CUSTOMERIO_SITE_ID": "site", "CUSTOMERIO_API_KEY": "key"}.items():
+        monkeypatch.setenv(key, value)
+    received = []
+
+    def refuse(**parameters):
+        received.append(parameters)
+        raise flows.sync_users.SyncFailed("user_id_mapping changed from 'external_id' to 'email'")
+
+    monkeypatch.setattr(flows.sync_users, "sync_users", refuse)
+    assert main(["sync-users"]) == 1
+    assert "user_id_mapping changed" in capsys.readouterr().err
+    assert main(["sync-users", "--migrate-ids"]) == 1
+    assert [p["migrate_ids"] for p in received] == [False, True]

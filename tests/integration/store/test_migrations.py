@@ -14,12 +14,15 @@ pytestmark = pytest.mark.postgres  # the store layer: SQLite and PostgreSQL
 
 REPO = Path(__file__).resolve().parents[3]
 
-TABLES = {"user_state", "sync_cursor", "event_state", "webhook_inbox", "failed_batches", "leases", "alembic_version"}
+TABLES = {"user_state", "sync_cursor", "event_state", "webhook_inbox", "failed_batches", "leases", "alembic_version",
+          "stream_identity"}
 
 
 def test_upgrade_creates_every_table_and_is_idempotent(database_url):
     engine = db.get_engine(database_url)
     assert set(inspect(engine).get_table_names()) >= TABLES
+    columns = {c["name"] for c in inspect(engine).get_columns("user_state")}
+    assert {"cio_id_mapping", "attribute_names", "suppressed_at"} <= columns  # 0006
     db.upgrade(engine)  # again: nothing to do, no error
 
 
