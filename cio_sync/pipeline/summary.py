@@ -18,6 +18,8 @@ class SyncSummary:
     dropped_attributes: Counter = field(default_factory=Counter)  # attribute name -> users
     events: Counter = field(default_factory=Counter)  # sent / failed
     event_skip_reasons: Counter = field(default_factory=Counter)
+    # Failed batches retried at the start of the run: resolved / still_open / waiting_for_a_person.
+    batch_retries: Counter = field(default_factory=Counter)
     writeback_sent: int = 0
     writeback_pending: int = 0
     failed_batches: list[int] = field(default_factory=list)
@@ -30,7 +32,7 @@ class SyncSummary:
         self.pages += other.pages
         self.users_seen += other.users_seen
         for name in ("decisions", "skip_reasons", "failed_users", "calls", "dropped_attributes",
-                     "events", "event_skip_reasons"):
+                     "events", "event_skip_reasons", "batch_retries"):
             getattr(self, name).update(getattr(other, name))
         self.writeback_sent += other.writeback_sent
         self.writeback_pending = other.writeback_pending or self.writeback_pending
@@ -69,6 +71,7 @@ class SyncSummary:
         rows += [{"metric": f"events: {k}", "value": v} for k, v in sorted(self.events.items())]
         rows += [{"metric": f"events skipped: {k}", "value": v} for k, v in sorted(self.event_skip_reasons.items())]
         rows += [{"metric": f"attribute dropped: {k}", "value": v} for k, v in sorted(self.dropped_attributes.items())]
+        rows += [{"metric": f"failed batches retried: {k}", "value": v} for k, v in sorted(self.batch_retries.items())]
         rows.append({"metric": "Hull write-backs sent", "value": self.writeback_sent})
         rows.append({"metric": "Hull write-backs pending", "value": self.writeback_pending})
         if self.failed_batches:
