@@ -218,8 +218,9 @@ def sync_events_page(
     recent = _created_since(todo, campaign_since)
     if runtime.dry_run:
         summary.events["would_send"] += sum(p.action != SKIP for p in plans)
-        if campaign_since is not None:
-            summary.events[WOULD_SEND_RECENT] += sum(p.action != SKIP and p.hull_event_id in recent for p in plans)
+        would_send_recent = sum(p.action != SKIP and p.hull_event_id in recent for p in plans)
+        if would_send_recent:
+            summary.events[WOULD_SEND_RECENT] += would_send_recent
         return summary
 
     # A user with an email that is still not in Customer.io after identify_first failed to be

@@ -43,7 +43,7 @@ def outcome_row(outcome: UserOutcome, now) -> dict[str, Any]:
     plan = outcome.plan
     row: dict[str, Any] = {"hull_id": plan.hull_id, "last_decision": plan.action}
     if outcome.ok:
-        row.update(last_error=None, last_error_at=None, writeback_pending=True, synced_at=now)
+        row.update(last_error=None, last_error_at=None, rejected_hash=None, writeback_pending=True, synced_at=now)
         if plan.action == DELETE:
             row.update(deleted_at=now, segment_ids=[])
         else:
@@ -58,6 +58,9 @@ def outcome_row(outcome: UserOutcome, now) -> dict[str, Any]:
                 row["created_at"] = now
         return row
     row.update(last_error=outcome.error, last_error_at=now, writeback_pending=False)
+    if outcome.error_kind == "permanent" and plan.mapped is not None and plan.action != DELETE:
+        # Not tried again until a synchronized attribute changes (the users overlap re-reads it).
+        row["rejected_hash"] = plan.mapped.attributes_hash
     if plan.action == INSERT and outcome.created:
         # Some chunks were accepted: the person exists and must be deletable later.
         row.update(cio_id=plan.target_id, created_at=now, deleted_at=None)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from cio_sync.rules.decisions import DELETE, INSERT, PAGE_COLUMNS, SKIP, UPDATE, decide
+from cio_sync.rules.decisions import DELETE, INSERT, PAGE_COLUMNS, REJECTED_COLUMN, SKIP, UPDATE, decide
 from cio_sync.rules.mapping import MalformedUserError, MappedUser, map_user
 from cio_sync.settings import ConnectorSettings
 
@@ -56,6 +56,7 @@ def plan_page(
             "state_created": state["created_at"].notna(),
             "state_deleted": state["deleted_at"].notna(),
             "state_hash": state["attributes_hash"],
+            **({REJECTED_COLUMN: state["rejected_hash"]} if "rejected_hash" in state else {}),
         }
     )
     decided = decide(page, state_frame, settings.enable_user_deletion)

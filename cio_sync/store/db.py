@@ -47,6 +47,7 @@ user_state = Table(
     Column("last_error_at", DateTime(timezone=True)),
     Column("writeback_pending", Boolean, nullable=False, default=False, index=True),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("rejected_hash", String(64)),  # hash of the attributes Customer.io last rejected (400)
 )
 
 # Where each incremental stream resumes: a timestamp plus the ids already handled at it.

@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Engine, bindparam, func, select, update
 
 from cio_sync.store.db import as_utc, upsert, user_state, utcnow
 
-STATE_FRAME_COLUMNS = ["hull_id", "cio_id", "attributes_hash", "created_at", "deleted_at"]
+STATE_FRAME_COLUMNS = ["hull_id", "cio_id", "attributes_hash", "created_at", "deleted_at", "rejected_hash"]
 
 
 def load_user_state(engine: Engine, hull_ids: Iterable[str]) -> pd.DataFrame:

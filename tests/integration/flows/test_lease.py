@@ -244,8 +244,9 @@ def test_an_events_phase_longer_than_the_lease_ttl_keeps_its_lease(sim_env, vip,
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_rerun_of_failed_batches_started_during_a_sync_does_not_overwrite_newer_state(
         sim_env, vip, cio_sim, monkeypatch, tmp_path):
-    import cio_sync.pipeline.users_page as users_page
     from prefect.settings import PREFECT_API_URL
+
+    import cio_sync.pipeline.users_page as users_page
 
     settings = dict(synchronized_segments=["VIP"], synchronized_attributes=["plan"])
     sync_users(**settings)

@@ -1,6 +1,8 @@
 """Watermarks and leases: `sync_meta` (per-installation values such as `events_start`), the
 lease holder's identity (host, pid, process start, flow run) for instant take-over after a
-crash, and `failed_batches.transient` for the automatic retry of transient failures.
+crash, `failed_batches.transient` for the automatic retry of transient failures, and
+`user_state.rejected_hash` (a user Customer.io rejected is not tried again unchanged, however
+often the users overlap re-reads it).
 
 Revision ID: 0003
 Revises: 0001
@@ -33,9 +35,13 @@ def upgrade() -> None:
     with op.batch_alter_table("failed_batches") as batch:
         # Every batch recorded so far was recorded for a transient failure.
         batch.add_column(sa.Column("transient", sa.Boolean, nullable=False, server_default=sa.true()))
+    with op.batch_alter_table("user_state") as batch:
+        batch.add_column(sa.Column("rejected_hash", sa.String(64)))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("user_state") as batch:
+        batch.drop_column("rejected_hash")
     with op.batch_alter_table("failed_batches") as batch:
         batch.drop_column("transient")
     with op.batch_alter_table("leases") as batch:
