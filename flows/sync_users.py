@@ -145,7 +145,10 @@ def _run(runtime: SyncRuntime, lease: Lease | None, logger: logging.Logger | log
 
     run_id = str(flow_run.get_id() or "")
     if not runtime.dry_run:  # transient failures of earlier runs heal here, without a person
-        retried = retry_failed_batches(runtime, run_id, shard)
+        try:
+            retried = retry_failed_batches(runtime, run_id, shard)
+        except AuthError as exc:
+            raise SyncFailed(f"Stopped while retrying failed batches: {exc}") from None
         summary.merge(retried)
         for warning in retried.warnings:
             logger.warning(warning)

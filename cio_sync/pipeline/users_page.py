@@ -22,7 +22,10 @@ from cio_sync.store.users import load_user_state, record_user_outcomes
 
 
 class PageIncomplete(Exception):
-    """Customer.io stopped answering mid-page; what succeeded is recorded, the cursor is not moved."""
+    """Customer.io stopped answering mid-page. What succeeded is recorded; the users not sent are
+    saved as a failed batch and the stream's cursor moves past the page with them (a rerun has
+    no cursor and files nothing). The next scheduled run retries the batch before anything else
+    (cio_sync/pipeline/rerun.py, `retry_failed_batches`)."""
 
     def __init__(self, summary: SyncSummary, message: str):
         self.summary = summary
@@ -84,7 +87,8 @@ def record_page(
         if retryable and next_cursor is not None:
             batch_id = record_failed_batch(
                 connection, USERS,
-                # The settings travel with the batch: a rerun redoes it as the failed run would have.
+                # `cio-sync failed rerun` redoes it with these settings; the automatic retry at the
+                # start of a scheduled run uses that run's own settings.
                 {"hull_ids": [o.plan.hull_id for o in retryable], "settings": runtime.settings.model_dump(mode="json")},
                 next((o.error for o in retryable if o.error_kind == "transient"), retryable[0].error) or "unknown error",
                 flow_run_id,
@@ -139,13 +143,14 @@ def sync_page(
             )
     except CustomerIoUnavailable as stopped:
         # Customer.io is down: what went through is recorded, the rest of the page becomes a
-        # failed batch (rerun it, or the next run retries it first), and the run stops here.
+        # failed batch (the next scheduled run retries it first; `cio-sync failed rerun` at any
+        # time), the cursor moves past the page, and the run stops here.
         record_page(runtime, stopped.args[0], summary, cursor_name, next_cursor, flow_run_id)
         where = f"saved as failed batch {summary.failed_batches}" if summary.failed_batches else "to be retried"
         raise PageIncomplete(
             summary,
             "Customer.io kept failing (429/5xx/timeouts) even after retries, so the run stopped; "
-            f"the unsent users of the page are {where}.",
+            f"the unsent users of the page are {where}; the next scheduled run retries them first.",
         ) from None
 
     record_page(runtime, outcomes, summary, cursor_name, next_cursor, flow_run_id)

@@ -3,9 +3,11 @@
 A user belongs to exactly one shard, decided by a stable hash of its Hull id: the same id
 lands in the same shard in every process, on every machine and across restarts (Python's
 `hash()` is salted per process, so it must never be used here). Each shard keeps its own
-cursors, so shards never move each other's watermarks; the per-user state table is shared
-and unaffected by the shard layout, which is why changing `shard_count` is safe (the new
-shards rescan Hull once and skip every user whose attributes did not change).
+cursors, so shards never move each other's watermarks; the per-user state and `event_state`
+tables are shared and unaffected by the shard layout. So changing `shard_count` sends nothing
+twice: the new shards rescan Hull's users once (skipping every user whose attributes did not
+change), and their events walks start where the previous layout had got to
+(cio_sync/pipeline/watermarks.py), never at `events_start`.
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ class Shard:
 
     def cursor_name(self, stream: str) -> str:
         """`users` stays `users` unsharded (existing installations keep their watermark);
-        shards get `users:shard:<index>/<count>`, so a new layout starts its own cursors."""
+        shards get `users:shard:<index>/<count>`, so a new layout starts its own cursors (an
+        events cursor of a new layout starts from the previous layout's)."""
         return stream if self.is_whole else f"{stream}:shard:{self.index}/{self.count}"
 
     def label(self) -> str:
