@@ -241,6 +241,7 @@ def test_an_events_phase_longer_than_the_lease_ttl_keeps_its_lease(sim_env, vip,
     assert summary["events"]["sent"] == 3 and len(cio_sim.events) == 3
 
 
+@pytest.mark.postgres
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_rerun_of_failed_batches_started_during_a_sync_does_not_overwrite_newer_state(
         sim_env, vip, cio_sim, monkeypatch, tmp_path):
