@@ -266,6 +266,8 @@ def worker(spec: dict) -> dict:
                   rate_limit_per_second=0, customerio_api=spec["mode"], **spec["params"])
     if spec["events"]:
         params["events_filter"] = EVENTS
+        # The seeded events are dated on the simulator's clock, not the wall clock: reach them.
+        params["events_initial_lookback_hours"] = 20 * 365 * 24
 
     def cio_counts() -> dict:
         return requests.get(f"{spec['env']['CUSTOMERIO_TRACK_URL']}/_sim/state?summary=1", timeout=60).json()["counts"]

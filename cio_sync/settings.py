@@ -135,6 +135,19 @@ class ConnectorSettings(BaseSettings):
     # v1: one Track API call per identify chunk/delete/event; v2_batch: `POST /api/v2/batch`
     # requests packed by bytes (tasks/load_v2.py).
     customerio_api: Literal["v1", "v2_batch"] = "v1"
+    # Watermarks and healing (README, "When things fail"; cio_sync/pipeline/watermarks.py).
+    # Every run re-reads this much of the events stream before its cursor: a late event
+    # (created_at set by the sender, indexed later) inside the window is sent once.
+    events_overlap_minutes: float = Field(default=60, ge=0)
+    # When events are first enabled, `events_start` is set to that moment minus this, and the
+    # scheduled flow never sends an older event (older history: `cio-sync backfill-events`).
+    events_initial_lookback_hours: float = Field(default=24, ge=0)
+    # An event dated more than this after the run's start is skipped as `future_timestamp`.
+    events_future_tolerance_minutes: float = Field(default=60, ge=0)
+    # Every run re-reads this much of the users stream before its cursor (unchanged users cost no call).
+    users_overlap_seconds: float = Field(default=60, ge=0)
+    # Transient failed batches are retried at the start of scheduled runs at most this many times.
+    failed_batch_auto_retries: int = Field(default=5, ge=0)
     # Identity (cio_sync/rules/plan.py). When a user's mapped id changes: merge the old person
     # into the new one, delete the old one, or leave it (the original connector's behaviour).
     on_id_change: Literal["merge", "delete_old", "ignore"] = "merge"
@@ -172,11 +185,21 @@ class ConnectorSettings(BaseSettings):
 
 
 class LeaseSettings(BaseSettings):
-    """How long a sync run's lease lasts without renewal (cio_sync/store/lease.py). Environment only."""
+    """The users-writer lease (cio_sync/store/lease.py). Environment only.
+
+    A live run renews its lease every `lease_heartbeat_seconds` from a background thread; a
+    lease not renewed for `lease_ttl_seconds` has expired and may be taken over.
+    """
 
     model_config = _env_config("SYNC_")
 
-    lease_ttl_seconds: float = Field(default=600.0, gt=0)
+    lease_ttl_seconds: float = Field(default=60.0, gt=0)
+    lease_heartbeat_seconds: float = Field(default=15.0, gt=0)
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """The renewal interval, at most a third of the TTL so that one missed beat loses nothing."""
+        return min(self.lease_heartbeat_seconds, self.lease_ttl_seconds / 3)
 
 
 class WebhookSettings(BaseSettings):

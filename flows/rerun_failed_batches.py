@@ -1,5 +1,7 @@
 """The `rerun-failed-batches` flow: redo work that outlived its retry budget
-(cio_sync/pipeline/rerun.py says how a batch is redone)."""
+(cio_sync/pipeline/rerun.py says how a batch is redone). It holds the `users:all` writer
+lease while it reruns users or events batches, so it never overlaps a sync, a shard or a
+backfill (cio_sync/pipeline/leases.py)."""
 
 from __future__ import annotations
 
@@ -9,19 +11,22 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
-from cio_sync.pipeline.rerun import rerun_batch
+from cio_sync.pipeline.leases import users_writer_lease
+from cio_sync.pipeline.rerun import RerunOutcome, rerun_batch
 from cio_sync.pipeline.summary import SyncSummary
+from cio_sync.rules.sharding import WHOLE_SCOPE
 from cio_sync.runtime import build_runtime
 from cio_sync.settings import ConnectorSettings, StateSettings
 from cio_sync.store import db
 from cio_sync.store.failed import list_failed_batches, mark_rerun
+from cio_sync.store.lease import LeaseHeld
 
 
 class RerunIncomplete(Exception):
     """Some batches are still open; the run is marked Failed so the Prefect UI shows it."""
 
 
-def _rerun(batch: dict[str, Any], run_id: str | None, global_rate_limit: bool) -> tuple[bool, str | None, SyncSummary]:
+def _rerun(batch: dict[str, Any], run_id: str | None, global_rate_limit: bool) -> RerunOutcome:
     # The settings saved with the batch: a rerun redoes it as the failed run would have.
     settings = ConnectorSettings.resolve(**(batch["payload"].get("settings") or {}))
     # global_rate_limit: reruns spend the same Customer.io budget as the sync runs.
@@ -47,16 +52,21 @@ def rerun_failed_batches(
     rows, total = [], SyncSummary()
     if requeue_failed_webhooks:
         rows.append(_rerun_webhooks(engine))
-    for batch in batches:
-        if batch["status"] != "open":
-            rows.append({"batch": batch["id"], "kind": batch["kind"], "result": "already resolved", "error": ""})
-            continue
-        resolved, error, summary = _rerun(batch, run_id, global_rate_limit)
-        mark_rerun(engine, batch["id"], resolved, error)
-        total.merge(summary)
-        rows.append({"batch": batch["id"], "kind": batch["kind"],
-                     "result": "resolved" if resolved else "still open", "error": error or ""})
-        logger.info("failed batch %s: %s", batch["id"], "resolved" if resolved else f"still open: {error}")
+    rows.extend({"batch": b["id"], "kind": b["kind"], "result": "already resolved", "error": ""}
+                for b in batches if b["status"] != "open")
+    batches = [b for b in batches if b["status"] == "open"]
+    if batches:
+        try:
+            with users_writer_lease(engine, WHOLE_SCOPE, "rerun-failed-batches", run_id):
+                for batch in batches:
+                    resolved, error, summary, transient = _rerun(batch, run_id, global_rate_limit)
+                    mark_rerun(engine, batch["id"], resolved, error, transient)
+                    total.merge(summary)
+                    rows.append({"batch": batch["id"], "kind": batch["kind"],
+                                 "result": "resolved" if resolved else "still open", "error": error or ""})
+                    logger.info("failed batch %s: %s", batch["id"], "resolved" if resolved else f"still open: {error}")
+        except LeaseHeld as exc:
+            raise RerunIncomplete(f"nothing was rerun: {exc}") from None
     create_table_artifact(key="rerun-failed-batches", table=rows or [{"batch": "-", "result": "nothing to rerun"}],
                           description="Failed batches rerun by this run.")
     still_open = [r["batch"] for r in rows if r["result"] == "still open"]

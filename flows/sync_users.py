@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import uuid
-from datetime import timedelta
+from datetime import datetime
 from typing import Any, Literal, TypeVar, cast
 
 from prefect import flow, get_run_logger
@@ -14,20 +11,23 @@ from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
-from cio_sync.pipeline.events_page import EVENTS_CURSOR
 from cio_sync.pipeline.extract import UserPagePrefetcher, resolve_run_segments, walk_bound
 from cio_sync.pipeline.identity import IdMappingChanged, check_id_mapping
+from cio_sync.pipeline.leases import users_writer_lease
 from cio_sync.pipeline.phase import Phase
 from cio_sync.pipeline.progress import SyncProgress
+from cio_sync.pipeline.rerun import retry_failed_batches
 from cio_sync.pipeline.summary import SyncSummary
 from cio_sync.pipeline.users_page import PageIncomplete
+from cio_sync.pipeline.watermarks import EventsWindow, events_window, not_behind, users_walk_start
 from cio_sync.pipeline.writeback import WriteBackPipeline, write_back
 from cio_sync.rules.sharding import WHOLE, Shard
 from cio_sync.runtime import SyncRuntime, build_runtime
-from cio_sync.settings import ConnectorSettings, LeaseSettings
+from cio_sync.settings import ConnectorSettings
 from cio_sync.store.cursors import Cursor, read_cursor
+from cio_sync.store.db import utcnow
 from cio_sync.store.failed import EVENTS, USERS
-from cio_sync.store.lease import Lease, LeaseHeld
+from cio_sync.store.lease import Lease, LeaseHeld, LeaseLost
 from cio_sync.store.users import count_pending_writebacks
 from connectors.http import AuthError
 from tasks.sync_events_page import sync_events_page_task
@@ -81,6 +81,11 @@ def sync_users(
     unset_removed_attributes: bool | None = None,
     sync_mode: Literal["upsert", "update_only"] | None = None,
     on_segment_exit: Literal["keep", "delete", "suppress", "unset_segments"] | None = None,
+    events_overlap_minutes: float | None = None,
+    events_initial_lookback_hours: float | None = None,
+    events_future_tolerance_minutes: float | None = None,
+    users_overlap_seconds: float | None = None,
+    failed_batch_auto_retries: int | None = None,
     dry_run: bool = False,
     migrate_ids: bool = False,
     max_pages: int | None = None,
@@ -99,39 +104,36 @@ def sync_users(
     also take Customer.io request slots from the Prefect limit shared by all shards and workers.
     `migrate_ids`: allow a run whose `user_id_mapping` differs from the last run's (every id
     changes): every user is read again and moved to its new id (cio_sync/pipeline/identity.py).
+
+    Unless `dry_run`, the run holds the users-writer lease of its users (`users:all`, or
+    `users:shard:<i>/<n>`) from start to end, renewed by a heartbeat (cio_sync/pipeline/leases.py).
     """
     logger = get_run_logger()
     shard = Shard(shard_index, shard_count)
+    started = utcnow()
     # Every parameter that names a setting (the others are dropped by `resolve`).
     settings = ConnectorSettings.resolve(**locals())
     runtime = build_runtime(settings, dry_run=dry_run, global_rate_limit=global_rate_limit)
-    lease: Lease | None = None
     try:
-        if not dry_run:  # a dry run changes nothing, so it may overlap a real run
-            ttl = timedelta(seconds=LeaseSettings().lease_ttl_seconds)
-            lease = Lease(runtime.engine, lease_name(shard.cursor_name(USERS_CURSOR)), lease_holder(), ttl)
-            try:
-                lease.acquire()
-            except LeaseHeld as exc:
-                raise SyncFailed(str(exc)) from None
-        return _run(runtime, lease, logger, max_pages, shard, migrate_ids)
+        if dry_run:  # a dry run changes nothing, so it may overlap a real run
+            return _run(runtime, None, logger, max_pages, shard, migrate_ids, started)
+        with users_writer_lease(runtime.engine, shard.writer_scope(), "sync-users", run_id_or_none()) as lease:
+            return _run(runtime, lease, logger, max_pages, shard, migrate_ids, started)
+    except (LeaseHeld, LeaseLost) as exc:
+        raise SyncFailed(str(exc)) from None
     finally:
-        if lease is not None:
-            lease.release()
         runtime.close()
 
 
-def lease_name(cursor_name: str) -> str:
-    return f"sync-users:{cursor_name}"
-
-
-def lease_holder() -> str:
-    return f"{socket.gethostname()[:40]}:{os.getpid()}:{flow_run.get_id() or uuid.uuid4()}"
+def run_id_or_none() -> str | None:
+    return str(flow_run.get_id() or "") or None
 
 
 def _run(runtime: SyncRuntime, lease: Lease | None, logger: logging.Logger | logging.LoggerAdapter,
-         max_pages: int | None, shard: Shard = WHOLE, migrate_ids: bool = False) -> dict[str, Any]:
+         max_pages: int | None, shard: Shard = WHOLE, migrate_ids: bool = False,
+         started: datetime | None = None) -> dict[str, Any]:
     settings = runtime.settings
+    started = started or utcnow()
     summary = SyncSummary()
     if not shard.is_whole:
         logger.info("syncing %s", shard.label())
@@ -160,9 +162,18 @@ def _run(runtime: SyncRuntime, lease: Lease | None, logger: logging.Logger | log
             summary.warnings.append(error)
 
     run_id = str(flow_run.get_id() or "")
+    if not runtime.dry_run:  # transient failures of earlier runs heal here, without a person
+        try:
+            retried = retry_failed_batches(runtime, run_id, shard)
+        except AuthError as exc:
+            raise SyncFailed(f"Stopped while retrying failed batches: {exc}") from None
+        summary.merge(retried)
+        for warning in retried.warnings:
+            logger.warning(warning)
     failure = _sync_users_stream(runtime, lease, summary, logger, max_pages, shard, run_id, identity.walk_from_start)
     if failure is None and settings.events_filter and runtime.whitelisted_segment_ids:
-        failure = _sync_events(runtime, summary, logger, run_id, shard)
+        window = events_window(runtime.engine, settings, shard, started, runtime.dry_run)
+        failure = walk_events(runtime, window, summary, logger, run_id, shard, lease)
 
     if not runtime.dry_run:
         summary.writeback_pending = count_pending_writebacks(runtime.engine)
@@ -184,9 +195,12 @@ def _run(runtime: SyncRuntime, lease: Lease | None, logger: logging.Logger | log
 
 def _sync_users_stream(runtime: SyncRuntime, lease: Lease | None, summary: SyncSummary, logger, max_pages: int | None,
                        shard: Shard, run_id: str, from_start: bool = False) -> str | None:
-    """The users phase, page by page; returns why it stopped early, or None."""
+    """The users phase, page by page; returns why it stopped early, or None. The walk starts
+    `users_overlap_seconds` before the stored cursor; the stored cursor never moves back.
+    `from_start`: a migration of every id walks every user from the first."""
     users_cursor = shard.cursor_name(USERS_CURSOR)
-    cursor = Cursor() if from_start else read_cursor(runtime.engine, users_cursor)
+    stored = Cursor() if from_start else read_cursor(runtime.engine, users_cursor)
+    cursor = users_walk_start(stored, runtime.settings.users_overlap_seconds)
     pages = 0
     failure: str | None = None
     progress = SyncProgress(logger)
@@ -204,9 +218,11 @@ def _sync_users_stream(runtime: SyncRuntime, lease: Lease | None, summary: SyncS
                 fetched = pages_ahead.fetch(cursor)
                 if not fetched.users:
                     break
+                if lease is not None:
+                    lease.check()  # raises LeaseLost: another run took the lease over
                 page_summary = sync_users_page_task(
-                    quoted(runtime), quoted(fetched.users), users_cursor, quoted(fetched.cursor), run_id,
-                    quoted(write_backs), quoted(phase))
+                    quoted(runtime), quoted(fetched.users), users_cursor, quoted(not_behind(stored, fetched.cursor)),
+                    run_id, quoted(write_backs), quoted(phase))
             except AuthError as exc:
                 failure = f"Stopped: {exc}. Nothing from the failing page was marked as synced."
                 break
@@ -218,8 +234,6 @@ def _sync_users_stream(runtime: SyncRuntime, lease: Lease | None, summary: SyncS
             cursor = fetched.cursor
             pages += 1
             progress.page_done(len(fetched.users), fetched.remaining)
-            if lease is not None:
-                lease.renew()
             logger.info(
                 "page %d: %d users, %s", pages, page_summary.users_seen,
                 ", ".join(f"{k}={v}" for k, v in sorted(page_summary.decisions.items())),
@@ -238,22 +252,22 @@ def _sync_users_stream(runtime: SyncRuntime, lease: Lease | None, summary: SyncS
     return failure
 
 
-def _sync_events(runtime: SyncRuntime, summary: SyncSummary, logger, run_id: str, shard: Shard = WHOLE) -> str | None:
-    """Events go out after every changed user's identify calls of this run. Returns why the
-    phase stopped early, or None."""
-    events_cursor = shard.cursor_name(EVENTS_CURSOR)
-    cursor = read_cursor(runtime.engine, events_cursor)
+def walk_events(runtime: SyncRuntime, window: EventsWindow, summary: SyncSummary, logger, run_id: str,
+                shard: Shard = WHOLE, lease: Lease | None = None) -> str | None:
+    """Events go out after every changed user's identify calls of this run: one task per page
+    of the `window` (cio_sync/pipeline/watermarks.py). Returns why the walk stopped early, or None."""
+    cursor = window.start_cursor()
     phase = Phase(EVENTS)  # one breaker and one failed batch for every page of the phase
     while True:
+        if lease is not None:
+            lease.check()
         try:
-            page = sync_events_page_task(quoted(runtime), quoted(cursor), shard, events_cursor, run_id, quoted(phase))
+            page = sync_events_page_task(quoted(runtime), quoted(cursor), quoted(window), shard, run_id, quoted(phase))
         except AuthError as exc:
             return f"Stopped while sending events: {exc}"
         except PageIncomplete as exc:  # Customer.io down while identifying an event's new user
             summary.merge(exc.summary)
             return str(exc)
-        if page.next_cursor is None:
-            return None
         summary.merge(page.summary)
         if phase.breaker.open:
             return (
@@ -261,5 +275,7 @@ def _sync_events(runtime: SyncRuntime, summary: SyncSummary, logger, run_id: str
                 f"retries, so the events phase stopped; the unsent events are saved in failed batch "
                 f"{phase.failed_batch_id} and later events wait for the next run."
             )
+        if page.next_cursor is None:
+            return None
         cursor = page.next_cursor
         logger.info("events page: %s", dict(page.summary.events))

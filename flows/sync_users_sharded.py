@@ -5,6 +5,10 @@ work pool hands the shards to whatever workers it has, on one machine or many. T
 only waits: it holds no connection to Hull or Customer.io. Children share the Customer.io
 budget through the Prefect global concurrency limit (`global_rate_limit`, on in
 prefect.yaml), and each shard keeps its own cursors in the shared state database.
+
+While its shards run, the parent holds the users-writer lease `users:layout:<n>`: no
+unsharded sync, rerun, backfill or shard of another layout writes users meanwhile, while its
+own shards (`users:shard:<i>/<n>`) may (cio_sync/pipeline/leases.py).
 """
 
 from __future__ import annotations
@@ -16,6 +20,12 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_table_artifact
 from prefect.deployments import arun_deployment
 from prefect.runtime import flow_run
+
+from cio_sync.pipeline.leases import users_writer_lease
+from cio_sync.rules.sharding import layout_scope
+from cio_sync.settings import StateSettings
+from cio_sync.store import db
+from cio_sync.store.lease import LeaseHeld
 
 # Not `sync-users/sync-users`: that deployment has `concurrency_limit: 1` (scheduled runs
 # must not overlap), which would make the shards wait for each other one by one.
@@ -49,18 +59,25 @@ async def sync_users_sharded(
         raise ValueError(f"parameters may not set {', '.join(reserved)}: the parent assigns the shards")
 
     parent_name = flow_run.get_name() or "sync-users-sharded"
-    logger.info("starting %d shard runs of %s", shard_count, deployment_name)
-    children = await asyncio.gather(*(
-        arun_deployment(
-            deployment_name,
-            parameters={**overrides, "shard_count": shard_count, "shard_index": index},
-            flow_run_name=f"{parent_name}-shard-{index}-of-{shard_count}",
-            timeout=None,  # wait for the end, however long the shard takes
-            poll_interval=poll_interval_seconds,
-            as_subflow=True,  # children appear under this run in the UI
-        )
-        for index in range(shard_count)
-    ))
+    engine = db.get_engine(StateSettings().state_database_url)
+    try:
+        lease = users_writer_lease(engine, layout_scope(shard_count), "sync-users-sharded",
+                                   str(flow_run.get_id() or "") or None)
+        with lease:
+            logger.info("starting %d shard runs of %s", shard_count, deployment_name)
+            children = await asyncio.gather(*(
+                arun_deployment(
+                    deployment_name,
+                    parameters={**overrides, "shard_count": shard_count, "shard_index": index},
+                    flow_run_name=f"{parent_name}-shard-{index}-of-{shard_count}",
+                    timeout=None,  # wait for the end, however long the shard takes
+                    poll_interval=poll_interval_seconds,
+                    as_subflow=True,  # children appear under this run in the UI
+                )
+                for index in range(shard_count)
+            ))
+    except LeaseHeld as exc:
+        raise ShardsFailed(str(exc)) from None
 
     results = [
         {

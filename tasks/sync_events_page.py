@@ -5,8 +5,9 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from cio_sync.pipeline.events_page import EVENTS_CURSOR, EventsPage, run_events_page
+from cio_sync.pipeline.events_page import EventsPage, run_events_page
 from cio_sync.pipeline.phase import Phase
+from cio_sync.pipeline.watermarks import EventsWindow
 from cio_sync.rules.sharding import WHOLE, Shard
 from cio_sync.runtime import SyncRuntime
 from cio_sync.store.cursors import Cursor
@@ -16,9 +17,9 @@ from cio_sync.store.cursors import Cursor
 def sync_events_page_task(
     runtime: SyncRuntime,
     cursor: Cursor,
+    window: EventsWindow,
     shard: Shard = WHOLE,
-    cursor_name: str = EVENTS_CURSOR,
     flow_run_id: str | None = None,
     phase: Phase | None = None,
 ) -> EventsPage:
-    return run_events_page(runtime, cursor, shard, cursor_name, flow_run_id, phase)
+    return run_events_page(runtime, cursor, window, shard, flow_run_id, phase)

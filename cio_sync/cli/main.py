@@ -10,7 +10,7 @@ import sys
 
 # Prefect's own limit is 20 s, which a busy 2-core machine can miss on a cold start.
 EPHEMERAL_SERVER_STARTUP_SECONDS = "180"
-_FLOW_COMMANDS = {"sync-users", "drain-webhooks", "failed", "demo"}
+_FLOW_COMMANDS = {"sync-users", "drain-webhooks", "failed", "demo", "backfill-events"}
 
 
 def _quiet_prefect_defaults() -> None:
@@ -58,6 +58,58 @@ def cmd_sync_users(args) -> int:
             bar.close()
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_backfill_events(args) -> int:
+    _require_credentials()
+    from flows.backfill_events import backfill_events
+    from flows.sync_users import SyncFailed
+
+    try:
+        result = backfill_events(since=args.since, until=args.until, dry_run=args.dry_run)
+    except (SyncFailed, ValueError) as exc:
+        print(f"backfill-events failed: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    print(f"{'dry run: ' if args.dry_run else ''}events created {result['since']} .. {result['until']}")
+    for name, count in sorted(result["events"].items()):
+        print(f"  events {name}: {count}")
+    for name, count in sorted(result["event_skip_reasons"].items()):
+        print(f"  events skipped {name}: {count}")
+    for warning in result["warnings"]:
+        print(f"warning: {warning}")
+    return 0
+
+
+def cmd_lease_show(args) -> int:
+    from cio_sync.settings import StateSettings
+    from cio_sync.store import db
+    from cio_sync.store.lease import list_leases
+
+    rows = list_leases(db.get_engine(StateSettings().state_database_url))
+    if not rows:
+        print("no lease is held")
+    for row in rows:
+        state = "expired" if row.expired() else ("holder process gone" if row.process_gone() else "held")
+        print(f"{row.name:<24} {state:<20} until {row.expires_at.isoformat(timespec='seconds')}  "
+              f"renewed {row.renewed_at.isoformat(timespec='seconds') if row.renewed_at else '-'}\n"
+              f"    {row.holder}")
+    return 0
+
+
+def cmd_lease_release(args) -> int:
+    from cio_sync.settings import StateSettings
+    from cio_sync.store import db
+    from cio_sync.store.lease import force_release
+
+    row = force_release(db.get_engine(StateSettings().state_database_url), args.name)
+    if row is None:
+        print(f"no lease named {args.name!r} (see `cio-sync lease show`)", file=sys.stderr)
+        return 1
+    print(f"released {row.name!r}, held by {row.holder}")
     return 0
 
 
@@ -190,6 +242,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="user_id_mapping changed: move every person to its new id (on_id_change, merge by default)")
     p.set_defaults(func=cmd_sync_users)
 
+    p = sub.add_parser("backfill-events", help="send the events of a past window once (the schedule never sends "
+                                               "events older than events_start)")
+    p.add_argument("--since", required=True, help="start of the window, ISO 8601 (e.g. 2026-10-01T00:00:00Z)")
+    p.add_argument("--until", default=None, help="end of the window, ISO 8601 (default: now)")
+    p.add_argument("--dry-run", action="store_true", help="decide and count, send nothing, change no state")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    p.set_defaults(func=cmd_backfill_events)
+
+    p = sub.add_parser("lease", help="the users-writer leases of the state database")
+    lease_sub = p.add_subparsers(dest="lease_command", required=True)
+    show = lease_sub.add_parser("show", help="list the leases held and by whom")
+    show.set_defaults(func=cmd_lease_show)
+    release = lease_sub.add_parser("release", help="release a lease whoever holds it (only when its run is gone)")
+    release.add_argument("name", help="e.g. users:all, users:shard:0/4")
+    release.set_defaults(func=cmd_lease_release)
+
     p = sub.add_parser("check", help="check credentials and settings (non-zero exit on a problem)")
     p.set_defaults(func=cmd_check)
 
@@ -243,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_prefect_defaults()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
-    if not (args.command == "failed" and getattr(args, "failed_command", "") == "list"):
+    if not (args.command == "failed" and getattr(args, "failed_command", "") == "list") and args.command != "lease":
         _say_if_starting_prefect(args.command)
     from cio_sync.settings import MissingSettingsError
 

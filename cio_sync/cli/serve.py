@@ -23,6 +23,7 @@ SCHEDULES: dict[str, timedelta | None] = {
     "drain-webhooks": timedelta(minutes=1),
     "check-connection": timedelta(minutes=30),
     "rerun-failed-batches": None,
+    "backfill-events": None,
 }
 
 
@@ -37,6 +38,7 @@ class DeployedOnWorkPool(RuntimeError):
 def build_deployments() -> list[Any]:
     """The served deployments. Settings come from this process's environment (parameters
     left empty fall back to it); credentials never go into parameters."""
+    from flows.backfill_events import backfill_events
     from flows.check_connection import check_connection
     from flows.drain_webhooks import drain_webhooks
     from flows.rerun_failed_batches import rerun_failed_batches
@@ -47,6 +49,7 @@ def build_deployments() -> list[Any]:
         "drain-webhooks": drain_webhooks,
         "check-connection": check_connection,
         "rerun-failed-batches": rerun_failed_batches,
+        "backfill-events": backfill_events,
     }
     return [
         flows[name].to_deployment(

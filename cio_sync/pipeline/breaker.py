@@ -3,7 +3,8 @@
 Each failure that reaches the breaker has already spent the HTTP client's whole retry budget
 (connectors/http.py). After `limit` of those in a row the service is taken to be down, and
 the phase stops instead of burning the same budget on every remaining item: what it did not
-send is kept (as a failed batch, or pending rows) for the next run. A fatal error (401/403)
+send is kept for the next run (a failed batch, which the next scheduled sync retries first, or
+pending webhook rows). A fatal error (401/403)
 stops the phase at once and is re-raised by the caller.
 """
 

@@ -9,15 +9,22 @@ means every changed user's identify calls of this run have gone out first; a use
 appeared in Hull after the users phase (its first event usually comes with it) is identified
 by the user rules right before its events (`identify_first`).
 
+Where a walk starts and where its cursor may be stored (an overlap window before the cursor,
+`events_start`, a cap at the run's start) is `cio_sync/pipeline/watermarks.py`. Because every
+run re-reads the overlap window, pages whose events were all decided before are read through
+inside one task (`run_events_page`) instead of costing a task each.
+
 Exactly once rests on two things: each event carries a ULID derived from its Hull id (so
-Customer.io itself drops a repeat), and `event_state` records every event decided, in the
-same transaction that moves the events cursor. The cursor moves only once a page's events
-are sent, skipped or recorded as failed; a 401 stops the run before anything is recorded.
+Customer.io itself drops a repeat), and `event_state` records every event decided (sent,
+skipped or failed), in the same transaction that stores the events cursor. A stream or a
+backfill never sends an event `event_state` holds; a rerun of a failed batch redoes its
+failed ones. A 401 stops the run before anything of the page is recorded.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -29,25 +36,27 @@ from cio_sync.pipeline.phase import Phase
 from cio_sync.pipeline.senders import run_groups
 from cio_sync.pipeline.summary import SyncSummary
 from cio_sync.pipeline.users_page import sync_page
-from cio_sync.rules.events import SEND, SEND_ANONYMOUS, SKIP, EventPlan, EventUser, plan_event
+from cio_sync.pipeline.watermarks import EVENTS_CURSOR, EventsWindow
+from cio_sync.rules.events import SEND, SEND_ANONYMOUS, SKIP, EventPlan, EventUser, parse_created_at, plan_event
 from cio_sync.rules.mapping import MalformedUserError, latest_anonymous_id, map_user
 from cio_sync.rules.sharding import WHOLE, Shard
 from cio_sync.runtime import SyncRuntime
 from cio_sync.store.cursors import Cursor, write_cursor
 from cio_sync.store.db import event_state, upsert, user_state, utcnow
+from cio_sync.store.events import DECIDED, DONE, decided_event_ids
 from cio_sync.store.failed import EVENTS
 from connectors.http import PermanentError, TransientError
 from connectors.hull import MAX_PER_PAGE
 
-EVENTS_CURSOR = "events"
 
-
-def events_query(runtime: SyncRuntime, cursor: Cursor) -> tuple[list[dict], list[dict]]:
+def events_query(runtime: SyncRuntime, cursor: Cursor, until: str | None = None) -> tuple[list[dict], list[dict]]:
     filters: list[dict] = [
         {"terms": {"event": sorted(runtime.settings.events_filter)}},
         {"has_parent": {"parent_type": "user_report",
                         "query": {"terms": {"segment_ids": sorted(runtime.whitelisted_segment_ids)}}}},
     ]
+    if until:
+        filters.append({"range": {"created_at": {"lte": until}}})
     if not cursor.position:
         return filters, []
     filters.append({"range": {"created_at": {"gte": cursor.position}}})
@@ -58,12 +67,14 @@ def events_query(runtime: SyncRuntime, cursor: Cursor) -> tuple[list[dict], list
                      *seen_at_position(cursor, "created_at", "_id")]
 
 
-def fetch_events_page(runtime: SyncRuntime, cursor: Cursor, per_page: int = MAX_PER_PAGE, shard: Shard = WHOLE):
+def fetch_events_page(runtime: SyncRuntime, cursor: Cursor, per_page: int = MAX_PER_PAGE, shard: Shard = WHOLE,
+                      until: str | None = None):
     """The next page of events and the cursor past it. With a `shard`, only its users' events
     are returned; the cursor still moves past every event read, and pages holding none of the
-    shard's events are read through (an empty result must mean the stream is exhausted)."""
+    shard's events are read through (an empty result must mean the stream is exhausted).
+    `until`: only events created at or before it (a backfill's end)."""
     while True:
-        filters, must_not = events_query(runtime, cursor)
+        filters, must_not = events_query(runtime, cursor, until)
         data = runtime.hull.search_events(filters, page=1, per_page=per_page, must_not=must_not)["data"]
         fresh = [e for e in data if not (e.get("created_at") == cursor.position and e.get("event_id") in cursor.seen_ids)]
         keyed = [e for e in fresh if e.get("created_at") and e.get("event_id")]
@@ -124,15 +135,8 @@ def identify_first(runtime: SyncRuntime, docs: list[dict[str, Any]], users: dict
     return summary
 
 
-def already_decided(runtime: SyncRuntime, hull_event_ids: list[str]) -> set[str]:
-    with runtime.engine.connect() as connection:
-        return set(
-            connection.execute(
-                select(event_state.c.hull_event_id)
-                .where(event_state.c.hull_event_id.in_(hull_event_ids))
-                .where(event_state.c.status.in_(("sent", "skipped")))
-            ).scalars()
-        )
+def already_decided(runtime: SyncRuntime, hull_event_ids: list[str], statuses: tuple[str, ...] = DONE) -> set[str]:
+    return decided_event_ids(runtime.engine, hull_event_ids, statuses)
 
 
 def send_event(runtime: SyncRuntime, plan: EventPlan) -> tuple[str, str | None]:
@@ -198,14 +202,21 @@ def send_events_v2(runtime: SyncRuntime, plans: list[EventPlan], calls=None,
 
 def sync_events_page(
     runtime: SyncRuntime, events: list[dict[str, Any]], next_cursor: Cursor | None, flow_run_id: str | None = None,
-    cursor_name: str = EVENTS_CURSOR, phase: Phase | None = None,
+    cursor_name: str | None = EVENTS_CURSOR, *, rerun: bool | None = None, not_after: datetime | None = None,
+    campaign_since: datetime | None = None, phase: Phase | None = None,
 ) -> SyncSummary:
-    """Decides, sends and records one page of events. `phase`: the events phase's breaker
-    and failed batch, shared by its pages (default: this page's own)."""
+    """Decides, sends and records `events`; stores `next_cursor` under `cursor_name` in the same
+    transaction (None: no cursor moves). `rerun` (default: no `next_cursor`): a rerun of a
+    failed batch, which redoes failed events and files no new batch; otherwise every event
+    `event_state` holds is skipped and transient failures are filed in the phase's failed batch.
+    `not_after`: events dated later are skipped as `future_timestamp`. `campaign_since`: count
+    the events sent that are newer (Customer.io may trigger campaigns for them). `phase`: the
+    events phase's breaker and failed batch, shared by its pages (default: this page's own)."""
+    rerun = next_cursor is None if rerun is None else rerun
     phase = phase or Phase(EVENTS)
     summary = SyncSummary()
     ids = [str(e.get("event_id")) for e in events if e.get("event_id")]
-    done = already_decided(runtime, ids)
+    done = already_decided(runtime, ids, DONE if rerun else DECIDED)
     todo = [e for e in events if str(e.get("event_id")) not in done]
     if len(todo) < len(events):  # a Counter keeps zero entries: they would clutter the artifact
         summary.events["already_handled"] += len(events) - len(todo)
@@ -216,12 +227,16 @@ def sync_events_page(
     if identified is not None:
         summary.merge(identified)
         users = describe_users(runtime, docs)  # who exists in Customer.io now
-    plans = [plan_event(e, users.get(str(e.get("user_id"))), runtime.settings) for e in todo]
+    plans = [plan_event(e, users.get(str(e.get("user_id"))), runtime.settings, not_after) for e in todo]
     for plan in plans:
         if plan.action == SKIP:
             summary.event_skip_reasons[plan.reason] += 1
+    recent = _created_since(todo, campaign_since)
     if runtime.dry_run:
         summary.events["would_send"] += sum(p.action != SKIP for p in plans)
+        would_send_recent = sum(p.action != SKIP and p.hull_event_id in recent for p in plans)
+        if would_send_recent:
+            summary.events[WOULD_SEND_RECENT] += would_send_recent
         return summary
 
     # A user with an email that is still not in Customer.io after identify_first failed to be
@@ -253,6 +268,8 @@ def sync_events_page(
     for plan, (status, error) in zip(to_send, results):
         if status == "sent":
             summary.events["sent"] += 1
+            if plan.hull_event_id in recent:
+                summary.events[SENT_RECENT] += 1
             summary.calls["anonymous_event" if plan.action == SEND_ANONYMOUS else "event"] += 1
             rows.append(_row(plan, "sent", None, now))
         else:
@@ -275,14 +292,31 @@ def sync_events_page(
         row["event_name"] = (row["event_name"] or "")[:255]
     with runtime.engine.begin() as connection:
         upsert(connection, event_state, rows, "hull_event_id")
-        if retry_ids and next_cursor is not None:  # a rerun reports what is left, files nothing new
+        if retry_ids and not rerun:  # a rerun reports what is left, files nothing new
             batch_id = phase.file_unsent(connection, "hull_event_ids", retry_ids, runtime.settings.model_dump(mode="json"),
                                          first_error or "unknown error", flow_run_id)
             if batch_id is not None:  # a later page of the phase adds to the same batch
                 summary.failed_batches.append(batch_id)
-        if next_cursor is not None:  # None: a rerun of a failed batch, outside the stream
+        if next_cursor is not None and cursor_name:  # None: a rerun or a backfill, outside the stream
             write_cursor(connection, cursor_name, next_cursor)
     return summary
+
+
+# Counted by a backfill: events less than 72 hours old, for which Customer.io may still trigger campaigns.
+SENT_RECENT, WOULD_SEND_RECENT = "sent_within_72h", "would_send_within_72h"
+
+
+def _created_since(events: list[dict[str, Any]], since: datetime | None) -> set[str]:
+    if since is None:
+        return set()
+    recent = set()
+    for event in events:
+        try:
+            if parse_created_at(event.get("created_at")) >= since:
+                recent.add(str(event.get("event_id")))
+        except (TypeError, ValueError):
+            continue
+    return recent
 
 
 def _row(plan: EventPlan, status: str, reason: str | None, now) -> dict[str, Any]:
@@ -304,14 +338,37 @@ class EventsPage:
     next_cursor: Cursor | None
 
 
-def run_events_page(runtime: SyncRuntime, cursor: Cursor, shard: Shard = WHOLE, cursor_name: str = EVENTS_CURSOR,
+def run_events_page(runtime: SyncRuntime, cursor: Cursor, window: EventsWindow, shard: Shard = WHOLE,
                     flow_run_id: str | None = None, phase: Phase | None = None) -> EventsPage:
-    """Reads the next page of events after `cursor` and decides, sends and records it (the
-    `sync-events-page` task's work, one Prefect task per page)."""
-    events, next_cursor = fetch_events_page(runtime, cursor, shard=shard)
-    if not events:
-        return EventsPage(SyncSummary(), None)
-    return EventsPage(sync_events_page(runtime, events, next_cursor, flow_run_id, cursor_name, phase), next_cursor)
+    """Reads the next page of events after `cursor` that holds an event not decided yet, and
+    decides, sends and records it (the `sync-events-page` task's work, one Prefect task per
+    page). Pages of events all decided before (the overlap window, future-dated events) are
+    read through and counted as `already_handled`. At the end of the walk the cursor is stored
+    where the walk ended (within the window's cap), so the next run's overlap starts there."""
+    handled = 0
+    while True:
+        events, next_cursor = fetch_events_page(runtime, cursor, shard=shard, until=window.until)
+        decided = already_decided(runtime, [str(e.get("event_id")) for e in events if e.get("event_id")], DECIDED)
+        fresh = [e for e in events if str(e.get("event_id")) not in decided]
+        handled += len(events) - len(fresh)
+        if fresh:
+            summary = sync_events_page(runtime, fresh, window.to_store(next_cursor), flow_run_id, window.cursor_name,
+                                       rerun=False, not_after=window.not_after, campaign_since=window.campaign_since,
+                                       phase=phase)
+            if handled:
+                summary.events["already_handled"] += handled
+            return EventsPage(summary, next_cursor)
+        if not events or next_cursor == cursor:  # the end (or events that cannot move the cursor)
+            final = window.to_store(next_cursor)
+            moved = next_cursor.position != window.start and final != window.stored
+            if final is not None and window.cursor_name and not runtime.dry_run and moved:
+                with runtime.engine.begin() as connection:
+                    write_cursor(connection, window.cursor_name, final)
+            summary = SyncSummary()
+            if handled:
+                summary.events["already_handled"] += handled
+            return EventsPage(summary, None)
+        cursor = next_cursor
 
 
 __all__ = ["EVENTS_CURSOR", "EventsPage", "fetch_events_page", "run_events_page", "sync_events_page"]

@@ -1,37 +1,53 @@
-"""Redo one failed batch: work that outlived its retry budget (`failed_batches`).
+"""Redo failed batches: work that outlived its retry budget (`failed_batches`).
 
-Each batch is redone against current Hull data and current state: users are fetched again
-from Hull (their current attributes) and diffed like any page, so a user synced since is
-skipped as unchanged; events already sent are skipped through `event_state`. Rerunning a
-batch twice therefore sends nothing twice.
+Each batch is redone against current Hull data and current state, with the settings of the
+run that redoes it: users are fetched again from Hull (their current attributes) and diffed
+like any page, so a user synced since is skipped as unchanged; events already sent are
+skipped through `event_state`. Rerunning a batch twice therefore sends nothing twice.
+
+Two callers: `rerun-failed-batches` (`cio-sync failed rerun`, by a person) and the start of
+every scheduled `sync-users` run (`retry_failed_batches`), which retries the batches whose
+last failure was transient (429, 5xx, timeouts, connection errors, the breaker) at most
+`failed_batch_auto_retries` times each. Both hold the users-writer lease of the users they
+write (cio_sync/pipeline/leases.py), so a rerun never overlaps a sync of the same users.
 
 A batch is resolved only when every item in it was found in Hull and nothing is left to
 retry. An item Hull no longer returns (a removed user, an event id in neither `event_id` nor
 `_id`) keeps the batch open, with that reason as its error: unfound work is never counted
-as done.
+as done (and not retried automatically: it waits for a person).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from cio_sync.pipeline.events_page import sync_events_page
 from cio_sync.pipeline.extract import resolve_run_segments
 from cio_sync.pipeline.summary import SyncSummary
 from cio_sync.pipeline.users_page import PageIncomplete, sync_page
+from cio_sync.rules.sharding import WHOLE, Shard
 from cio_sync.runtime import SyncRuntime
-from cio_sync.store.failed import EVENTS, USERS
+from cio_sync.store.events import event_user_ids
+from cio_sync.store.failed import EVENTS, USERS, mark_rerun, open_work_batches
 from cio_sync.store.identity import latest_stream_mapping
-from connectors.http import ApiError, AuthError
+from connectors.http import ApiError, AuthError, TransientError
 
 
-def rerun_batch(runtime: SyncRuntime, batch: dict[str, Any], run_id: str | None) -> tuple[bool, str | None, SyncSummary]:
-    """Returns (resolved, error, summary). AuthError propagates: it stops the whole rerun."""
+class RerunOutcome(NamedTuple):
+    resolved: bool
+    error: str | None
+    summary: SyncSummary
+    transient: bool = True  # the error left is transient: the batch may be retried automatically
+
+
+def rerun_batch(runtime: SyncRuntime, batch: dict[str, Any], run_id: str | None) -> RerunOutcome:
+    """Redoes one batch with `runtime`'s settings. AuthError propagates: it stops the whole rerun."""
     summary = SyncSummary()
     runtime = _with_current_id_mapping(runtime)
     try:
-        runtime = runtime.with_segments(resolve_run_segments(runtime.hull, runtime.settings.synchronized_segments))
+        if not runtime.segments.names:
+            runtime = runtime.with_segments(resolve_run_segments(runtime.hull, runtime.settings.synchronized_segments))
         if batch["kind"] == USERS:
             wanted = [str(i) for i in batch["payload"]["hull_ids"]]
             users = runtime.hull.users_by_ids(wanted)
@@ -45,19 +61,74 @@ def rerun_batch(runtime: SyncRuntime, batch: dict[str, Any], run_id: str | None)
             result = sync_events_page(runtime, events, None, run_id)
             left = result.events.get("retry", 0)
         else:
-            return False, f"unknown batch kind {batch['kind']!r}", summary
+            return RerunOutcome(False, f"unknown batch kind {batch['kind']!r}", summary, transient=False)
         summary.merge(result)
         if unfound:
-            return False, (f"{len(unfound)} of the batch's {len(wanted)} {batch['kind']} were not found in Hull, "
-                           f"so the batch stays open: {', '.join(unfound[:10])}{' ...' if len(unfound) > 10 else ''}"), summary
-        return left == 0, (result.errors[0] if left else None), summary
+            return RerunOutcome(False, (
+                f"{len(unfound)} of the batch's {len(wanted)} {batch['kind']} were not found in Hull, "
+                f"so the batch stays open: {', '.join(unfound[:10])}{' ...' if len(unfound) > 10 else ''}"),
+                summary, transient=False)
+        return RerunOutcome(left == 0, result.errors[0] if left else None, summary)
     except PageIncomplete as exc:
         summary.merge(exc.summary)
-        return False, str(exc), summary
+        return RerunOutcome(False, str(exc), summary)
     except AuthError:
         raise
     except ApiError as exc:
-        return False, str(exc), summary
+        return RerunOutcome(False, str(exc), summary, transient=isinstance(exc, TransientError))
+
+
+def owned_by(runtime: SyncRuntime, shard: Shard, batch: dict[str, Any]) -> bool:
+    """Whether every user (or event's user) of the batch belongs to `shard`: a shard retries
+    only batches it may write under its lease. The unsharded run owns every batch."""
+    if shard.is_whole:
+        return True
+    payload = batch["payload"] or {}
+    if batch["kind"] == USERS:
+        return all(shard.owns(hull_id) for hull_id in payload.get("hull_ids") or [])
+    users = event_user_ids(runtime.engine, payload.get("hull_event_ids") or [])
+    return all(shard.owns_event({"user_id": users.get(event_id), "event_id": event_id})
+               for event_id in payload.get("hull_event_ids") or [])
+
+
+def retry_failed_batches(runtime: SyncRuntime, run_id: str | None, shard: Shard = WHOLE) -> SyncSummary:
+    """The start of a scheduled run: retries this shard's failed batches whose last failure was
+    transient, oldest first, each at most `failed_batch_auto_retries` times (a batch's
+    `attempts` counts the first failure and every rerun). Stops at the first batch that fails
+    again: the service is still failing, and the others keep their attempts for a later run.
+    Batches out of automatic retries, or whose last error was permanent, wait for a person
+    (`cio-sync failed rerun`); the summary says which. AuthError propagates."""
+    summary = SyncSummary()
+    limit = runtime.settings.failed_batch_auto_retries
+    waiting: list[int] = []
+    stopped = False
+    for batch in open_work_batches(runtime.engine):
+        if not owned_by(runtime, shard, batch):
+            continue
+        if batch["attempts"] > limit or not batch["transient"]:
+            waiting.append(batch["id"])
+            continue
+        if stopped:
+            continue
+        outcome = rerun_batch(runtime, batch, run_id)
+        mark_rerun(runtime.engine, batch["id"], outcome.resolved, outcome.error, outcome.transient)
+        outcome.summary.pages = 0  # not pages of the users stream
+        summary.merge(outcome.summary)
+        if outcome.resolved:
+            summary.batch_retries["resolved"] += 1
+            continue
+        summary.batch_retries["still_open"] += 1
+        summary.warnings.append(f"failed batch {batch['id']} retried automatically and still open: {outcome.error}")
+        if batch["attempts"] + 1 > limit or not outcome.transient:
+            waiting.append(batch["id"])
+        stopped = True
+    if waiting:
+        summary.batch_retries["waiting_for_a_person"] += len(waiting)
+        summary.warnings.append(
+            f"failed batches {waiting} are not retried automatically any more (retried "
+            f"{limit} times, or failed permanently): see `cio-sync failed list`, fix the cause, "
+            "then `cio-sync failed rerun`.")
+    return summary
 
 
 def _unfound(wanted: list[str], found: list[object]) -> list[str]:

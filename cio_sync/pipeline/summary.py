@@ -20,6 +20,8 @@ class SyncSummary:
     id_changes: Counter = field(default_factory=Counter)  # on_id_change action -> users
     events: Counter = field(default_factory=Counter)  # sent / failed
     event_skip_reasons: Counter = field(default_factory=Counter)
+    # Failed batches retried at the start of the run: resolved / still_open / waiting_for_a_person.
+    batch_retries: Counter = field(default_factory=Counter)
     writeback_sent: int = 0
     writeback_pending: int = 0
     failed_batches: list[int] = field(default_factory=list)
@@ -33,7 +35,7 @@ class SyncSummary:
         self.pages += other.pages
         self.users_seen += other.users_seen
         for name in ("decisions", "skip_reasons", "failed_users", "calls", "dropped_attributes",
-                     "removed_attributes", "id_changes", "events", "event_skip_reasons"):
+                     "removed_attributes", "id_changes", "events", "event_skip_reasons", "batch_retries"):
             getattr(self, name).update(getattr(other, name))
         self.writeback_sent += other.writeback_sent
         self.writeback_pending = other.writeback_pending or self.writeback_pending
@@ -78,6 +80,7 @@ class SyncSummary:
         rows += [{"metric": f"events skipped: {k}", "value": v} for k, v in sorted(self.event_skip_reasons.items())]
         rows += [{"metric": f"attribute dropped: {k}", "value": v} for k, v in sorted(self.dropped_attributes.items())]
         rows += [{"metric": f"attribute removed: {k}", "value": v} for k, v in sorted(self.removed_attributes.items())]
+        rows += [{"metric": f"failed batches retried: {k}", "value": v} for k, v in sorted(self.batch_retries.items())]
         rows.append({"metric": "Hull write-backs sent", "value": self.writeback_sent})
         rows.append({"metric": "Hull write-backs pending", "value": self.writeback_pending})
         if self.failed_batches:

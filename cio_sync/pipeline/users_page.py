@@ -25,7 +25,10 @@ from cio_sync.store.users import load_user_state, record_user_outcomes
 
 
 class PageIncomplete(Exception):
-    """Customer.io stopped answering mid-page; what succeeded is recorded, the cursor is not moved."""
+    """Customer.io stopped answering mid-page. What succeeded is recorded; the users not sent are
+    saved as a failed batch and the stream's cursor moves past the page with them (a rerun has
+    no cursor and files nothing). The next scheduled run retries the batch before anything else
+    (cio_sync/pipeline/rerun.py, `retry_failed_batches`)."""
 
     def __init__(self, summary: SyncSummary, message: str):
         self.summary = summary
@@ -50,7 +53,7 @@ def outcome_row(outcome: UserOutcome, now) -> dict[str, Any]:
     plan = outcome.plan
     row: dict[str, Any] = {"hull_id": plan.hull_id, "last_decision": plan.action}
     if outcome.ok:
-        row.update(last_error=None, last_error_at=None, writeback_pending=True, synced_at=now)
+        row.update(last_error=None, last_error_at=None, rejected_hash=None, writeback_pending=True, synced_at=now)
         if plan.action in (DELETE, SUPPRESS):
             row.update(deleted_at=now, segment_ids=[])
             if plan.action == SUPPRESS:
@@ -74,6 +77,9 @@ def outcome_row(outcome: UserOutcome, now) -> dict[str, Any]:
                 row["created_at"] = now
         return row
     row.update(last_error=outcome.error, last_error_at=now, writeback_pending=False)
+    if outcome.error_kind == "permanent" and plan.mapped is not None and plan.action != DELETE:
+        # Not tried again until a synchronized attribute changes (the users overlap re-reads it).
+        row["rejected_hash"] = plan.mapped.attributes_hash
     if plan.action == INSERT and outcome.created:
         # Some chunks were accepted: the person exists and must be deletable later.
         assert plan.mapped is not None
@@ -169,11 +175,13 @@ def sync_page(
             )
     except CustomerIoUnavailable as stopped:
         # Customer.io is down: what went through is recorded, the rest of the page becomes a
-        # failed batch (rerun it, or the next run retries it first), and the run stops here.
+        # failed batch (the next scheduled run retries it first; `cio-sync failed rerun` at any
+        # time), the cursor moves past the page, and the run stops here.
         record_page(runtime, stopped.args[0], summary, cursor_name, next_cursor, flow_run_id, phase)
         batch_id = phase.failed_batch_id if phase is not None else next(iter(summary.failed_batches), None)
         if next_cursor is not None and batch_id is not None:
-            where = f"the unsent users of the page are saved in failed batch {batch_id}"
+            where = (f"the unsent users of the page are saved in failed batch {batch_id}; "
+                     "the next scheduled run retries them first")
         else:  # a rerun (its batch stays open), or the events phase identifying users (retried next run)
             where = "the unsent users are retried later"
         limit = breaker.limit if breaker is not None else CONSECUTIVE_TRANSIENT_LIMIT

@@ -1,7 +1,7 @@
 """The decision table, vectorised over one page of users with pandas. Pure: no I/O.
 
-Order (from the original connector, plus `invalid_id`, `malformed`, the segment-exit actions
-and update-only mode). "Live": created in Customer.io and not deleted (or suppressed) since.
+Order (from the original connector, plus `invalid_id`, `rejected_unchanged`, `malformed`, the
+segment-exit actions and update-only mode). "Live": created in Customer.io and not deleted (or suppressed) since.
  1. no email                                                  → skip  no_email
  2. not in segments, on_segment_exit=keep                      → skip  not_in_segments
  3. not in segments, live, on_segment_exit=delete              → delete
@@ -34,6 +34,7 @@ STATE_COLUMNS = ["hull_id", "state_created", "state_deleted", "state_hash"]
 # Optional state columns (False when absent): suppressed since the last insert; segments
 # already unset (on_segment_exit=unset_segments sent `hull_segments` empty).
 OPTIONAL_STATE_COLUMNS = ["state_suppressed", "state_unset"]
+REJECTED_COLUMN = "state_rejected_hash"  # optional in `state`: the hash Customer.io last rejected (400)
 
 
 def decide(page: pd.DataFrame, state: pd.DataFrame, on_segment_exit: str | bool,
@@ -57,6 +58,10 @@ def decide(page: pd.DataFrame, state: pd.DataFrame, on_segment_exit: str | bool,
     out = ~frame["in_segments"].astype(bool)
     has_email = frame["has_email"].astype(bool)
     unchanged = frame["state_hash"].notna() & (frame["state_hash"] == frame["attributes_hash"])
+    if REJECTED_COLUMN in frame:
+        rejected = frame[REJECTED_COLUMN].notna() & (frame[REJECTED_COLUMN] == frame["attributes_hash"])
+    else:
+        rejected = pd.Series(False, index=frame.index)
 
     rules = [
         (~has_email, SKIP, "no_email"),
@@ -69,6 +74,7 @@ def decide(page: pd.DataFrame, state: pd.DataFrame, on_segment_exit: str | bool,
         (out & deleted, SKIP, "already_deleted"),
         (~frame["has_id"].astype(bool), SKIP, "no_id_value"),
         (~frame["id_valid"].astype(bool), SKIP, "invalid_id"),
+        (rejected, SKIP, "rejected_unchanged"),
         (~live & update_only, SKIP, "not_in_customerio"),
         (~live, INSERT, ""),
         (unchanged, SKIP, "unchanged"),

@@ -78,7 +78,11 @@ def event_body(event: dict[str, Any], created_at: datetime, cio_event_id: str) -
     return body, ""
 
 
-def plan_event(event: dict[str, Any], user: EventUser | None, settings: ConnectorSettings) -> EventPlan:
+def plan_event(event: dict[str, Any], user: EventUser | None, settings: ConnectorSettings,
+               not_after: datetime | None = None) -> EventPlan:
+    """What to do with one event. `not_after`: an event dated later (the run's start plus
+    `events_future_tolerance_minutes`) is skipped as `future_timestamp`; the skip is recorded,
+    so the event is decided once and never sent, even after its date has passed."""
     hull_event_id = str(event.get("event_id") or "")
     if not hull_event_id:
         return EventPlan("", "", SKIP, "no_event_id")
@@ -91,6 +95,9 @@ def plan_event(event: dict[str, Any], user: EventUser | None, settings: Connecto
 
     if event.get("event") not in settings.events_filter:
         plan.reason = "not_in_events_filter"
+        return plan
+    if not_after is not None and created_at > not_after:
+        plan.reason = "future_timestamp"
         return plan
     if user is None:  # Hull no longer returns the user (removed, or unreadable)
         plan.reason = "user_not_found"

@@ -23,6 +23,7 @@ from cio_sync.rules.decisions import (
     DELETE,
     INSERT,
     PAGE_COLUMNS,
+    REJECTED_COLUMN,
     SKIP,
     SUPPRESS,
     UNSET_SEGMENTS,
@@ -97,6 +98,7 @@ def plan_page(
             # After unset_segments the row keeps no whitelisted segment (an empty list); a row
             # written by an insert or update always has at least one.
             "state_unset": _column(state, "segment_ids").map(lambda ids: isinstance(ids, list) and not ids),
+            **({REJECTED_COLUMN: state["rejected_hash"]} if "rejected_hash" in state else {}),
         }
     )
     update_only = settings.sync_mode == "update_only"

@@ -51,6 +51,7 @@ user_state = Table(
     # under the mapping of the stream's last run), the names of the attributes Customer.io
     # last accepted (not values; the always-sent ones left out), and when the person was
     # suppressed (on_segment_exit=suppress; cleared when unsuppressed).
+    Column("rejected_hash", String(64)),  # 0003: hash of the attributes Customer.io last rejected (400)
     Column("cio_id_mapping", String(255)),
     Column("attribute_names", JSON),
     Column("suppressed_at", DateTime(timezone=True)),
@@ -121,15 +122,33 @@ failed_batches = Table(
     Column("status", String(16), nullable=False, index=True),  # open | resolved
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # The last failure was transient (429, 5xx, timeout, connection, breaker): scheduled runs
+    # retry the batch by themselves (`failed_batch_auto_retries`).
+    Column("transient", Boolean, nullable=False, default=True),
 )
 
-# Mutual exclusion between runs of the same job, across processes and machines.
+# Who may write which users right now, across processes and machines (cio_sync/store/lease.py).
 leases = Table(
     "leases",
     metadata,
     Column("name", String(64), primary_key=True),
-    Column("holder", String(128), nullable=False),
+    Column("holder", String(128), nullable=False),  # a label: what, host, pid, flow run
     Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("host", String(255)),  # hostname + PID namespace: where `pid` means something
+    Column("pid", Integer),
+    Column("process_start", String(32)),  # the process's start time (Linux), against PID reuse
+    Column("flow_run_id", String(64)),
+    Column("acquired_at", DateTime(timezone=True)),
+    Column("renewed_at", DateTime(timezone=True)),
+)
+
+# Per-installation values kept across runs, e.g. `events_start` (cio_sync/store/cursors.py).
+sync_meta = Table(
+    "sync_meta",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
 

@@ -51,21 +51,30 @@ def list_failed_batches(engine: Engine, status: str | None = OPEN, ids: list[int
     return [{**r, "created_at": as_utc(r["created_at"]), "updated_at": as_utc(r["updated_at"])} for r in rows]
 
 
-def mark_rerun(engine: Engine, batch_id: int, resolved: bool, error: str | None) -> None:
-    """A rerun either completes the batch or counts one more attempt with its latest error."""
+def mark_rerun(engine: Engine, batch_id: int, resolved: bool, error: str | None, transient: bool | None = None) -> None:
+    """A rerun either completes the batch or counts one more attempt with its latest error
+    (and whether that error was transient: only transient batches are retried automatically)."""
     values: dict[str, Any] = {"updated_at": utcnow(), "attempts": failed_batches.c.attempts + 1}
     if resolved:
         values["status"] = RESOLVED
     if error:
         values["error"] = error
+    if transient is not None and not resolved:
+        values["transient"] = transient
     with engine.begin() as connection:
         connection.execute(update(failed_batches).where(failed_batches.c.id == batch_id).values(**values))
+
+
+def open_work_batches(engine: Engine) -> list[dict[str, Any]]:
+    """Open users and events batches, oldest first (the automatic retry picks among them)."""
+    return [b for b in list_failed_batches(engine) if b["kind"] in (USERS, EVENTS)]
 
 
 def describe(batch: dict[str, Any]) -> str:
     payload = batch["payload"] or {}
     size = len(payload.get("hull_ids") or payload.get("hull_event_ids") or [])
     return (
-        f"#{batch['id']:<5} {batch['kind']:<7} {size:>5} items  {batch['status']:<8} attempts={batch['attempts']}  "
+        f"#{batch['id']:<5} {batch['kind']:<7} {size:>5} items  {batch['status']:<8} attempts={batch['attempts']}"
+        f"{'' if batch.get('transient', True) else ' (permanent error)'}  "
         f"{batch['created_at']:%Y-%m-%d %H:%M}  run={batch['flow_run_id'] or '-'}\n        {batch['error']}"
     )

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Engine, bindparam, func, select, update
 from cio_sync.store.db import as_utc, upsert, user_state, utcnow
 
 STATE_FRAME_COLUMNS = ["hull_id", "cio_id", "attributes_hash", "created_at", "deleted_at",
-                       "segment_ids", "cio_id_mapping", "attribute_names", "suppressed_at"]
+                       "segment_ids", "cio_id_mapping", "attribute_names", "suppressed_at", "rejected_hash"]
 
 
 def load_user_state(engine: Engine, hull_ids: Iterable[str]) -> pd.DataFrame:

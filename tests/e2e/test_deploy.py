@@ -55,6 +55,8 @@ CONNECTOR_SETTINGS = {
     "SYNCHRONIZED_ATTRIBUTES": json.dumps(["plan", "coconuts", "company_size"]),
     "EVENTS_FILTER": json.dumps(["Order Completed", "Signed Up"]),
     "RATE_LIMIT_PER_SECOND": "0",  # no in-process limiter: only the shared budget limits
+    # The seeded events are dated on the simulators' clock (2026-11-26): reach back before it.
+    "EVENTS_INITIAL_LOOKBACK_HOURS": str(20 * 365 * 24),
 }
 BUDGET_PER_SECOND = 40  # part 2's `cio-sync setup --requests-per-second`
 BUDGET_BURST = 6  # blocks of 2 slots
@@ -277,6 +279,7 @@ def test_deployments_run_on_workers_and_shards_match_the_unsharded_run(tmp_path)
             assert set(deployments) == {
                 "sync-users/sync-users", "drain-webhooks/drain-webhooks", "check-connection/check-connection",
                 "rerun-failed-batches/rerun-failed-batches", "sync-users-sharded/sync-users-sharded",
+                "backfill-events/backfill-events",
                 "sync-users/sync-users-shard",
             }
             intervals = {name: [s.schedule.interval.total_seconds() for s in d.schedules]

@@ -62,3 +62,25 @@ def test_sync_users_migrate_ids_reaches_the_flow(monkeypatch, tmp_path, capsys):
     assert "user_id_mapping changed" in capsys.readouterr().err
     assert main(["sync-users", "--migrate-ids"]) == 1
     assert [p["migrate_ids"] for p in received] == [False, True]
+
+
+@pytest.mark.postgres
+def test_lease_show_and_release(sim_env, capsys):
+    from datetime import timedelta
+
+    from cio_sync.store import db
+    from cio_sync.store.lease import Holder, Lease
+
+    engine = db.get_engine(sim_env["STATE_DATABASE_URL"])
+    assert main(["lease", "show"]) == 0
+    assert "no lease is held" in capsys.readouterr().out
+    Lease(engine, "users:all", Holder("sync-users on worker-7 pid 12 flow run abc", host="worker-7 ns", pid=12),
+          ttl=timedelta(minutes=1)).acquire()
+    assert main(["lease", "show"]) == 0
+    out = capsys.readouterr().out
+    assert "users:all" in out and "held" in out and "sync-users on worker-7 pid 12 flow run abc" in out
+    assert main(["lease", "release", "users:all"]) == 0
+    assert "released 'users:all', held by sync-users on worker-7" in capsys.readouterr().out
+    assert main(["lease", "release", "users:all"]) == 1
+    assert main(["lease", "show"]) == 0
+    assert "no lease is held" in capsys.readouterr().out

@@ -39,6 +39,7 @@ def test_every_deployment_of_the_issue_is_declared_with_its_schedule(prefect_yam
         "drain-webhooks": [60],
         "check-connection": [1800],
         "rerun-failed-batches": [],
+        "backfill-events": [],
         "sync-users-sharded": [],
         "sync-users-shard": [],
     }
@@ -81,7 +82,8 @@ def test_serve_runs_the_same_deployments_on_the_same_schedules(prefect_yaml):
     from cio_sync.cli.serve import build_deployments
 
     served = {d.name: d for d in build_deployments()}
-    assert set(served) == {"sync-users", "drain-webhooks", "check-connection", "rerun-failed-batches"}
+    assert set(served) == {"sync-users", "drain-webhooks", "check-connection", "rerun-failed-batches",
+                           "backfill-events"}
     for name, deployment in served.items():
         declared = deployments(prefect_yaml)[name]
         expected = [timedelta(seconds=s["interval"]) for s in declared.get("schedules") or []]

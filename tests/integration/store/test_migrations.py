@@ -15,7 +15,7 @@ pytestmark = pytest.mark.postgres  # the store layer: SQLite and PostgreSQL
 REPO = Path(__file__).resolve().parents[3]
 
 TABLES = {"user_state", "sync_cursor", "event_state", "webhook_inbox", "failed_batches", "leases", "alembic_version",
-          "stream_identity"}
+          "stream_identity", "sync_meta"}
 
 
 def test_upgrade_creates_every_table_and_is_idempotent(database_url):

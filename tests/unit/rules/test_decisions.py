@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from cio_sync.rules.decisions import PAGE_COLUMNS, STATE_COLUMNS, decide
+from cio_sync.rules.decisions import PAGE_COLUMNS, REJECTED_COLUMN, STATE_COLUMNS, decide
 
 
 def row(hull_id, has_email=True, in_segments=True, has_id=True, id_valid=True, h="h1"):
@@ -32,6 +32,20 @@ def test_decision_table(page_row, state_row, deletion, action, reason):
     page = pd.DataFrame([page_row], columns=PAGE_COLUMNS)
     state = pd.DataFrame([state_row] if state_row else [], columns=STATE_COLUMNS)
     decided = decide(page, state, deletion)
+    assert (decided.loc[0, "action"], decided.loc[0, "reason"]) == (action, reason)
+
+
+@pytest.mark.parametrize("state_row, rejected, action, reason", [
+    (None, "h1", "skip", "rejected_unchanged"),  # never created: the insert was rejected
+    (("m", True, False, "h0"), "h1", "skip", "rejected_unchanged"),  # the update was rejected
+    (("m", True, False, "h0"), "h0-old", "update", ""),  # changed since the rejection: tried again
+    (None, None, "insert", ""),
+])
+def test_attributes_customerio_rejected_are_not_sent_again_unchanged(state_row, rejected, action, reason):
+    page = pd.DataFrame([row("m")], columns=PAGE_COLUMNS)
+    state = pd.DataFrame([(*(state_row or ("m", False, False, None)), rejected)],
+                         columns=[*STATE_COLUMNS, REJECTED_COLUMN])
+    decided = decide(page, state, False)
     assert (decided.loc[0, "action"], decided.loc[0, "reason"]) == (action, reason)
 
 
