@@ -73,6 +73,7 @@ def sync_users(
     rate_limit_per_second: float | None = None,
     push_concurrency: int | None = None,
     users_per_batch: int | None = None,
+    events_per_batch: int | None = None,
     customerio_api: Literal["v1", "v2_batch"] | None = None,
     dry_run: bool = False,
     max_pages: int | None = None,
@@ -235,3 +236,5 @@ def _sync_events(runtime: SyncRuntime, summary: SyncSummary, logger, run_id: str
         summary.merge(page.summary)
         cursor = page.next_cursor
         logger.info("events page: %s", dict(page.summary.events))
+        if page.last:  # Hull had no more: another task would only find nothing
+            return None

@@ -2,9 +2,10 @@
 
 Why a separate phase: events are walked as their own stream (keyset on `created_at`, the
 `events` cursor) in the same `sync-users` flow run, after every users page, one task per
-page of at most 100 events. They are not fetched per users page because Hull's event stream
-is independent of user re-indexing: a user with a new event but no changed trait never shows
-up in the users stream, so its event would never be sent. Running after all users pages
+page of at most `events_per_batch` events (500 by default, read as Hull searches of 100).
+They are not fetched per users page because Hull's event stream is independent of user
+re-indexing: a user with a new event but no changed trait never shows up in the users
+stream, so its event would never be sent. Running after all users pages
 means every changed user's identify calls of this run have gone out first; a user that
 appeared in Hull after the users phase (its first event usually comes with it) is identified
 by the user rules right before its events (`identify_first`).
@@ -277,22 +278,46 @@ def _row(plan: EventPlan, status: str, reason: str | None, now) -> dict[str, Any
     }
 
 
+def fetch_events(runtime: SyncRuntime, cursor: Cursor, limit: int | None = None,
+                 shard: Shard = WHOLE) -> tuple[list[dict], Cursor, bool]:
+    """Up to `limit` events after `cursor` (default `events_per_batch`), read as Hull searches
+    of at most 100 (Hull's page limit), the cursor past them, and whether the stream is known
+    to be exhausted (a whole-stream search came back short, so a further read would find
+    nothing now). A shard's walk never claims exhaustion: its pages are filtered after reading."""
+    limit = limit or runtime.settings.events_per_batch
+    events: list[dict] = []
+    while len(events) < limit:
+        per_page = min(MAX_PER_PAGE, limit - len(events))
+        page, next_cursor = fetch_events_page(runtime, cursor, per_page, shard)
+        events.extend(page)
+        stuck = next_cursor == cursor
+        cursor = next_cursor
+        if not page or stuck:
+            return events, cursor, True
+        if shard.is_whole and len(page) < per_page:
+            return events, cursor, True
+    return events, cursor, False
+
+
 @dataclass
 class EventsPage:
-    """What one events page did, and where the stream resumes (None: nothing was left)."""
+    """What one events page did, and where the stream resumes (None: nothing was left).
+    `last`: the page reached the end of the stream, so the flow need not read another."""
 
     summary: SyncSummary
     next_cursor: Cursor | None
+    last: bool = False
 
 
 def run_events_page(runtime: SyncRuntime, cursor: Cursor, shard: Shard = WHOLE, cursor_name: str = EVENTS_CURSOR,
                     flow_run_id: str | None = None) -> EventsPage:
-    """Reads the next page of events after `cursor` and decides, sends and records it (the
-    `sync-events-page` task's work, one Prefect task per page)."""
-    events, next_cursor = fetch_events_page(runtime, cursor, shard=shard)
+    """Reads the next `events_per_batch` events after `cursor` (several Hull searches of 100)
+    and decides, sends and records them together (the `sync-events-page` task's work: one
+    Prefect task per page of up to `events_per_batch` events)."""
+    events, next_cursor, last = fetch_events(runtime, cursor, shard=shard)
     if not events:
-        return EventsPage(SyncSummary(), None)
-    return EventsPage(sync_events_page(runtime, events, next_cursor, flow_run_id, cursor_name), next_cursor)
+        return EventsPage(SyncSummary(), None, last=True)
+    return EventsPage(sync_events_page(runtime, events, next_cursor, flow_run_id, cursor_name), next_cursor, last)
 
 
-__all__ = ["EVENTS_CURSOR", "EventsPage", "fetch_events_page", "run_events_page", "sync_events_page"]
+__all__ = ["EVENTS_CURSOR", "EventsPage", "fetch_events", "fetch_events_page", "run_events_page", "sync_events_page"]
