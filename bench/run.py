@@ -335,15 +335,21 @@ def worker(spec: dict) -> dict:
 
     # Wall time of each phase and the tasks it ran (plain wrappers around the flow's helpers).
     phases: dict[str, float] = {}
+    phase_cpu: dict[str, float] = {}  # CPU seconds of every process (flow, simulators, Prefect server)
     task_calls = {"users": 0, "events": 0}
+
+    def all_cpu() -> float:
+        times = os.times()
+        return times.user + times.system + sum(v for v in others().values() if v is not None)
 
     def timed_phase(name: str, function):
         def wrapper(*args, **kwargs):
-            started = time.perf_counter()
+            started, cpu_before = time.perf_counter(), all_cpu()
             try:
                 return function(*args, **kwargs)
             finally:
                 phases[name] = phases.get(name, 0.0) + time.perf_counter() - started
+                phase_cpu[name] = phase_cpu.get(name, 0.0) + all_cpu() - cpu_before
         return wrapper
 
     def counted(name: str, function):
@@ -376,6 +382,7 @@ def worker(spec: dict) -> dict:
     def timed(label: str) -> dict:
         before = cio_counts()
         phases.clear()
+        phase_cpu.clear()
         task_calls.update(users=0, events=0)
         load = os.getloadavg()[0]
         others_before = others()
@@ -391,6 +398,9 @@ def worker(spec: dict) -> dict:
             cpu_use["work"] = cpu.CpuAccount.delta(work_before, account.snapshot())
         others_after = others()
         cpu_use["processes"] = {k: (others_after[k] - v if v is not None else None) for k, v in others_before.items()}
+        if "events" in phase_cpu:
+            cpu_use["events_all_cpu"] = phase_cpu["events"]
+        cpu_use["phase_events_all_cpu"] = phase_cpu.get("events", 0.0)
         summary = state.result()
         after = cio_counts()
         requests_made = sum(after[k] - before[k] for k in ("identify", "delete", "event", "anonymous_event", "batch"))
@@ -484,13 +494,14 @@ USER_COLUMNS = [
     ("users/s in users phase", "phase_users_s", 0), ("Customer.io req/s", "req_s", 0),
     ("Customer.io requests", "requests", 0), ("Prefect task runs", "tasks", 0), ("pages", "pages", 0),
     ("flow peak RSS MB", "rss", 0), ("Hull sim RSS MB", "hull_rss", 0), ("CIO sim RSS MB", "cio_rss", 0),
-    ("vs floor", "vs_floor", 0),
+    ("CPU ms per user (all processes)", "cpu_ms", 2), ("vs floor", "vs_floor", 0),
 ]
 EVENT_COLUMNS = [
     ("N", "n", 0), ("mode", "mode", 0), ("run", "run", 0), ("load", "load", 2), ("events decided", "decided", 0),
     ("sent", "sent", 0), ("events phase s", "phase_s", 1), ("events/s", "events_s", 0),
     ("users phase s", "users_phase_s", 1), ("event tasks", "event_tasks", 0),
-    ("events per task", "per_task", 0), ("vs events floor", "vs_floor", 0),
+    ("events per task", "per_task", 0), ("CPU ms per event (all processes)", "cpu_ms", 2),
+    ("vs events floor", "vs_floor", 0),
 ]
 WORK = [
     ("JSON decode", "JSON decode"), ("JSON encode", "JSON encode"), ("JWT", "JWT signing"),
@@ -603,35 +614,56 @@ def users_scenario(args) -> str:
     event_rows: list[dict] = []
     cpu_rows: list[dict] = []
     profiles: list[str] = []
+    pending_ratios: list[dict] = []
+    pending_event_ratios: list[dict] = []
     try:
         prefect_server = PrefectServer()
         seeded = seed(hull.url, cio.url, args.users)
         print(f"seeded {seeded['users']:,} users, {seeded['events']:,} events in {seeded['seconds']} s", flush=True)
         sample = floor_users(hull.url, min(FLOOR_SAMPLE, args.users))
         calls = identify_calls(sample)
-        load = os.getloadavg()[0]
-        floor_1 = raw_floor(cio.url, calls, 1)
-        floor_n = raw_floor(cio.url, calls, concurrency)
-        for label, rate in (("1 Session", floor_1), (f"{concurrency} threads", floor_n)):
-            rows.append({"n": len(calls), "mode": "raw floor", "run": label, "read": len(calls), "users_s": rate,
-                         "req_s": rate, "requests": len(calls), "seconds": len(calls) / rate, "load": load})
-        print(f"raw floor: {floor_1:,.0f} identify/s on 1 Session, {floor_n:,.0f}/s on {concurrency} threads",
-              flush=True)
-        best_floor = max(floor_1, floor_n)
-        best_events_floor = None
-        if args.events:
-            events = event_calls(hull.url, sample)
-            load = os.getloadavg()[0]
-            events_1 = raw_floor(cio.url, events, 1, "POST")
-            events_n = raw_floor(cio.url, events, concurrency, "POST")
-            best_events_floor = max(events_1, events_n)
-            for label, rate in (("1 Session", events_1), (f"{concurrency} threads", events_n)):
-                event_rows.append({"n": len(events), "mode": "events floor", "run": label, "decided": len(events),
-                                   "sent": len(events), "phase_s": len(events) / rate, "events_s": rate,
-                                   "load": load})
-            print(f"events floor: {events_1:,.0f} events/s on 1 Session, {events_n:,.0f}/s on {concurrency} "
-                  f"threads", flush=True)
-        reset_customerio(cio.url)
+        events = event_calls(hull.url, sample) if args.events else []
+        cio_pid = cio.process.pid if cio.process else None
+        floor_rates: dict[str, list[float]] = {"identify": [], "events": []}
+        floor_cpu: dict[str, list[float]] = {"identify": [], "events": []}
+
+        def measure_floors(when: str) -> None:
+            """Both floors (identify, events), on 1 Session and on `concurrency` threads, into
+            an empty Customer.io; their best rates are kept for the ratios."""
+            reset_customerio(cio.url)
+            for kind, kind_calls, method, table_rows in (("identify", calls, "PUT", rows),
+                                                         ("events", events, "POST", event_rows)):
+                if not kind_calls:
+                    continue
+                best = 0.0
+                for threads, label in ((1, "1 Session"), (concurrency, f"{concurrency} threads")):
+                    load = os.getloadavg()[0]
+                    before = os.times()
+                    cio_before = process_cpu_seconds(cio_pid)
+                    rate = raw_floor(cio.url, kind_calls, threads, method)
+                    after = os.times()
+                    all_cpu = (after.user - before.user) + (after.system - before.system)
+                    if cio_pid is not None:
+                        all_cpu += process_cpu_seconds(cio_pid) - cio_before
+                    cpu_ms = 1000 * all_cpu / len(kind_calls)
+                    floor_cpu[kind].append(cpu_ms)
+                    best = max(best, rate)
+                    run = f"{label}, {when}"
+                    if kind == "identify":
+                        table_rows.append({"n": len(kind_calls), "mode": "raw floor", "run": run, "read": len(kind_calls),
+                                           "users_s": rate, "req_s": rate, "requests": len(kind_calls),
+                                           "seconds": len(kind_calls) / rate, "load": load, "cpu_ms": cpu_ms})
+                    else:
+                        table_rows.append({"n": len(kind_calls), "mode": "events floor", "run": run,
+                                           "decided": len(kind_calls), "sent": len(kind_calls),
+                                           "phase_s": len(kind_calls) / rate, "events_s": rate, "load": load,
+                                           "cpu_ms": cpu_ms})
+                    print(f"{kind} floor {run}: {rate:,.0f} calls/s, {cpu_ms:.2f} CPU ms per call (client + "
+                          f"Customer.io simulator), load {load:.2f}", flush=True)
+                floor_rates[kind].append(best)
+            reset_customerio(cio.url)
+
+        measure_floors("before the runs")
 
         for number, mode in enumerate(modes):
             if number:
@@ -666,17 +698,17 @@ def users_scenario(args) -> str:
                 if phase:
                     row["users_phase_s"] = phase
                     row["phase_users_s"] = s["users_seen"] / phase
+                if not args.profile:
+                    cpu_rows.append(cpu_row(base, r))
+                    users_cpu = cpu_rows[-1]["all"] - r["cpu"]["phase_events_all_cpu"]
+                    row["cpu_ms"] = 1000 * users_cpu / s["users_seen"] if s["users_seen"] else None
                 if run == "initial" and mode == "v1":
-                    # Whole run (flow start to end, events phase excluded when there is one)
-                    # and users phase alone (without the run's fixed Prefect start and end).
                     whole = r["seconds"] - r["phases"].get("events", 0.0)
-                    row["vs_floor"] = (f"{100 * s['users_seen'] / whole / best_floor:.0f}% users/s, "
-                                       f"{100 * row.get('phase_users_s', 0) / best_floor:.0f}% in users phase")
+                    row["whole"] = whole
+                    pending_ratios.append(row)
                 if args.profile:
                     row["vs_floor"] = "profiled: not a throughput figure"
                 rows.append(row)
-                if not args.profile:
-                    cpu_rows.append(cpu_row(base, r))
                 if args.events:
                     decided = sum(s["events"].values()) + sum(s["event_skip_reasons"].values())
                     phase = r["phases"].get("events")
@@ -685,8 +717,10 @@ def users_scenario(args) -> str:
                                  "event_tasks": r["task_calls"]["events"],
                                  "events_s": decided / phase if phase else None,
                                  "per_task": decided / r["task_calls"]["events"] if r["task_calls"]["events"] else None}
-                    if run == "initial" and mode == "v1" and phase and best_events_floor and not args.profile:
-                        event_row["vs_floor"] = f"{100 * event_row['sent'] / phase / best_events_floor:.0f}% sent/s"
+                    if "events_all_cpu" in r["cpu"] and decided:
+                        event_row["cpu_ms"] = 1000 * r["cpu"]["events_all_cpu"] / decided
+                    if run == "initial" and mode == "v1" and phase and not args.profile:
+                        pending_event_ratios.append(event_row)
                     event_rows.append(event_row)
                 if "profile" in r:
                     profiles.append(profile_section(f"{mode} {run}, {args.users:,} users"
@@ -696,6 +730,26 @@ def users_scenario(args) -> str:
                       f"decisions {s['decisions']}, events {s['events']}, failed {s['failed_users']}, "
                       f"users seen {s['users_seen']:,}, phases {r['phases']}, "
                       f"thread CPU {({k: round(v, 2) for k, v in r['cpu']['threads'].items()})}", flush=True)
+        if not args.profile:
+            measure_floors("after the runs")
+        # Ratios against the mean of the best floors measured before and after the runs (the
+        # machine's load moves in between); the CPU ratio does not depend on the load.
+        best_floor = sum(floor_rates["identify"]) / len(floor_rates["identify"])
+        for row in pending_ratios:
+            if args.profile:
+                break
+            row["vs_floor"] = (f"{100 * row['read'] / row['whole'] / best_floor:.0f}% users/s, "
+                               f"{100 * row.get('phase_users_s', 0) / best_floor:.0f}% in users phase")
+            if row.get("cpu_ms"):
+                floor_ms = sum(floor_cpu["identify"]) / len(floor_cpu["identify"])
+                row["vs_floor"] += f", {100 * floor_ms / row['cpu_ms']:.0f}% by CPU per user"
+        if floor_rates["events"]:
+            best_events_floor = sum(floor_rates["events"]) / len(floor_rates["events"])
+            for event_row in pending_event_ratios:
+                event_row["vs_floor"] = f"{100 * event_row['sent'] / event_row['phase_s'] / best_events_floor:.0f}% sent/s"
+                if event_row.get("cpu_ms"):
+                    floor_ms = sum(floor_cpu["events"]) / len(floor_cpu["events"])
+                    event_row["vs_floor"] += f", {100 * floor_ms / event_row['cpu_ms']:.0f}% by CPU per event"
     finally:
         if prefect_server is not None:
             prefect_server.stop()
