@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from connectors.http import ApiClient, RetryPolicy
+from connectors.session_environment import pin_environment
 
 if TYPE_CHECKING:
     from cio_sync.settings import HullCredentials
@@ -156,6 +157,7 @@ class HullClient(ApiClient):
                 "Content-Type": "application/json",
             }
         )
+        pin_environment(self.session, [self.base_url, self.firehose_url])  # no lookups per request
 
     @classmethod
     def from_settings(cls, credentials: HullCredentials, retry: RetryPolicy | None = None) -> HullClient:
