@@ -1,17 +1,31 @@
-"""Benchmark of the user sync: `make bench` (or `python bench/run.py --users 100000 --mode both`).
+"""Benchmark of the sync and the webhooks: `make bench` (or `python bench/run.py --users 100000 --mode both`).
 
-What it does, per mode (v1, v2_batch):
+Scenarios (`--scenario users|webhooks|all`, default `users`):
+
+users (with `--events`, the events phase too), per mode (v1, v2_batch):
 1. Starts the Hull and Customer.io simulators as subprocesses (`--sims inprocess` runs them in
-   this process instead; they then share its GIL), seeds N synthetic users into Hull.
-2. Measures the raw floor once: a bare `requests.Session` loop sending the same identify calls
+   this process instead; they then share its GIL), seeds N synthetic users into Hull (and
+   0-3 events each, 1.5 on average, of the three names `--events` whitelists).
+2. Measures the raw floors once: a bare `requests.Session` loop sending the same identify calls
    (the connector's own mapping of the seeded users) to the same Customer.io simulator, on one
-   thread and on `push_concurrency` threads (one Session each).
+   thread and on `push_concurrency` threads (one Session each); with `--events`, the same for
+   the connector's own event calls of those users (`POST /api/v1/customers/{id}/events`).
 3. Runs the sync-users flow in a fresh worker process (client-side rate limit off), against a
    Prefect server started for the benchmark under a temporary PREFECT_HOME, with a fresh
    SQLite state database under bench/out/. Then a rerun with nothing changed in Hull: it reads
    again every user the first run synced, because the write-back of `customerio/*` traits
    re-indexed them, and must find them all unchanged and send nothing.
-4. Prints one table and appends it, with the machine, to bench/RESULTS.md (`--no-record` skips).
+4. For each run: users/s and Customer.io requests/s; with `--events`, the events phase's own
+   wall time (events/s), its task count (events per task); the CPU seconds of the flow process
+   by kind of work (JSON, JWT, SQL, HTTP client, Prefect, the rest; see bench/cpu.py) and of the
+   simulators and the Prefect server; the 1-minute load average before the run.
+webhooks (bench/webhooks.py): signed webhooks at 50 concurrent senders into `cio-sync
+   webhook-server` on SQLite and on PostgreSQL, next to a bare ASGI app under the same uvicorn;
+   then the `drain-webhooks` flow into the Hull simulator, next to a bare firehose loop.
+
+`--profile` runs the same scenarios under cProfile instead (separate runs: cProfile slows the
+code two to three times) and records the top functions by cumulative time of each run.
+Results are printed and appended, with the machine, to bench/RESULTS.md (`--no-record` skips).
 
 While a sync runs, the Hull simulator's clock ticks one second per wall-clock second (as
 Hull's does), so the write-back's re-indexing spreads over time like in production instead of
@@ -188,12 +202,35 @@ class Ticker:
                 self.session.delete(f"{url}/_sim/journal")
 
 
-# ----- the floor ---------------------------------------------------------------------------
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU of a process and its descendants (the Prefect server's uvicorn)."""
+    if pid is None:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        if current in stats:
+            total += stats[current][1]
+        todo.extend(child for child, (parent, _) in stats.items() if parent == current)
+    return total
 
 
-def identify_calls(hull_url: str, limit: int) -> list[tuple[str, dict]]:
-    """The connector's own identify calls for the first `limit` seeded users: same mapping,
-    same chunking, same paths."""
+# ----- the floors --------------------------------------------------------------------------
+
+
+def floor_users(hull_url: str, limit: int) -> list[dict]:
+    """The first `limit` seeded users the connector sends: Hull id, Customer.io id, identify
+    calls (same mapping, same chunking, same paths as the sync)."""
     from cio_sync.rules.mapping import chunk_attributes, map_user
     from cio_sync.settings import ConnectorSettings
     from connectors.customerio import customer_path
@@ -204,33 +241,62 @@ def identify_calls(hull_url: str, limit: int) -> list[tuple[str, dict]]:
                       HULL_SECRET)
     names = {s["id"]: s["name"] for s in hull.segments()}
     whitelisted = {i for i, n in names.items() if n in SEGMENTS}
-    calls: list[tuple[str, dict]] = []
+    users: list[dict] = []
     page = 1
-    while len(calls) < limit:
-        users = hull.search_users([], page=page, per_page=100)["data"]
-        if not users:
+    while len(users) < limit:
+        data = hull.search_users([], page=page, per_page=100)["data"]
+        if not data:
             break
-        for user in users:
+        for user in data:
             mapped = map_user(user, settings, names, whitelisted)
             if mapped.cio_id and mapped.email and mapped.whitelisted_segment_ids:
-                for chunk in chunk_attributes(mapped.attributes, settings.max_attributes_per_call):
-                    calls.append((customer_path(mapped.cio_id), chunk))
+                calls = [(customer_path(mapped.cio_id), chunk)
+                         for chunk in chunk_attributes(mapped.attributes, settings.max_attributes_per_call)]
+                users.append({"hull_id": mapped.hull_id, "cio_id": mapped.cio_id, "calls": calls})
         page += 1
         if page * 100 > 10_000:  # Hull's result window; the sample is big enough by then
             break
     hull.close()
-    return calls[:limit]
+    return users[:limit]
 
 
-def raw_floor(cio_url: str, calls: list[tuple[str, dict]], threads: int) -> float:
-    """Identify calls/s of bare `requests.Session` loops, `threads` of them, one Session each."""
+def identify_calls(users: list[dict]) -> list[tuple[str, dict]]:
+    return [call for user in users for call in user["calls"]]
+
+
+def event_calls(hull_url: str, users: list[dict]) -> list[tuple[str, dict]]:
+    """The connector's own v1 event calls (path, body) for the whitelisted events of `users`."""
+    from cio_sync.rules.events import SEND, EventUser, plan_event
+    from cio_sync.settings import ConnectorSettings
+    from connectors.customerio import customer_path
+    from connectors.hull import HullClient
+
+    settings = ConnectorSettings.resolve(synchronized_segments=SEGMENTS, events_filter=EVENTS)
+    hull = HullClient(f"{hull_url}/api/v1", f"{hull_url}/firehose", "acme.hullapp.io", HULL_CONNECTOR_ID,
+                      HULL_SECRET)
+    cio_ids = {u["hull_id"]: u["cio_id"] for u in users}
+    ids = list(cio_ids)
+    calls: list[tuple[str, dict]] = []
+    for start in range(0, len(ids), 25):  # 25 users have fewer than 100 events (0-3 each)
+        filters = [{"terms": {"user_id": ids[start:start + 25]}}, {"terms": {"event": EVENTS}}]
+        for event in hull.search_events(filters, page=1, per_page=100)["data"]:
+            cio_id = cio_ids[event["user_id"]]
+            plan = plan_event(event, EventUser(cio_id=cio_id, in_segments=True, has_mapped_id=True), settings)
+            if plan.action == SEND:
+                calls.append((customer_path(cio_id) + "/events", plan.body))
+    hull.close()
+    return calls
+
+
+def raw_floor(cio_url: str, calls: list[tuple[str, dict]], threads: int, method: str = "PUT") -> float:
+    """Calls/s of bare `requests.Session` loops, `threads` of them, one Session each."""
     import requests
 
     def run(part: list[tuple[str, dict]]) -> None:
         with requests.Session() as session:
             session.auth = (CIO_SITE_ID, CIO_API_KEY)
             for path, body in part:
-                session.put(f"{cio_url}{path}", json=body).raise_for_status()
+                session.request(method, f"{cio_url}{path}", json=body).raise_for_status()
 
     parts = [calls[i::threads] for i in range(threads)]
     started = time.perf_counter()
@@ -246,16 +312,56 @@ def raw_floor(cio_url: str, calls: list[tuple[str, dict]], threads: int) -> floa
 
 
 def worker(spec: dict) -> dict:
-    """Runs in its own process so its peak RSS is the flow's alone."""
+    """Runs in its own process so its peak RSS and CPU are the flow's alone."""
     import logging
 
     os.environ.update(spec["env"])
+    from bench import cpu
+
+    cpu.patch_threads()  # before Prefect starts its threads: every thread's CPU is seen
     import requests
     from prefect import flow
 
+    import flows.sync_users as sync_users_module
+    import tasks.sync_events_page as events_task
+    import tasks.sync_users_page as users_task
     from flows.sync_users import sync_users
 
     logging.getLogger("prefect").setLevel(logging.WARNING)
+    account = None
+    if spec["cpu"] and not spec["profile"]:
+        account = cpu.CpuAccount()
+        cpu.install_flow_accounting(account)
+
+    # Wall time of each phase and the tasks it ran (plain wrappers around the flow's helpers).
+    phases: dict[str, float] = {}
+    phase_cpu: dict[str, float] = {}  # CPU seconds of every process (flow, simulators, Prefect server)
+    task_calls = {"users": 0, "events": 0}
+
+    def all_cpu() -> float:
+        times = os.times()
+        return times.user + times.system + sum(v for v in others().values() if v is not None)
+
+    def timed_phase(name: str, function):
+        def wrapper(*args, **kwargs):
+            started, cpu_before = time.perf_counter(), all_cpu()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                phases[name] = phases.get(name, 0.0) + time.perf_counter() - started
+                phase_cpu[name] = phase_cpu.get(name, 0.0) + all_cpu() - cpu_before
+        return wrapper
+
+    def counted(name: str, function):
+        def wrapper(*args, **kwargs):
+            task_calls[name] += 1
+            return function(*args, **kwargs)
+        return wrapper
+
+    sync_users_module._sync_users_stream = timed_phase("users", sync_users_module._sync_users_stream)
+    sync_users_module._sync_events = timed_phase("events", sync_users_module._sync_events)
+    users_task.sync_page = counted("users", users_task.sync_page)
+    events_task.run_events_page = counted("events", events_task.run_events_page)
 
     @flow(name="bench-warm-up")
     def warm_up() -> None:
@@ -272,18 +378,48 @@ def worker(spec: dict) -> dict:
     def cio_counts() -> dict:
         return requests.get(f"{spec['env']['CUSTOMERIO_TRACK_URL']}/_sim/state?summary=1", timeout=60).json()["counts"]
 
+    def others() -> dict:
+        return {name: process_cpu_seconds(pid) for name, pid in spec["pids"].items()}
+
     def timed(label: str) -> dict:
         before = cio_counts()
+        phases.clear()
+        phase_cpu.clear()
+        task_calls.update(users=0, events=0)
+        load = os.getloadavg()[0]
+        others_before = others()
+        threads = cpu.ThreadCpu().start()
+        work_before = account.snapshot() if account else {}
+        profiler = cpu.Profiler().start() if spec["profile"] else None
         started = time.perf_counter()
         state = sync_users(**params, return_state=True)
         seconds = time.perf_counter() - started
+        profiles = profiler.stop() if profiler else None
+        cpu_use = threads.stop()
+        if account:
+            cpu_use["work"] = cpu.CpuAccount.delta(work_before, account.snapshot())
+        others_after = others()
+        cpu_use["processes"] = {k: (others_after[k] - v if v is not None else None) for k, v in others_before.items()}
+        if "events" in phase_cpu:
+            cpu_use["events_all_cpu"] = phase_cpu["events"]
+        cpu_use["phase_events_all_cpu"] = phase_cpu.get("events", 0.0)
         summary = state.result()
         after = cio_counts()
         requests_made = sum(after[k] - before[k] for k in ("identify", "delete", "event", "anonymous_event", "batch"))
-        return {"label": label, "seconds": seconds, "summary": summary, "cio_requests": requests_made,
-                "batch_entries": after["batch_entries"] - before["batch_entries"],
-                "flow_run_id": str(state.state_details.flow_run_id),
-                "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        result = {"label": label, "seconds": seconds, "summary": summary, "cio_requests": requests_made,
+                  "batch_entries": after["batch_entries"] - before["batch_entries"],
+                  "flow_run_id": str(state.state_details.flow_run_id), "load": load,
+                  "phases": dict(phases), "task_calls": dict(task_calls), "cpu": cpu_use,
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        if profiles:
+            main, pool = profiles
+            result["profile"] = {"main": cpu.top(main, 15), "main_own": cpu.top(main, 10, sort="tottime"),
+                                 "threads": cpu.top(pool, 8, sort="tottime")}
+            # The full profiles, for `python -m pstats` (bench/out is not committed).
+            for part, stats in (("main", main), ("threads", pool)):
+                if stats is not None:
+                    stats.dump_stats(str(OUT / f"profile-{spec['mode']}-{label}-{part}.prof"))
+        return result
 
     initial = timed("initial")
     rerun = timed("rerun")
@@ -318,14 +454,22 @@ def seed(hull_url: str, cio_url: str, users: int) -> dict:
     return response.json()
 
 
+def reset_customerio(cio_url: str) -> None:
+    """An empty Customer.io for the sync: the floors' people and events are gone."""
+    import requests
+
+    requests.post(f"{cio_url}/_sim/reset", timeout=60).raise_for_status()
+    requests.post(f"{cio_url}/_sim/journal", json={"record": False, "clear": True}, timeout=60).raise_for_status()
+
+
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu_name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name")), platform.processor())
     mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                   if line.startswith("MemTotal:"))
     import prefect
 
-    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gb": round(mem_kb / 1024 / 1024, 1),
+    return {"nproc": os.cpu_count(), "cpu": cpu_name, "ram_gb": round(mem_kb / 1024 / 1024, 1),
             "python": platform.python_version(), "prefect": prefect.__version__,
             "load_before": os.getloadavg()[0]}
 
@@ -333,32 +477,87 @@ def machine() -> dict:
 def fmt(value, digits=0) -> str:
     if value is None:
         return "-"
+    if isinstance(value, str):
+        return value
     return f"{value:,.{digits}f}"
 
 
-def table(rows: list[dict]) -> str:
-    header = ("| N | mode | run | users read | seconds | users/s | Customer.io req/s | Customer.io requests | "
-              "Prefect task runs | pages | flow peak RSS MB | Hull sim RSS MB | CIO sim RSS MB | vs floor |")
-    lines = [header, "|" + "---|" * (header.count("|") - 1)]
-    for r in rows:
-        lines.append(
-            f"| {fmt(r['n'])} | {r['mode']} | {r['run']} | {fmt(r.get('read'))} | {fmt(r.get('seconds'), 1)} | "
-            f"{fmt(r.get('users_s'))} | "
-            f"{fmt(r.get('req_s'))} | {fmt(r.get('requests'))} | {fmt(r.get('tasks'))} | {fmt(r.get('pages'))} | "
-            f"{fmt(r.get('rss'))} | {fmt(r.get('hull_rss'))} | {fmt(r.get('cio_rss'))} | {r.get('vs_floor', '-')} |")
+def markdown(columns: list[tuple[str, str, int]], rows: list[dict]) -> str:
+    """A Markdown table: columns are (header, key, digits)."""
+    lines = ["| " + " | ".join(h for h, _, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(fmt(row.get(key), digits) for _, key, digits in columns) + " |")
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from simulators.env import RemoteCustomerIo, RemoteHull, simulator_environment
+USER_COLUMNS = [
+    ("N", "n", 0), ("mode", "mode", 0), ("run", "run", 0), ("load", "load", 2), ("users read", "read", 0),
+    ("seconds", "seconds", 1), ("users/s", "users_s", 0), ("users phase s", "users_phase_s", 1),
+    ("users/s in users phase", "phase_users_s", 0), ("Customer.io req/s", "req_s", 0),
+    ("Customer.io requests", "requests", 0), ("Prefect task runs", "tasks", 0), ("pages", "pages", 0),
+    ("flow peak RSS MB", "rss", 0), ("Hull sim RSS MB", "hull_rss", 0), ("CIO sim RSS MB", "cio_rss", 0),
+    ("CPU ms per user (all processes)", "cpu_ms", 2), ("vs floor", "vs_floor", 0),
+]
+EVENT_COLUMNS = [
+    ("N", "n", 0), ("mode", "mode", 0), ("run", "run", 0), ("load", "load", 2), ("events decided", "decided", 0),
+    ("sent", "sent", 0), ("events phase s", "phase_s", 1), ("events/s", "events_s", 0),
+    ("users phase s", "users_phase_s", 1), ("event tasks", "event_tasks", 0),
+    ("events per task", "per_task", 0), ("CPU ms per event (all processes)", "cpu_ms", 2),
+    ("vs events floor", "vs_floor", 0),
+]
+WORK = [
+    ("JSON decode", "JSON decode"), ("JSON encode", "JSON encode"), ("JWT", "JWT signing"),
+    ("SQL", "SQL (SQLAlchemy + driver)"), ("HTTP client", "HTTP client (requests, urllib3, sockets)"),
+    ("Prefect engine", "Prefect (flow and task engine)"),
+]
+CPU_COLUMNS = [
+    ("N", "n", 0), ("mode", "mode", 0), ("run", "run", 0), ("load", "load", 2), ("wall s", "seconds", 1),
+    ("flow process CPU s", "process", 1),
+    *[(header, header, 1) for header, _ in WORK],
+    ("Prefect threads", "Prefect threads", 1), ("rest of the connector", "rest", 1),
+    ("Hull sim CPU s", "hull", 1), ("CIO sim CPU s", "customerio", 1), ("Prefect server CPU s", "prefect_server", 1),
+    ("all processes CPU s", "all", 1), ("all CPU ÷ 2 cores ÷ wall", "busy", 0),
+]
 
+
+def cpu_row(base: dict, result: dict) -> dict:
+    from bench.cpu import is_connector_thread
+
+    use = result["cpu"]
+    row = {**base, "seconds": result["seconds"], "process": use["process_cpu_s"], "load": result["load"]}
+    threads = use["threads"]
+    ours = sum(v for k, v in threads.items() if is_connector_thread(k))
+    row["Prefect threads"] = sum(v for k, v in threads.items() if not is_connector_thread(k))
+    work = use.get("work")
+    if work is not None:
+        for header, key in WORK:
+            row[header] = work.get(key, 0.0)
+        row["rest"] = ours - sum(work.get(key, 0.0) for _, key in WORK)
+    processes = use.get("processes", {})
+    row.update(hull=processes.get("hull"), customerio=processes.get("customerio"),
+               prefect_server=processes.get("prefect_server"))
+    # The physical limit: with every process's CPU on 2 cores, the run cannot take less than
+    # all / 2 seconds; "busy" says how much of the machine this benchmark had (the rest went
+    # to waiting, or to the other engineers' processes).
+    row["all"] = use["process_cpu_s"] + sum(v for v in processes.values() if v is not None)
+    row["busy"] = f"{100 * row['all'] / 2 / result['seconds']:.0f}%"
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scenario", choices=("users", "webhooks", "all"), default="users")
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--mode", choices=("v1", "v2_batch", "both"), default="both")
     parser.add_argument("--sims", choices=("subprocess", "inprocess"), default="subprocess")
     parser.add_argument("--push-concurrency", type=int, default=None, help="default: the connector's default")
     parser.add_argument("--users-per-batch", type=int, default=None, help="default: the connector's default")
+    parser.add_argument("--events-per-batch", type=int, default=None, help="default: the connector's default")
     parser.add_argument("--events", action="store_true", help="also sync the seeded events (events_filter)")
+    parser.add_argument("--webhooks", type=int, default=10_000, help="webhooks sent per database (webhooks scenario)")
+    parser.add_argument("--databases", default="sqlite,postgresql", help="webhooks scenario: sqlite, postgresql")
+    parser.add_argument("--no-cpu", action="store_true", help="skip the CPU accounting by kind of work")
+    parser.add_argument("--profile", action="store_true", help="cProfile the runs (no throughput figures)")
     parser.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-result", help=argparse.SUPPRESS)
@@ -369,88 +568,217 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.worker_result).write_text(json.dumps(result, default=str))
         return 0
 
+    OUT.mkdir(parents=True, exist_ok=True)
+    host = machine()
+    started_at = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    sections: list[str] = []
+    if args.scenario in ("users", "all"):
+        sections.append(users_scenario(args))
+    if args.scenario in ("webhooks", "all"):
+        from bench.webhooks import webhooks_scenario
+
+        sections.append(webhooks_scenario(args, PrefectServer, Simulator, process_cpu_seconds))
+    self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    text = "\n\n".join(sections)
+    print()
+    print(text)
+    if not args.no_record:
+        command = " ".join(["bench/run.py", *(argv if argv is not None else sys.argv[1:])])
+        with open(RESULTS, "a") as out:
+            out.write(
+                f"\n### {started_at}: `{command}`\n\n"
+                f"Machine: {host['nproc']} CPUs ({host['cpu']}), {host['ram_gb']} GB RAM, Python {host['python']}, "
+                f"prefect {host['prefect']}; load average before the run {host['load_before']:.2f} "
+                f"(\"load\" columns: the 1-minute load average just before each run); bench process peak RSS "
+                f"{self_rss:.0f} MB.\n\n{text}\n")
+        print(f"\nappended to {RESULTS.relative_to(ROOT)}")
+    return 0
+
+
+def users_scenario(args) -> str:
     from cio_sync.settings import ConnectorSettings
+    from simulators.env import RemoteCustomerIo, RemoteHull, simulator_environment
 
     concurrency = args.push_concurrency or ConnectorSettings.model_fields["push_concurrency"].default
     params = {"push_concurrency": concurrency}
     if args.users_per_batch:
         params["users_per_batch"] = args.users_per_batch
+    if args.events_per_batch:
+        params["events_per_batch"] = args.events_per_batch
     modes = ["v1", "v2_batch"] if args.mode == "both" else [args.mode]
-    OUT.mkdir(parents=True, exist_ok=True)
-    host = machine()
-    started_at = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"bench: {args.users:,} users, modes {modes}, simulators {args.sims}, push_concurrency {concurrency}",
-          flush=True)
+    print(f"bench: {args.users:,} users, modes {modes}, simulators {args.sims}, push_concurrency {concurrency}"
+          f"{', events' if args.events else ''}{', profiled' if args.profile else ''}", flush=True)
 
     hull = Simulator("hull", args.sims == "inprocess")
     cio = Simulator("customerio", args.sims == "inprocess")
     prefect_server = None
     rows: list[dict] = []
+    event_rows: list[dict] = []
+    cpu_rows: list[dict] = []
+    profiles: list[str] = []
+    pending_ratios: list[dict] = []
+    pending_event_ratios: list[dict] = []
     try:
         prefect_server = PrefectServer()
         seeded = seed(hull.url, cio.url, args.users)
         print(f"seeded {seeded['users']:,} users, {seeded['events']:,} events in {seeded['seconds']} s", flush=True)
-        calls = identify_calls(hull.url, min(FLOOR_SAMPLE, args.users))
-        floor_1 = raw_floor(cio.url, calls, 1)
-        floor_n = raw_floor(cio.url, calls, concurrency)
-        rows.append({"n": len(calls), "mode": "raw floor", "run": "1 Session", "read": len(calls), "users_s": floor_1, "req_s": floor_1,
-                     "requests": len(calls), "seconds": len(calls) / floor_1})
-        rows.append({"n": len(calls), "mode": "raw floor", "run": f"{concurrency} threads", "read": len(calls), "users_s": floor_n,
-                     "req_s": floor_n, "requests": len(calls), "seconds": len(calls) / floor_n})
-        print(f"raw floor: {floor_1:,.0f} identify/s on 1 Session, {floor_n:,.0f}/s on {concurrency} threads",
-              flush=True)
-        best_floor = max(floor_1, floor_n)
+        sample = floor_users(hull.url, min(FLOOR_SAMPLE, args.users))
+        calls = identify_calls(sample)
+        events = event_calls(hull.url, sample) if args.events else []
+        cio_pid = cio.process.pid if cio.process else None
+        floor_rates: dict[str, list[float]] = {"identify": [], "events": []}
+        floor_cpu: dict[str, list[float]] = {"identify": [], "events": []}
+
+        def measure_floors(when: str) -> None:
+            """Both floors (identify, events), on 1 Session and on `concurrency` threads, into
+            an empty Customer.io; their best rates are kept for the ratios."""
+            reset_customerio(cio.url)
+            for kind, kind_calls, method, table_rows in (("identify", calls, "PUT", rows),
+                                                         ("events", events, "POST", event_rows)):
+                if not kind_calls:
+                    continue
+                best = 0.0
+                for threads, label in ((1, "1 Session"), (concurrency, f"{concurrency} threads")):
+                    load = os.getloadavg()[0]
+                    before = os.times()
+                    cio_before = process_cpu_seconds(cio_pid)
+                    rate = raw_floor(cio.url, kind_calls, threads, method)
+                    after = os.times()
+                    all_cpu = (after.user - before.user) + (after.system - before.system)
+                    if cio_pid is not None:
+                        all_cpu += process_cpu_seconds(cio_pid) - cio_before
+                    cpu_ms = 1000 * all_cpu / len(kind_calls)
+                    floor_cpu[kind].append(cpu_ms)
+                    best = max(best, rate)
+                    run = f"{label}, {when}"
+                    if kind == "identify":
+                        table_rows.append({"n": len(kind_calls), "mode": "raw floor", "run": run, "read": len(kind_calls),
+                                           "users_s": rate, "req_s": rate, "requests": len(kind_calls),
+                                           "seconds": len(kind_calls) / rate, "load": load, "cpu_ms": cpu_ms})
+                    else:
+                        table_rows.append({"n": len(kind_calls), "mode": "events floor", "run": run,
+                                           "decided": len(kind_calls), "sent": len(kind_calls),
+                                           "phase_s": len(kind_calls) / rate, "events_s": rate, "load": load,
+                                           "cpu_ms": cpu_ms})
+                    print(f"{kind} floor {run}: {rate:,.0f} calls/s, {cpu_ms:.2f} CPU ms per call (client + "
+                          f"Customer.io simulator), load {load:.2f}", flush=True)
+                floor_rates[kind].append(best)
+            reset_customerio(cio.url)
+
+        measure_floors("before the runs")
 
         for number, mode in enumerate(modes):
             if number:
                 seed(hull.url, cio.url, args.users)  # each mode starts from the same fresh data
             database = OUT / f"state-{mode}.db"
-            database.unlink(missing_ok=True)
-            spec = {"mode": mode, "events": args.events, "params": params, "env": {
-                "PREFECT_API_URL": prefect_server.url, "PREFECT_HOME": prefect_server.home,
-                "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                **simulator_environment(
-                    RemoteHull(hull.url, "acme.hullapp.io", HULL_CONNECTOR_ID, HULL_SECRET),
-                    RemoteCustomerIo(cio.url, CIO_SITE_ID, CIO_API_KEY),
-                    f"sqlite:///{database}", SYNC_LEASE_TTL_SECONDS=3600),
-            }}
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{database}{suffix}").unlink(missing_ok=True)
+            pids = {"hull": hull.process.pid if hull.process else None,
+                    "customerio": cio.process.pid if cio.process else None,
+                    "prefect_server": prefect_server.process.pid}
+            spec = {"mode": mode, "events": args.events, "params": params, "profile": args.profile,
+                    "cpu": not args.no_cpu, "pids": pids, "env": {
+                        "PREFECT_API_URL": prefect_server.url, "PREFECT_HOME": prefect_server.home,
+                        "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                        **simulator_environment(
+                            RemoteHull(hull.url, "acme.hullapp.io", HULL_CONNECTOR_ID, HULL_SECRET),
+                            RemoteCustomerIo(cio.url, CIO_SITE_ID, CIO_API_KEY),
+                            f"sqlite:///{database}", SYNC_LEASE_TTL_SECONDS=3600),
+                    }}
             with Ticker(hull.url, cio.url):
                 result = run_worker(spec)
             for run in ("initial", "rerun"):
                 r = result[run]
                 s = r["summary"]
-                row = {"n": args.users, "mode": mode, "run": run, "seconds": r["seconds"], "read": s["users_seen"],
+                base = {"n": args.users, "mode": mode, "run": run}
+                row = {**base, "seconds": r["seconds"], "read": s["users_seen"], "load": r["load"],
                        "users_s": s["users_seen"] / r["seconds"], "req_s": r["cio_requests"] / r["seconds"],
                        "requests": r["cio_requests"], "tasks": prefect_server.count_task_runs(r["flow_run_id"]),
                        "pages": s["pages"], "rss": r["rss_mb"], "hull_rss": hull.peak_rss_mb(),
                        "cio_rss": cio.peak_rss_mb(), "summary": s}
+                phase = r["phases"].get("users")
+                if phase:
+                    row["users_phase_s"] = phase
+                    row["phase_users_s"] = s["users_seen"] / phase
+                if not args.profile:
+                    cpu_rows.append(cpu_row(base, r))
+                    users_cpu = cpu_rows[-1]["all"] - r["cpu"]["phase_events_all_cpu"]
+                    row["cpu_ms"] = 1000 * users_cpu / s["users_seen"] if s["users_seen"] else None
                 if run == "initial" and mode == "v1":
-                    row["vs_floor"] = (f"{100 * row['req_s'] / best_floor:.0f}% req/s, "
-                                       f"{100 * row['users_s'] / best_floor:.0f}% users/s")
+                    whole = r["seconds"] - r["phases"].get("events", 0.0)
+                    row["whole"] = whole
+                    pending_ratios.append(row)
+                if args.profile:
+                    row["vs_floor"] = "profiled: not a throughput figure"
                 rows.append(row)
+                if args.events:
+                    decided = sum(s["events"].values()) + sum(s["event_skip_reasons"].values())
+                    phase = r["phases"].get("events")
+                    event_row = {**base, "load": r["load"], "decided": decided, "sent": s["events"].get("sent", 0),
+                                 "phase_s": phase, "users_phase_s": r["phases"].get("users"),
+                                 "event_tasks": r["task_calls"]["events"],
+                                 "events_s": decided / phase if phase else None,
+                                 "per_task": decided / r["task_calls"]["events"] if r["task_calls"]["events"] else None}
+                    if "events_all_cpu" in r["cpu"] and decided:
+                        event_row["cpu_ms"] = 1000 * r["cpu"]["events_all_cpu"] / decided
+                    if run == "initial" and mode == "v1" and phase and not args.profile:
+                        pending_event_ratios.append(event_row)
+                    event_rows.append(event_row)
+                if "profile" in r:
+                    profiles.append(profile_section(f"{mode} {run}, {args.users:,} users"
+                                                    f"{' with events' if args.events else ''}", r["profile"]))
                 print(f"{mode} {run}: {r['seconds']:.1f} s, {row['users_s']:,.0f} users/s, "
                       f"{r['cio_requests']:,} Customer.io requests, {row['tasks']} task runs, "
-                      f"decisions {s['decisions']}, failed {s['failed_users']}, users seen {s['users_seen']:,}",
-                      flush=True)
+                      f"decisions {s['decisions']}, events {s['events']}, failed {s['failed_users']}, "
+                      f"users seen {s['users_seen']:,}, phases {r['phases']}, "
+                      f"thread CPU {({k: round(v, 2) for k, v in r['cpu']['threads'].items()})}", flush=True)
+        if not args.profile:
+            measure_floors("after the runs")
+        # Ratios against the mean of the best floors measured before and after the runs (the
+        # machine's load moves in between); the CPU ratio does not depend on the load.
+        best_floor = sum(floor_rates["identify"]) / len(floor_rates["identify"])
+        for row in pending_ratios:
+            if args.profile:
+                break
+            row["vs_floor"] = (f"{100 * row['read'] / row['whole'] / best_floor:.0f}% users/s, "
+                               f"{100 * row.get('phase_users_s', 0) / best_floor:.0f}% in users phase")
+            if row.get("cpu_ms"):
+                floor_ms = sum(floor_cpu["identify"]) / len(floor_cpu["identify"])
+                row["vs_floor"] += f", {100 * floor_ms / row['cpu_ms']:.0f}% by CPU per user"
+        if floor_rates["events"]:
+            best_events_floor = sum(floor_rates["events"]) / len(floor_rates["events"])
+            for event_row in pending_event_ratios:
+                event_row["vs_floor"] = f"{100 * event_row['sent'] / event_row['phase_s'] / best_events_floor:.0f}% sent/s"
+                if event_row.get("cpu_ms"):
+                    floor_ms = sum(floor_cpu["events"]) / len(floor_cpu["events"])
+                    event_row["vs_floor"] += f", {100 * floor_ms / event_row['cpu_ms']:.0f}% by CPU per event"
     finally:
         if prefect_server is not None:
             prefect_server.stop()
         hull.stop()
         cio.stop()
 
-    self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    text = table(rows)
-    print()
-    print(text)
-    if not args.no_record:
-        with open(RESULTS, "a") as out:
-            out.write(
-                f"\n### {started_at}: `bench/run.py --users {args.users} --mode {args.mode} --sims {args.sims}`\n\n"
-                f"Machine: {host['nproc']} CPUs ({host['cpu']}), {host['ram_gb']} GB RAM, Python {host['python']}, "
-                f"prefect {host['prefect']}; load average before the run {host['load_before']:.2f}; "
-                f"push_concurrency {concurrency}; bench process peak RSS {self_rss:.0f} MB.\n\n{text}\n")
-        print(f"\nappended to {RESULTS.relative_to(ROOT)}")
-    return 0
+    parts = [f"Users: `--users {args.users} --mode {args.mode}{' --events' if args.events else ''}`, "
+             f"simulators {args.sims}, push_concurrency {concurrency}.", markdown(USER_COLUMNS, rows)]
+    if event_rows:
+        parts += ["Events (phase = the events phase's own wall time, after the users phase of the same run; "
+                  "decided = sent + skipped + failed):", markdown(EVENT_COLUMNS, event_rows)]
+    if cpu_rows:
+        parts += ["CPU seconds of the flow process by kind of work (bench/cpu.py; exclusive), and of the other "
+                  "processes, during each run:", markdown(CPU_COLUMNS, cpu_rows)]
+    parts += profiles
+    return "\n\n".join(parts)
+
+
+def profile_section(title: str, profile: dict) -> str:
+    from bench.cpu import profile_table
+
+    text = f"Profile, {title}: main thread, top by cumulative time\n\n{profile_table(profile['main'])}"
+    if profile.get("main_own"):
+        text += f"\n\nMain thread, top by own time\n\n{profile_table(profile['main_own'])}"
+    if profile.get("threads"):
+        text += f"\n\nPool threads (senders, write-back, prefetch), top by own time\n\n{profile_table(profile['threads'])}"
+    return text
 
 
 if __name__ == "__main__":

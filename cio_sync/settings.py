@@ -132,6 +132,8 @@ class ConnectorSettings(BaseSettings):
     rate_limit_per_second: float = Field(default=100.0, ge=0)
     push_concurrency: int = Field(default=4, ge=1, le=64)
     users_per_batch: int = Field(default=500, ge=1, le=10_000)
+    # Events per `sync-events-page` task: read as Hull searches of at most 100 each.
+    events_per_batch: int = Field(default=500, ge=1, le=10_000)
     # v1: one Track API call per identify chunk/delete/event; v2_batch: `POST /api/v2/batch`
     # requests packed by bytes (tasks/load_v2.py).
     customerio_api: Literal["v1", "v2_batch"] = "v1"

@@ -9,6 +9,7 @@ import requests
 
 from connectors.http import ApiClient, RetryPolicy
 from connectors.ratelimit import LocalLimiter
+from connectors.session_environment import pin_environment
 
 if TYPE_CHECKING:
     from cio_sync.settings import CustomerIoCredentials
@@ -37,6 +38,7 @@ class CustomerIoClient(ApiClient):
     ):
         super().__init__(base_url, retry=retry, rate_limiter=rate_limiter, pool_size=pool_size)
         self.session.auth = (site_id, api_key)
+        pin_environment(self.session, [self.base_url])  # no environment lookups per Track call
 
     @classmethod
     def from_settings(cls, credentials: CustomerIoCredentials, *, rate_limiter: LocalLimiter | None = None,

@@ -5,15 +5,20 @@ Everything Hull-specific lives here so another source could replace it later.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-import jwt
+import orjson
 
 from connectors.http import ApiClient, RetryPolicy
+from connectors.session_environment import pin_environment
 
 if TYPE_CHECKING:
     from cio_sync.settings import HullCredentials
@@ -27,9 +32,62 @@ def iso(dt: datetime) -> str:
     return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def user_token(connector_id: str, secret: str, claims: dict[str, Any], hull_id: str | None = None,
-               create: bool = True) -> str:
-    """A user-scoped HS256 JWT for one firehose message."""
+def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON: orjson (several times faster), or the standard library for what
+    orjson refuses (integers beyond 64 bits, non-string keys); both parse back the same."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+# A run of 19 digits may be an integer beyond 64 bits, which orjson would turn into a float.
+# Found by mapping every digit to "0" and everything else to " ": two C loops, ~0.15 ms for
+# a page of 100 users, where a regular expression takes several milliseconds.
+_DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_DIGIT_RUN = b"0" * 19
+
+
+def loads(content: bytes) -> Any:
+    """A JSON response body, parsed exactly as the standard library parses it: by orjson
+    (several times faster) unless the body holds what orjson reads differently (a run of 19
+    digits: an integer beyond 64 bits becomes a float there) or refuses (NaN, Infinity, lone
+    surrogates), which the standard library parses instead."""
+    if _LONG_DIGIT_RUN not in content.translate(_DIGITS_AS_ZEROS):
+        try:
+            return orjson.loads(content)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(content)
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+# PyJWT's header for HS256, serialised as PyJWT does (sorted keys, compact).
+_JWT_SIGNING_PREFIX = _b64(b'{"alg":"HS256","typ":"JWT"}') + b"."
+
+
+class TokenSigner:
+    """HS256 JWTs signed with `hmac` over a precomputed header and key: the token PyJWT's
+    `jwt.encode(payload, secret, algorithm="HS256")` makes (byte for byte when the claims are
+    ASCII; with non-ASCII claims the payload holds raw UTF-8 instead of \\u escapes, which
+    decodes to the same claims), about ten times cheaper. One per secret; thread-safe."""
+
+    def __init__(self, secret: str):
+        self._mac = hmac.new(secret.encode("utf-8"), digestmod=hashlib.sha256)
+
+    def sign(self, payload: dict[str, Any]) -> str:
+        signing_input = _JWT_SIGNING_PREFIX + _b64(dumps(payload))
+        mac = self._mac.copy()
+        mac.update(signing_input)
+        return (signing_input + b"." + _b64(mac.digest())).decode("ascii")
+
+
+def token_claims(connector_id: str, claims: dict[str, Any], hull_id: str | None = None,
+                 create: bool = True) -> dict[str, Any]:
+    """The JWT payload of a user-scoped firehose message."""
     payload: dict[str, Any] = {
         "iss": connector_id,
         "iat": int(time.time()),
@@ -40,7 +98,13 @@ def user_token(connector_id: str, secret: str, claims: dict[str, Any], hull_id: 
         payload["sub"] = hull_id
     if not create:
         payload["io.hull.create"] = False
-    return jwt.encode(payload, secret, algorithm="HS256")
+    return payload
+
+
+def user_token(connector_id: str, secret: str, claims: dict[str, Any], hull_id: str | None = None,
+               create: bool = True) -> str:
+    """A user-scoped HS256 JWT for one firehose message."""
+    return TokenSigner(secret).sign(token_claims(connector_id, claims, hull_id, create))
 
 
 def normalize_event(raw: dict[str, Any]) -> dict[str, Any]:
@@ -84,7 +148,7 @@ class HullClient(ApiClient):
         super().__init__(base_url, retry=retry)
         self.firehose_url = firehose_url.rstrip("/") + "/"
         self.connector_id = connector_id
-        self._secret = connector_secret
+        self._signer = TokenSigner(connector_secret)
         self.session.headers.update(
             {
                 "Hull-App-Id": connector_id,
@@ -93,6 +157,7 @@ class HullClient(ApiClient):
                 "Content-Type": "application/json",
             }
         )
+        pin_environment(self.session, [self.base_url, self.firehose_url])  # no lookups per request
 
     @classmethod
     def from_settings(cls, credentials: HullCredentials, retry: RetryPolicy | None = None) -> HullClient:
@@ -122,7 +187,8 @@ class HullClient(ApiClient):
         if must_not:
             query["must_not"] = must_not
         body = {"query": {"bool": query}, "sort": {sort_field: order}, "raw": True, "page": page, "per_page": per_page}
-        result: dict[str, Any] = self.request("POST", path, json_body=body).json()
+        # A page of 100 user reports is ~170 KB of JSON: orjson parses it several times faster.
+        result: dict[str, Any] = loads(self.request("POST", path, json_body=body).content)
         return result
 
     def _by_ids(self, search: Callable[..., dict[str, Any]], field: str, ids: list[str]) -> list[dict[str, Any]]:
@@ -166,7 +232,7 @@ class HullClient(ApiClient):
 
     # ----- writes ------------------------------------------------------------------
     def token(self, claims: dict[str, Any], hull_id: str | None = None, create: bool = True) -> str:
-        return user_token(self.connector_id, self._secret, claims, hull_id, create)
+        return self._signer.sign(token_claims(self.connector_id, claims, hull_id, create))
 
     def traits_message(self, claims: dict[str, Any], traits: dict[str, Any], hull_id: str | None = None) -> dict[str, Any]:
         now = iso(datetime.now(timezone.utc))
@@ -192,4 +258,5 @@ class HullClient(ApiClient):
         for start in range(0, len(messages), FIREHOSE_BATCH_SIZE):
             now = iso(datetime.now(timezone.utc))
             body = {"batch": messages[start : start + FIREHOSE_BATCH_SIZE], "timestamp": now, "sentAt": now}
-            self.request("POST", "(firehose)", json_body=body, url=self.firehose_url)
+            # Content-Type is the session's (application/json).
+            self.request("POST", "(firehose)", data=dumps(body), url=self.firehose_url)

@@ -76,6 +76,7 @@ def sync_users(
     rate_limit_per_second: float | None = None,
     push_concurrency: int | None = None,
     users_per_batch: int | None = None,
+    events_per_batch: int | None = None,
     customerio_api: Literal["v1", "v2_batch"] | None = None,
     on_id_change: Literal["merge", "delete_old", "ignore"] | None = None,
     unset_removed_attributes: bool | None = None,
@@ -279,3 +280,5 @@ def walk_events(runtime: SyncRuntime, window: EventsWindow, summary: SyncSummary
             return None
         cursor = page.next_cursor
         logger.info("events page: %s", dict(page.summary.events))
+        if page.last:  # Hull had no more: another task would only find nothing
+            return None

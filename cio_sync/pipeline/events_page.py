@@ -2,9 +2,10 @@
 
 Why a separate phase: events are walked as their own stream (keyset on `created_at`, the
 `events` cursor) in the same `sync-users` flow run, after every users page, one task per
-page of at most 100 events. They are not fetched per users page because Hull's event stream
-is independent of user re-indexing: a user with a new event but no changed trait never shows
-up in the users stream, so its event would never be sent. Running after all users pages
+page of at most `events_per_batch` events (500 by default, read as Hull searches of 100).
+They are not fetched per users page because Hull's event stream is independent of user
+re-indexing: a user with a new event but no changed trait never shows up in the users
+stream, so its event would never be sent. Running after all users pages
 means every changed user's identify calls of this run have gone out first; a user that
 appeared in Hull after the users phase (its first event usually comes with it) is identified
 by the user rules right before its events (`identify_first`).
@@ -332,33 +333,40 @@ def _row(plan: EventPlan, status: str, reason: str | None, now) -> dict[str, Any
 
 @dataclass
 class EventsPage:
-    """What one events page did, and where the stream resumes (None: nothing was left)."""
+    """What one events page did, and where the stream resumes (None: nothing was left).
+    `last`: the page reached the end of the stream, so the flow need not read another."""
 
     summary: SyncSummary
     next_cursor: Cursor | None
+    last: bool = False
 
 
 def run_events_page(runtime: SyncRuntime, cursor: Cursor, window: EventsWindow, shard: Shard = WHOLE,
                     flow_run_id: str | None = None, phase: Phase | None = None) -> EventsPage:
-    """Reads the next page of events after `cursor` that holds an event not decided yet, and
-    decides, sends and records it (the `sync-events-page` task's work, one Prefect task per
-    page). Pages of events all decided before (the overlap window, future-dated events) are
-    read through and counted as `already_handled`. At the end of the walk the cursor is stored
-    where the walk ended (within the window's cap), so the next run's overlap starts there."""
+    """Reads events after `cursor` until it holds `events_per_batch` not decided yet (Hull
+    searches of 100), and decides, sends and records them together (the `sync-events-page`
+    task's work: one Prefect task per page of up to `events_per_batch` events). Events all
+    decided before (the overlap window, future-dated events) are read through and counted as
+    `already_handled`. At the end of the walk the cursor is stored where the walk ended (within
+    the window's cap), so the next run's overlap starts there; `last` says the stream ended."""
     handled = 0
+    batch: list[dict[str, Any]] = []
+    limit = runtime.settings.events_per_batch
     while True:
         events, next_cursor = fetch_events_page(runtime, cursor, shard=shard, until=window.until)
         decided = already_decided(runtime, [str(e.get("event_id")) for e in events if e.get("event_id")], DECIDED)
         fresh = [e for e in events if str(e.get("event_id")) not in decided]
         handled += len(events) - len(fresh)
-        if fresh:
-            summary = sync_events_page(runtime, fresh, window.to_store(next_cursor), flow_run_id, window.cursor_name,
+        batch.extend(fresh)
+        end = not events or next_cursor == cursor  # the end (or events that cannot move the cursor)
+        if batch and (len(batch) >= limit or end):
+            summary = sync_events_page(runtime, batch, window.to_store(next_cursor), flow_run_id, window.cursor_name,
                                        rerun=False, not_after=window.not_after, campaign_since=window.campaign_since,
                                        phase=phase)
             if handled:
                 summary.events["already_handled"] += handled
-            return EventsPage(summary, next_cursor)
-        if not events or next_cursor == cursor:  # the end (or events that cannot move the cursor)
+            return EventsPage(summary, next_cursor, last=end)
+        if end:
             final = window.to_store(next_cursor)
             moved = next_cursor.position != window.start and final != window.stored
             if final is not None and window.cursor_name and not runtime.dry_run and moved:
@@ -367,7 +375,7 @@ def run_events_page(runtime: SyncRuntime, cursor: Cursor, window: EventsWindow, 
             summary = SyncSummary()
             if handled:
                 summary.events["already_handled"] += handled
-            return EventsPage(summary, None)
+            return EventsPage(summary, None, last=True)
         cursor = next_cursor
 
 

@@ -8,6 +8,10 @@ format or a missing `event_id` is the drain's to mark `ignored` with the reason,
 reason to refuse it here. Mapping and sending to Hull happen later, in the drain flow, so
 a Hull outage never makes the intake fail.
 
+Payloads are written by one thread, `webhooks.writer.InboxWriter`: every payload that arrived
+while the previous transaction ran goes into the next one (group commit), and each request is
+answered only once the transaction holding its row committed.
+
 Order of checks: size (413) -> signature and timestamp (401) -> store (200). The
 signature is checked on the raw bytes before anything parses them, and nothing is stored
 for a rejected request. Malformed headers are a 401 like any other unproven request,
@@ -18,7 +22,10 @@ texts that never echo the request; payload bodies and the signing key are never 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -36,9 +43,10 @@ from cio_sync.settings import (
     WebhookSettings,
 )
 from cio_sync.store.db import get_engine
-from cio_sync.webhooks.inbox import encode_payload, store_payload
+from cio_sync.webhooks.inbox import encode_payload
 from cio_sync.webhooks.mapping import dedupe_key
 from cio_sync.webhooks.signature import SignatureError, verify_signature
+from cio_sync.webhooks.writer import InboxWriter
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +83,16 @@ def create_app(
     if not key and not insecure_no_signature:
         raise SigningKeyRequiredError()
     engine = get_engine(database_url)  # migrates the schema before the first request
-    app = FastAPI(title="Customer.io webhook intake", docs_url=None, redoc_url=None, openapi_url=None)
+    writer = InboxWriter(engine)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await run_in_threadpool(writer.close)  # after the last request: writes what is queued
+
+    app = FastAPI(title="Customer.io webhook intake", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
+    app.state.inbox_writer = writer
 
     @app.post(WEBHOOK_PATH)
     async def receive_webhook(request: Request) -> JSONResponse:
@@ -100,8 +117,9 @@ def create_app(
         # Whatever the body holds: its event_id when it has a usable one, else a digest of it.
         event_id = dedupe_key(body)
         try:
-            # The database call blocks; keep it off the event loop.
-            outcome = await run_in_threadpool(store_payload, engine, event_id, encode_payload(body))
+            # Committed by the writer thread, together with the payloads that arrived meanwhile
+            # (group commit); the future resolves once the transaction holding it committed.
+            outcome = await asyncio.wrap_future(writer.submit(event_id, encode_payload(body)))
         except SQLAlchemyError as exc:
             # Only the exception type: SQLAlchemy messages embed the statement parameters,
             # which here is the payload. Customer.io retries on any non-2xx.

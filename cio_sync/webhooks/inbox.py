@@ -17,7 +17,7 @@ naive one is taken as UTC), so tests can move time instead of sleeping.
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -109,6 +109,35 @@ def decode_payload(stored: str) -> str | bytes:
     if stored.startswith(ENCODED_PREFIX):
         return base64.b64decode(stored[len(ENCODED_PREFIX) :])
     return stored
+
+
+def store_payloads(engine: Engine, items: Sequence[tuple[str, str]], now: datetime | None = None) -> list[str]:
+    """Commits several raw payloads (`(event_id, payload)`) as `pending` in one transaction,
+    with one statement; returns `STORED` or `DUPLICATE` for each item, in order. `DUPLICATE`:
+    a row with this `event_id` already existed, or an earlier item has the same `event_id`
+    (only the first copy is kept, as `store_payload` one by one would do)."""
+    if not items:
+        return []
+    received_at = _now(now)
+    rows: dict[str, dict[str, Any]] = {}
+    for event_id, payload in items:
+        rows.setdefault(event_id, {"event_id": event_id, "payload": payload, "received_at": received_at,
+                                   "status": PENDING, "attempts": 0})
+    dialect_insert = postgresql.insert if is_postgres(engine) else sqlite.insert
+    statement = (
+        dialect_insert(webhook_inbox)
+        .on_conflict_do_nothing(index_elements=["event_id"])
+        .returning(webhook_inbox.c.event_id)
+    )
+    with engine.begin() as connection:
+        # One cached statement, executed as SQLAlchemy's "insertmanyvalues" (multi-row
+        # VALUES batches); RETURNING names exactly the rows that were inserted.
+        inserted = set(connection.execute(statement, list(rows.values())).scalars())
+    outcomes = []
+    for event_id, _ in items:
+        outcomes.append(STORED if event_id in inserted else DUPLICATE)
+        inserted.discard(event_id)  # a later item with the same event_id is a duplicate
+    return outcomes
 
 
 def store_payload(engine: Engine, event_id: str, payload: str, now: datetime | None = None) -> str:
