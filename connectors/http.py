@@ -8,7 +8,14 @@ Every client in `connectors/` sends through `ApiClient.request`, which:
 - raises `TransientError` once the retry budget is spent.
 
 Exception messages carry the method, the path and the service's own error text, never
-headers, credentials or request bodies.
+headers, credentials or request bodies, and pass through the scrubber (cio_sync/redact.py)
+in case a service echoes a credential. A request that cannot even be sent (a header value
+`requests` refuses, a malformed URL) raises `AuthError` naming only the exception type:
+`requests` quotes the offending header value, which may be the secret.
+
+Redirects are followed, but a redirect to another host (or port, or scheme) never carries a
+credential: `requests` drops `Authorization` there, and `CredentialSession` drops the
+custom credential headers (`Hull-Access-Token`, ...) too.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from requests.adapters import HTTPAdapter
 from typing_extensions import Self
 from urllib3.util.retry import Retry
 
+from cio_sync.redact import scrub
 from connectors.ratelimit import LocalLimiter
 
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -35,7 +43,7 @@ class ApiError(Exception):
         self.method = method
         self.path = path
         self.status = status
-        self.message = message
+        self.message = message = scrub(message)
         status_text = f"HTTP {status}" if status is not None else "no response"
         super().__init__(f"{service} {method} {path}: {status_text}: {message}")
 
@@ -98,9 +106,23 @@ def error_text(response: requests.Response) -> str:
     return json.dumps(body)[:300]
 
 
+class CredentialSession(requests.Session):
+    """A session that never forwards its credential headers to another host on a redirect."""
+
+    credential_headers: frozenset[str] = frozenset()
+
+    def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
+        super().rebuild_auth(prepared_request, response)  # drops Authorization on another host
+        original = response.request.url or ""
+        if self.should_strip_auth(original, prepared_request.url or ""):
+            for name in self.credential_headers:
+                prepared_request.headers.pop(name, None)
+
+
 class ApiClient:
     service = "API"
     auth_hint = ""  # appended to AuthError messages: which settings to fix
+    credential_headers: frozenset[str] = frozenset()  # session headers that hold credentials
 
     def __init__(
         self,
@@ -113,7 +135,8 @@ class ApiClient:
         self.base_url = base_url.rstrip("/")
         self.retry = retry or RetryPolicy()
         self.rate_limiter = rate_limiter
-        self.session = requests.Session()
+        self.session = CredentialSession()
+        self.session.credential_headers = self.credential_headers
         adapter = HTTPAdapter(
             max_retries=self.retry.to_urllib3(), pool_connections=pool_size, pool_maxsize=pool_size
         )
@@ -152,8 +175,14 @@ class ApiClient:
             )
         except requests.exceptions.RetryError as exc:
             raise TransientError(self.service, method, path, None, f"retries exhausted ({_reason(exc)})") from None
-        except (requests.ConnectionError, requests.Timeout) as exc:
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
             raise TransientError(self.service, method, path, None, f"connection failed ({_reason(exc)})") from None
+        except (requests.RequestException, UnicodeError) as exc:
+            # Never sent: a header value requests refuses (InvalidHeader quotes the value, which
+            # may be a secret), an invalid URL. Every later request would fail the same way.
+            hint = f" {self.auth_hint}" if self.auth_hint else ""
+            raise AuthError(self.service, method, path, None,
+                            f"the request could not be sent ({type(exc).__name__}).{hint}") from None
         return self._check(method, path, response)
 
     def _check(self, method: str, path: str, response: requests.Response) -> requests.Response:

@@ -8,6 +8,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from cio_sync.pipeline.drain import drain_batch
+from cio_sync.redact import scrubbed_errors
 from cio_sync.settings import ConnectorSettings, HullCredentials
 
 
@@ -19,4 +20,5 @@ def drain_webhook_batch_task(
     batch_size: int,
     worker_id: str,
 ) -> dict[str, Any]:
-    return drain_batch(database_url, hull_credentials, connector_settings, batch_size, worker_id)
+    with scrubbed_errors():  # a Failed task state shows the message in the UI
+        return drain_batch(database_url, hull_credentials, connector_settings, batch_size, worker_id)

@@ -6,6 +6,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from cio_sync.pipeline.events_page import EVENTS_CURSOR, EventsPage, run_events_page
+from cio_sync.redact import scrubbed_errors
 from cio_sync.rules.sharding import WHOLE, Shard
 from cio_sync.runtime import SyncRuntime
 from cio_sync.store.cursors import Cursor
@@ -19,4 +20,5 @@ def sync_events_page_task(
     cursor_name: str = EVENTS_CURSOR,
     flow_run_id: str | None = None,
 ) -> EventsPage:
-    return run_events_page(runtime, cursor, shard, cursor_name, flow_run_id)
+    with scrubbed_errors():  # a Failed task state shows the message in the UI
+        return run_events_page(runtime, cursor, shard, cursor_name, flow_run_id)
