@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from functools import cached_property, lru_cache
-from collections.abc import Set as AbstractSet
 from typing import Any
 
 from cio_sync.settings import ConnectorSettings
@@ -16,6 +16,10 @@ from cio_sync.settings import ConnectorSettings
 # user's hash after each write-back and re-send everyone on every run.
 OWN_TRAIT_NAMESPACE = "customerio/"
 DATE_SUFFIXES = ("_at", "_date")
+# Customer.io reserves attribute names starting with `_` (`_timestamp`, `_update`, ...): one
+# in an identify call fails the whole call, so such names are dropped like other invalid ones.
+RESERVED_PREFIX = "_"
+SEGMENTS_ATTRIBUTE = "hull_segments"
 
 
 @dataclass
@@ -27,6 +31,7 @@ class MappedUser:
     whitelisted_segment_ids: list[str]
     id_error: str | None = None  # set when the id value breaks a limit
     dropped: list[tuple[str, str]] = field(default_factory=list)  # (attribute, reason)
+    segments_left_out: int = 0  # names cut from the end of `hull_segments` to fit the value limit
 
     @cached_property
     def attributes_hash(self) -> str:
@@ -156,9 +161,10 @@ def map_user(
         attributes["email"] = email
     if user.get("created_at") is not None:
         attributes["created_at"] = to_unix_seconds(user["created_at"])
-    attributes["hull_segments"] = sorted(segment_names.get(s, s) for s in segment_ids)
-
     max_value_length = settings.max_attribute_value_length
+    names: list[str] = sorted(segment_names.get(s, s) for s in segment_ids)  # type: ignore[misc]
+    segments, segments_left_out = fit_list(names, max_value_length)
+    attributes[SEGMENTS_ATTRIBUTE] = segments
     for hull_name, trait_key, account_key, name, is_date, name_too_long in _attribute_plan(
         tuple(settings.synchronized_attributes), settings.max_attribute_name_length
     ):
@@ -180,6 +186,9 @@ def map_user(
         if name_too_long:
             dropped.append((name, f"name longer than {settings.max_attribute_name_length} bytes"))
             continue
+        if name.startswith(RESERVED_PREFIX):
+            dropped.append((name, "names starting with _ are reserved by Customer.io"))
+            continue
         if value is not None:
             if type(value) is str:
                 size = len(value) if value.isascii() else len(value.encode("utf-8"))
@@ -198,7 +207,19 @@ def map_user(
         whitelisted_segment_ids=sorted(s for s in segment_ids if s in whitelisted_ids),
         id_error=id_error,
         dropped=dropped,
+        segments_left_out=segments_left_out,
     )
+
+
+def fit_list(values: list[str], max_bytes: int) -> tuple[list[str], int]:
+    """`values` without as many items from the end as needed for its JSON to fit `max_bytes`
+    (Customer.io's value limit applies to a list as a whole); returns (kept, left out)."""
+    if byte_length(values) <= max_bytes:
+        return values, 0
+    kept = list(values)
+    while kept and byte_length(kept) > max_bytes:
+        kept.pop()
+    return kept, len(values) - len(kept)
 
 
 @lru_cache(maxsize=64)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
-from cio_sync.rules.decisions import DELETE, INSERT, PAGE_COLUMNS, SKIP, UPDATE, decide
+from cio_sync.rules.decisions import DELETE, INSERT, PAGE_COLUMNS, SKIP, UPDATE, decide, mark_duplicate_ids
 from cio_sync.rules.mapping import MalformedUserError, MappedUser, map_user
 from cio_sync.settings import ConnectorSettings
 
@@ -30,7 +31,10 @@ def plan_page(
     settings: ConnectorSettings,
     segment_names: dict[str, str],
     whitelisted_ids: AbstractSet[str],
+    id_holders: Callable[[list[str]], Mapping[str, str]] | None = None,
 ) -> list[UserPlan]:
+    """`id_holders(ids)`: which Hull user holds each of these Customer.io ids in state (live
+    people only), for the `duplicate_id` rule; asked only for the ids of inserts and updates."""
     plans: list[UserPlan] = []
     mapped_users: list[tuple[dict[str, Any], MappedUser]] = []
     for user in users:
@@ -59,6 +63,9 @@ def plan_page(
         }
     )
     decided = decide(page, state_frame, settings.enable_user_deletion)
+    cio_ids = [m.cio_id for _, m in mapped_users]
+    sending = [c for c, a in zip(cio_ids, decided["action"]) if c is not None and a in (INSERT, UPDATE)]
+    decided = mark_duplicate_ids(decided, cio_ids, id_holders(sending) if id_holders and sending else {})
     # Row positions in a plain dict, values read only for the users that need them: `.loc` per
     # user (or converting every row) cost more than the whole vectorised decision.
     state_position = {hull_id: i for i, hull_id in enumerate(state["hull_id"])}
