@@ -223,6 +223,17 @@ class ConnectorSettings(BaseSettings):
         return cls(**{k: v for k, v in overrides.items() if v is not None and k in cls.model_fields})
 
 
+class ApprovalSettings(BaseSettings):
+    """How long a deployment run waits, paused, for its deletion plan to be approved in the
+    Prefect UI before it fails (deleting nobody). Environment only."""
+
+    model_config = _env_config("DELETION_")
+
+    approval_timeout_seconds: int = Field(default=3600, ge=10)
+    # How often the paused run asks the Prefect server whether the form was submitted.
+    approval_poll_seconds: int = Field(default=10, ge=1)
+
+
 class LeaseSettings(BaseSettings):
     """How long a sync run's lease lasts without renewal (cio_sync/store/lease.py). Environment only."""
 

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Engine,
+    Index,
     Integer,
     MetaData,
     String,
@@ -47,6 +48,7 @@ user_state = Table(
     Column("last_error_at", DateTime(timezone=True)),
     Column("writeback_pending", Boolean, nullable=False, default=False, index=True),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_user_state_cio_id", "cio_id"),  # who holds a Customer.io id (`duplicate_id`)
 )
 
 # Where each incremental stream resumes: a timestamp plus the ids already handled at it.
@@ -101,6 +103,51 @@ failed_batches = Table(
     Column("flow_run_id", String(64)),
     Column("status", String(16), nullable=False, index=True),  # open | resolved
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Deletions decided by the users phase, sent only by the deletion guard at the end of a run
+# (cio_sync/pipeline/deletions.py). One `planned` row per Hull user at most.
+planned_deletions = Table(
+    "planned_deletions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("hull_id", String(64), nullable=False, index=True),
+    Column("action", String(16), nullable=False),  # delete (suppress and id migrations may join)
+    Column("cio_id", String(255), nullable=False),  # the person that would be deleted
+    Column("email", String(255)),
+    Column("reason", Text, nullable=False),  # why the person would be deleted
+    Column("status", String(16), nullable=False, index=True),  # planned|sent|failed|cancelled|rejected
+    Column("plan_id", Integer, index=True),  # the deletion plan awaiting approval that lists it
+    Column("flow_run_id", String(64)),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Column("planned_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# A set of planned deletions over the limit, published for approval; approval covers it only.
+deletion_plans = Table(
+    "deletion_plans",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("scope", String(64), nullable=False),  # the users stream (shard) whose run made it
+    Column("digest", String(64), nullable=False),  # SHA-256 of its (Hull id, Customer.io id) pairs
+    Column("size", Integer, nullable=False),
+    Column("status", String(16), nullable=False, index=True),  # open|approved|rejected|superseded
+    Column("flow_run_id", String(64)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("decided_at", DateTime(timezone=True)),
+    Column("decided_by", String(255)),
+)
+
+# Settings a sync run used that other flows must agree with (the drain's `user_id_mapping`).
+settings_in_use = Table(
+    "settings_in_use",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", JSON),
+    Column("flow_run_id", String(64)),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
