@@ -259,7 +259,7 @@ def sync_events_page(
     with runtime.engine.begin() as connection:
         upsert(connection, event_state, rows, "hull_event_id")
         if retry_ids and next_cursor is not None:  # a rerun reports what is left, files nothing new
-            payload = {"hull_event_ids": retry_ids, "settings": runtime.settings.model_dump(mode="json")}
+            payload = {"hull_event_ids": retry_ids, "settings_when_saved": runtime.settings.snapshot()}
             summary.failed_batches.append(record_failed_batch(connection, EVENTS, payload, first_error or "unknown error", flow_run_id))
         if next_cursor is not None:  # None: a rerun of a failed batch, outside the stream
             write_cursor(connection, cursor_name, next_cursor)

@@ -1,9 +1,11 @@
 """Redo one failed batch: work that outlived its retry budget (`failed_batches`).
 
-Each batch is redone against current Hull data and current state: users are fetched again
-from Hull (their current attributes) and diffed like any page, so a user synced since is
-skipped as unchanged; events already sent are skipped through `event_state`. Rerunning a
-batch twice therefore sends nothing twice.
+Each batch is redone against current Hull data, current state and the settings of the
+`runtime` given (today's: a batch keeps only the work, never the settings of the run that
+saved it): users are fetched again from Hull (their current attributes) and diffed like any
+page, so a user synced since is skipped as unchanged; events already sent are skipped through
+`event_state`. Rerunning a batch twice therefore sends nothing twice. A user the rerun decides
+to delete is planned, never deleted here (the deletion guard of a sync run sends it).
 """
 
 from __future__ import annotations
@@ -14,16 +16,35 @@ from cio_sync.pipeline.events_page import sync_events_page
 from cio_sync.pipeline.extract import resolve_run_segments
 from cio_sync.pipeline.summary import SyncSummary
 from cio_sync.pipeline.users_page import PageIncomplete, sync_page
+from cio_sync.rules.guard import segments_problem
 from cio_sync.runtime import SyncRuntime
+from cio_sync.settings import ConnectorSettings
 from cio_sync.store.failed import EVENTS, USERS
 from connectors.http import ApiError, AuthError
 
 
+def changed_settings(saved: dict[str, Any] | None, current: ConnectorSettings) -> list[str]:
+    """`name: saved → now` for each setting that differs from the one saved with a batch (for
+    the rerun's summary only: the rerun applies `current`). A batch saved with none reports
+    nothing."""
+    if not saved:
+        return []
+    now = current.snapshot()
+    return [f"{name}: {saved[name]!r} → {now[name]!r}" for name in sorted(now) if name in saved and saved[name] != now[name]]
+
+
 def rerun_batch(runtime: SyncRuntime, batch: dict[str, Any], run_id: str | None) -> tuple[bool, str | None, SyncSummary]:
-    """Returns (resolved, error, summary). AuthError propagates: it stops the whole rerun."""
+    """Returns (resolved, error, summary), redone with `runtime`'s settings (today's). AuthError
+    propagates: it stops the whole rerun."""
     summary = SyncSummary()
     try:
         runtime = runtime.with_segments(resolve_run_segments(runtime.hull, runtime.settings.synchronized_segments))
+        refused = segments_problem(runtime.settings, runtime.segments.unknown, runtime.segments.names)
+        if refused:
+            return False, refused, summary
+        if not runtime.settings.synchronized_segments:
+            # Everyone would be skipped and the batch called resolved: keep it open instead.
+            return False, "synchronized_segments is empty, so nothing would be sent: set it and rerun", summary
         if batch["kind"] == USERS:
             users = runtime.hull.users_by_ids(batch["payload"]["hull_ids"])
             result = sync_page(runtime, users, cursor_name="", next_cursor=None, flow_run_id=run_id)
