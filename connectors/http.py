@@ -163,6 +163,7 @@ class ApiClient:
         if self.rate_limiter is not None:
             self.rate_limiter.acquire()
         self.requests_sent += 1
+        unsendable: str | None = None
         try:
             response = self.session.request(
                 method,
@@ -180,9 +181,10 @@ class ApiClient:
         except (requests.RequestException, UnicodeError) as exc:
             # Never sent: a header value requests refuses (InvalidHeader quotes the value, which
             # may be a secret), an invalid URL. Every later request would fail the same way.
+            unsendable = type(exc).__name__
+        if unsendable is not None:  # raised outside the handler: no __context__ keeps the original
             hint = f" {self.auth_hint}" if self.auth_hint else ""
-            raise AuthError(self.service, method, path, None,
-                            f"the request could not be sent ({type(exc).__name__}).{hint}") from None
+            raise AuthError(self.service, method, path, None, f"the request could not be sent ({unsendable}).{hint}")
         return self._check(method, path, response)
 
     def _check(self, method: str, path: str, response: requests.Response) -> requests.Response:

@@ -117,12 +117,16 @@ def _stored_result_data(data) -> str:
     import base64
 
     raw = Path(str(key)).read_bytes()
-    text = raw.decode("utf-8", "replace")
+    # A stored result is the base64 of the serialised value (cloudpickle, which keeps strings as
+    # UTF-8), alone or in a JSON record: decode it so a secret inside shows as text.
     try:
-        stored = json.loads(raw)
-        result = stored.get("result")
-        if isinstance(result, str):
-            text += base64.b64decode(result).decode("utf-8", "replace")
-    except (ValueError, AttributeError):
-        pass
-    return text
+        record = json.loads(raw)
+        encoded = record.get("result", "").encode() if isinstance(record, dict) else b""
+    except ValueError:
+        encoded = b"".join(raw.split())
+    try:
+        decoded = base64.b64decode(encoded)
+    except ValueError:
+        decoded = b""
+    raw = raw + b" " + decoded
+    return "stored result: " + raw.decode("utf-8", "replace").replace("\n", " ")

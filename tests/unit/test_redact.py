@@ -51,11 +51,11 @@ def test_an_exception_leaving_scrubbed_errors_keeps_its_type_and_loses_the_secre
         with redact.scrubbed_errors():
             try:
                 raise ValueError("inner topsecret")
-            except ValueError:
-                raise CustomError("outer topsecret", {"header": "topsecret"})
+            except ValueError as inner:
+                raise CustomError("outer topsecret", {"header": "topsecret"}) from inner
     assert "topsecret" not in str(failure.value) and "topsecret" not in repr(failure.value.args)
     assert failure.value.detail == {"header": REDACTED}
-    assert "topsecret" not in str(failure.value.__context__)
+    assert "topsecret" not in str(failure.value.__cause__)
 
 
 def test_log_records_are_scrubbed_whatever_the_logger(monkeypatch):

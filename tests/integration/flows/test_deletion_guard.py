@@ -164,7 +164,7 @@ def _deployment_run(parameters: dict):
     def execute() -> None:
         try:
             outcome["result"] = run_flow(sync_users, flow_run=flow_run, parameters=parameters)
-        except BaseException as exc:  # noqa: BLE001 - reported to the test below
+        except BaseException as exc:  # reported to the test below
             outcome["error"] = exc
 
     thread = threading.Thread(target=execute, name="deployment-run")
