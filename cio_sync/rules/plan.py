@@ -63,12 +63,16 @@ def plan_page(
         }
     )
     decided = decide(page, state_frame, settings.enable_user_deletion)
-    cio_ids = [m.cio_id for _, m in mapped_users]
-    sending = [c for c, a in zip(cio_ids, decided["action"]) if c is not None and a in (INSERT, UPDATE)]
-    decided = mark_duplicate_ids(decided, cio_ids, id_holders(sending) if id_holders and sending else {})
     # Row positions in a plain dict, values read only for the users that need them: `.loc` per
     # user (or converting every row) cost more than the whole vectorised decision.
     state_position = {hull_id: i for i, hull_id in enumerate(state["hull_id"])}
+    cio_ids = [m.cio_id for _, m in mapped_users]
+    # Who holds an id is asked only for ids their user does not already hold in state (inserts,
+    # id changes): an update under the user's own id is the usual case and needs no query.
+    held = {hull_id: cio_id for hull_id, cio_id in zip(state["hull_id"], state["cio_id"])}
+    to_check = [m.cio_id for (_, m), a in zip(mapped_users, decided["action"])
+                if m.cio_id is not None and a in (INSERT, UPDATE) and held.get(m.hull_id) != m.cio_id]
+    decided = mark_duplicate_ids(decided, cio_ids, id_holders(to_check) if id_holders and to_check else {})
 
     for (user, mapped), action, reason in zip(mapped_users, decided["action"], decided["reason"]):
         position = state_position.get(mapped.hull_id)
