@@ -78,6 +78,7 @@ def test_no_segment_with_deletion_on_deletes_nobody(sim_env, hull, cio_sim):
     assert cio_calls(cio_sim) == [] and len(cio_sim.people) == 3
 
 
+@pytest.mark.postgres
 def test_5_of_30_leaving_are_deleted_without_approval(sim_env, hull, cio_sim):
     seed(hull, 30)
     sync_users(**SETTINGS)
@@ -122,6 +123,7 @@ def test_200_of_1000_leaving_wait_for_approval_and_the_cli_approves_exactly_them
     assert sorted(deletes(cio_sim)) == expected  # nothing more
 
 
+@pytest.mark.postgres
 def test_approval_covers_that_plan_only(sim_env, hull, cio_sim, monkeypatch):
     monkeypatch.setenv("MAX_DELETIONS_PER_RUN", "2")
     seed(hull, 10)
