@@ -61,7 +61,9 @@ class GuardResult:
     plan: dict[str, Any] | None = None  # the plan awaiting approval (id, digest, size, ...)
     plan_rows: list[dict[str, Any]] = field(default_factory=list)
     calls: Counter = field(default_factory=Counter)
+    writeback_sent: int = 0
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def add_to(self, summary: SyncSummary) -> None:
         if self.sent:
@@ -75,8 +77,10 @@ class GuardResult:
         if self.plan is not None:
             summary.deletions["awaiting approval"] += self.plan["size"]
         summary.calls.update(self.calls)
+        summary.writeback_sent += self.writeback_sent
         for error in self.errors:
             summary.add_error(error)
+        summary.warnings.extend(w for w in self.warnings if w not in summary.warnings)
 
 
 def plan_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -178,7 +182,8 @@ def _send(runtime: SyncRuntime, rows: list[dict[str, Any]], result: GuardResult)
         if not outcome.ok:
             result.errors.append(f"delete of user {outcome.plan.hull_id}: {outcome.error}")
     if done:
-        _sent, error = write_back(runtime.hull, runtime.engine, settings.user_id_mapping,
+        sent, error = write_back(runtime.hull, runtime.engine, settings.user_id_mapping,
                                  hull_ids=[o.plan.hull_id for o in done])
-        if error:
-            result.errors.append(error)
+        result.writeback_sent += sent
+        if error:  # the rows stay writeback_pending: the next run writes them back
+            result.warnings.append(error)
