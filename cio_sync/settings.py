@@ -2,16 +2,23 @@
 from flow parameters with the environment as fallback.
 
 Credentials are `SecretStr` so that a settings object printed in a log, a traceback or
-an artifact shows `**********` instead of the secret.
+an artifact shows `**********` instead of the secret. They are checked when loaded:
+surrounding whitespace (a trailing newline of a mounted secret file, a pasted space) is
+removed; a control character inside a value, or a character outside ASCII in a value sent
+as an HTTP header, is an error naming the variable (never the value). Every secret loaded is
+registered with the scrubber (cio_sync/redact.py).
 """
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cio_sync import redact
 
 if TYPE_CHECKING:
     from connectors.http import RetryPolicy
@@ -26,7 +33,11 @@ EU_TRACK_URL = "https://track-eu.customer.io"
 DEFAULT_FIREHOSE_URL = "https://firehose.hullapp.io"
 
 
-class MissingSettingsError(ValueError):
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names variables, never values."""
+
+
+class MissingSettingsError(SettingsError):
     """Raised before any call is made when required settings are absent."""
 
     def __init__(self, names: list[str]):
@@ -38,14 +49,72 @@ class MissingSettingsError(ValueError):
         )
 
 
+class InvalidCredentialError(SettingsError):
+    """A credential or endpoint variable holds something no HTTP request can carry."""
+
+    def __init__(self, problems: dict[str, str]):
+        self.problems = problems
+        super().__init__(
+            "; ".join(f"{name} {problem}" for name, problem in problems.items())
+            + ". Fix the variable (or the Prefect Secret block it comes from) and run again."
+        )
+
+
 def _env_config(prefix: str = "") -> SettingsConfigDict:
     return SettingsConfigDict(
         env_prefix=prefix, env_file=".env", env_file_encoding="utf-8", extra="ignore"
     )
 
 
-class HullCredentials(BaseSettings):
+def credential_problem(value: str, header: bool) -> str | None:
+    """Why `value` (already stripped) cannot be used, in words that never quote it."""
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        return "contains a control character (a line break, tab or similar) inside the value"
+    if header and not value.isascii():
+        return "contains a character outside ASCII, which an HTTP header cannot carry"
+    return None
+
+
+class _Credentials(BaseSettings):
+    """Strips every credential field when loaded and checks it outside pydantic's validation
+    (whose errors would quote the input); registers the secrets with the scrubber."""
+
+    _prefix = ""
+    _header_fields: frozenset[str] = frozenset()  # values sent in HTTP headers
+    _secret_fields: frozenset[str] = frozenset()
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strip(cls, value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        return value.strip() if isinstance(value, str) else value
+
+    def __init__(self, **values: Any):
+        super().__init__(**values)
+        problems: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            text = value.get_secret_value() if isinstance(value, SecretStr) else value
+            if isinstance(text, str):
+                problem = credential_problem(text, header=name in self._header_fields)
+                if problem:
+                    problems[f"{self._prefix}{name}".upper()] = problem
+        # Registered even when another field is invalid: the scrubber must know them first.
+        redact.register(*(self._secret(name) for name in self._secret_fields))
+        if problems:
+            raise InvalidCredentialError(problems)
+
+    def _secret(self, name: str) -> str | None:
+        value = getattr(self, name)
+        return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
+class HullCredentials(_Credentials):
     model_config = _env_config("HULL_")
+    _prefix = "HULL_"
+    _header_fields = frozenset({"organization", "connector_id", "connector_secret"})
+    _secret_fields = frozenset({"connector_secret"})
 
     organization: str | None = None
     api_url: str | None = None
@@ -70,14 +139,21 @@ class HullCredentials(BaseSettings):
         return missing
 
 
-class CustomerIoCredentials(BaseSettings):
+class CustomerIoCredentials(_Credentials):
     model_config = _env_config("CUSTOMERIO_")
+    _prefix = "CUSTOMERIO_"
+    _header_fields = frozenset({"site_id", "api_key"})
+    _secret_fields = frozenset({"api_key", "webhook_signing_key"})
 
     site_id: str | None = None
     api_key: SecretStr | None = None
     region: Literal["us", "eu"] = "us"
     track_url: str | None = None
     webhook_signing_key: SecretStr | None = None
+
+    def __init__(self, **values: Any):
+        super().__init__(**values)
+        redact.register_basic_auth(self.site_id, self._secret("api_key"))
 
     @field_validator("region", mode="before")
     @classmethod
@@ -173,6 +249,13 @@ class ConnectorSettings(BaseSettings):
     @property
     def segment_exit(self) -> str:
         return self.on_segment_exit or ("delete" if self.enable_user_deletion else "keep")
+    # Deletion guard (cio_sync/rules/guard.py): a run that would delete more people than this
+    # deletes nobody until approved. None: the larger of 100 and 5% of the people state tracks.
+    max_deletions_per_run: int | None = Field(default=None, ge=0)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every setting as JSON values (none is a secret), to compare with a later run's."""
+        return self.model_dump(mode="json")
 
     @classmethod
     def resolve(cls, **overrides: Any) -> ConnectorSettings:
@@ -184,6 +267,17 @@ class ConnectorSettings(BaseSettings):
             # The alias given as a parameter beats an ON_SEGMENT_EXIT left in the environment.
             values["on_segment_exit"] = "delete" if values["enable_user_deletion"] else "keep"
         return cls(**values)
+
+
+class ApprovalSettings(BaseSettings):
+    """How long a deployment run waits, paused, for its deletion plan to be approved in the
+    Prefect UI before it fails (deleting nobody). Environment only."""
+
+    model_config = _env_config("DELETION_")
+
+    approval_timeout_seconds: int = Field(default=3600, ge=10)
+    # How often the paused run asks the Prefect server whether the form was submitted.
+    approval_poll_seconds: int = Field(default=10, ge=1)
 
 
 class LeaseSettings(BaseSettings):

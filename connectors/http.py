@@ -16,7 +16,14 @@ The retry loop is ours, not urllib3's (the adapter is mounted with `max_retries=
 urllib3's retries happen below `requests`, where no rate limiter can see them.
 
 Exception messages carry the method, the path and the service's own error text, never
-headers, credentials or request bodies.
+headers, credentials or request bodies, and pass through the scrubber (cio_sync/redact.py)
+in case a service echoes a credential. A request that cannot even be sent (a header value
+`requests` refuses, a malformed URL) raises `AuthError` naming only the exception type:
+`requests` quotes the offending header value, which may be the secret.
+
+Redirects are followed, but a redirect to another host (or port, or scheme) never carries a
+credential: `requests` drops `Authorization` there, and `CredentialSession` drops the
+custom credential headers (`Hull-Access-Token`, ...) too.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from typing_extensions import Self
 
+from cio_sync.redact import scrub
 from connectors.ratelimit import LocalLimiter
 
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -47,7 +55,7 @@ class ApiError(Exception):
         self.method = method
         self.path = path
         self.status = status
-        self.message = message
+        self.message = message = scrub(message)
         status_text = f"HTTP {status}" if status is not None else "no response"
         super().__init__(f"{service} {method} {path}: {status_text}: {message}")
 
@@ -126,9 +134,23 @@ def error_text(response: requests.Response) -> str:
 CONNECTION_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
+class CredentialSession(requests.Session):
+    """A session that never forwards its credential headers to another host on a redirect."""
+
+    credential_headers: frozenset[str] = frozenset()
+
+    def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
+        super().rebuild_auth(prepared_request, response)  # drops Authorization on another host
+        original = response.request.url or ""
+        if self.should_strip_auth(original, prepared_request.url or ""):
+            for name in self.credential_headers:
+                prepared_request.headers.pop(name, None)
+
+
 class ApiClient:
     service = "API"
     auth_hint = ""  # appended to AuthError messages: which settings to fix
+    credential_headers: frozenset[str] = frozenset()  # session headers that hold credentials
 
     def __init__(
         self,
@@ -143,7 +165,8 @@ class ApiClient:
         self.retry = retry or RetryPolicy()
         self.rate_limiter = rate_limiter
         self._sleep = sleep
-        self.session = requests.Session()
+        self.session = CredentialSession()
+        self.session.credential_headers = self.credential_headers
         # No retries below us: every attempt goes through `request`, and so through the limiter.
         adapter = HTTPAdapter(max_retries=0, pool_connections=pool_size, pool_maxsize=pool_size)
         self.session.mount("http://", adapter)
@@ -173,6 +196,7 @@ class ApiClient:
             if self.rate_limiter is not None:
                 self.rate_limiter.acquire()
             self.requests_sent += 1
+            unsendable: str | None = None
             try:
                 response = self.session.request(
                     method,
@@ -191,6 +215,13 @@ class ApiClient:
                 raise TransientError(
                     self.service, method, path, None, f"connection failed ({_reason(exc)}){suffix}"
                 ) from None
+            except (requests.RequestException, UnicodeError) as exc:
+                # Never sent: a header value requests refuses (InvalidHeader quotes the value, which
+                # may be a secret), an invalid URL. Every later request would fail the same way.
+                unsendable = type(exc).__name__
+            if unsendable is not None:  # raised outside the handler: no __context__ keeps the original
+                hint = f" {self.auth_hint}" if self.auth_hint else ""
+                raise AuthError(self.service, method, path, None, f"the request could not be sent ({unsendable}).{hint}")
             if response.status_code in TRANSIENT_STATUSES and attempt < retries:
                 wait = self.retry.backoff(attempt + 1, retry_after_seconds(response.headers.get("Retry-After")))
                 self._sleep(wait)

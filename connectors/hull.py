@@ -134,6 +134,7 @@ def normalize_event(raw: dict[str, Any]) -> dict[str, Any]:
 class HullClient(ApiClient):
     service = "Hull"
     auth_hint = "Check HULL_CONNECTOR_ID and HULL_CONNECTOR_SECRET (and HULL_ORGANIZATION)."
+    credential_headers = frozenset({"Hull-Access-Token", "Hull-App-Id", "Hull-Organization"})
 
     def __init__(
         self,

@@ -51,6 +51,8 @@ def backfill_events(
     push_concurrency: int | None = None,
     users_per_batch: int | None = None,
     customerio_api: Literal["v1", "v2_batch"] | None = None,
+    events_per_batch: int | None = None,
+    max_deletions_per_run: int | None = None,
     on_id_change: Literal["merge", "delete_old", "ignore"] | None = None,
     unset_removed_attributes: bool | None = None,
     sync_mode: Literal["upsert", "update_only"] | None = None,

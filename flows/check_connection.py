@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from cio_sync.pipeline import check
+from cio_sync.redact import scrub
 from cio_sync.secrets import load_secret_blocks
 from cio_sync.settings import ConnectorSettings
 
@@ -41,7 +42,7 @@ def check_connection(synchronized_segments: list[str] | None = None) -> list[dic
     findings = check.check_connection(settings)
     create_markdown_artifact(
         key=ARTIFACT_KEY,
-        markdown=check.markdown(findings),
+        markdown=scrub(check.markdown(findings)),
         description="Credentials and settings of the Hull → Customer.io connector.",
     )
     log = {"ok": logger.info, "warning": logger.warning, "error": logger.error}
@@ -49,5 +50,5 @@ def check_connection(synchronized_segments: list[str] | None = None) -> list[dic
         log[finding.level]("%s", finding.message)
     errors = [finding.message for finding in findings if finding.level == "error"]
     if errors:
-        raise ConnectionCheckFailed(" ".join(errors))
+        raise ConnectionCheckFailed(scrub(" ".join(errors)))
     return [asdict(finding) for finding in findings]

@@ -17,8 +17,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.utilities.annotations import quote
 
 from cio_sync.pipeline.breaker import Breaker
+from cio_sync.pipeline.drain_identity import IdentityMismatch, drain_settings
 from cio_sync.secrets import load_secret_blocks
-from cio_sync.settings import ConnectorSettings, HullCredentials, StateSettings, require
+from cio_sync.settings import HullCredentials, StateSettings, require
 from cio_sync.store.db import get_engine
 from cio_sync.webhooks.inbox import DONE, FAILED, IGNORED, backlog, count_by_status
 from tasks.drain_webhook_batch import drain_webhook_batch_task
@@ -58,15 +59,20 @@ def drain_webhooks(
 ) -> dict[str, Any]:
     """Sends stored Customer.io webhooks to Hull.
 
-    `user_id_mapping` falls back to the USER_ID_MAPPING environment variable, then to
-    `external_id`. Credentials come only from the environment, never from parameters.
+    `user_id_mapping` falls back to the USER_ID_MAPPING environment variable, then to the
+    value the latest sync-users run used, then to `external_id`; one that differs from the
+    sync's stops the drain (cio_sync/pipeline/identity.py). Credentials come only from the
+    environment, never from parameters.
     """
     logger = get_run_logger()
     load_secret_blocks()  # only for variables the environment lacks
     hull_credentials = HullCredentials()
     require(hull_credentials.missing())
-    settings = ConnectorSettings.resolve(user_id_mapping=user_id_mapping)
     database_url = StateSettings().state_database_url
+    try:  # the identity sync-users sends people as (cio_sync/pipeline/identity.py)
+        settings = drain_settings(get_engine(database_url), user_id_mapping)
+    except IdentityMismatch as exc:
+        raise DrainStopped(str(exc)) from None
     worker = worker_id()
 
     totals = {"batches": 0, "sent": 0, "ignored": 0, "failed": 0, "requeued": 0}

@@ -11,6 +11,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
+from cio_sync.pipeline import approval
+from cio_sync.pipeline.deletions import GuardResult, plan_table
 from cio_sync.pipeline.extract import UserPagePrefetcher, resolve_run_segments, walk_bound
 from cio_sync.pipeline.identity import IdMappingChanged, check_id_mapping
 from cio_sync.pipeline.leases import users_writer_lease
@@ -21,15 +23,20 @@ from cio_sync.pipeline.summary import SyncSummary
 from cio_sync.pipeline.users_page import PageIncomplete
 from cio_sync.pipeline.watermarks import EventsWindow, events_window, not_behind, users_walk_start
 from cio_sync.pipeline.writeback import WriteBackPipeline, write_back
+from cio_sync.redact import scrub_obj, scrubbed_errors
+from cio_sync.rules.guard import deletion_limit, over_limit_message, segments_problem
 from cio_sync.rules.sharding import WHOLE, Shard
 from cio_sync.runtime import SyncRuntime, build_runtime
-from cio_sync.settings import ConnectorSettings
+from cio_sync.settings import ApprovalSettings, ConnectorSettings
 from cio_sync.store.cursors import Cursor, read_cursor
 from cio_sync.store.db import utcnow
+from cio_sync.store.deletions import open_plan, reject_plan
 from cio_sync.store.failed import EVENTS, USERS
 from cio_sync.store.lease import Lease, LeaseHeld, LeaseLost
-from cio_sync.store.users import count_pending_writebacks
-from connectors.http import AuthError
+from cio_sync.store.settings_in_use import record_setting
+from cio_sync.store.users import count_live_people, count_pending_writebacks
+from connectors.http import ApiError, AuthError
+from tasks.send_deletions import send_deletions_task
 from tasks.sync_events_page import sync_events_page_task
 from tasks.sync_users_page import sync_users_page_task
 
@@ -56,8 +63,21 @@ class SyncFailed(Exception):
 def publish_summary(summary: SyncSummary, dry_run: bool) -> None:
     create_table_artifact(
         key="sync-users-summary",
-        table=summary.table(),
+        table=scrub_obj(summary.table()),
         description=("Dry run: nothing was sent. " if dry_run else "") + "What this sync-users run did.",
+    )
+
+
+PLAN_ARTIFACT_ROWS = 10_000  # the artifact's table; the description always gives the full count
+
+
+def publish_plan(result: GuardResult, message: str) -> None:
+    assert result.plan is not None
+    create_table_artifact(
+        key="deletion-plan",
+        table=scrub_obj(plan_table(result.plan_rows[:PLAN_ARTIFACT_ROWS])),
+        description=f"Deletion plan #{result.plan['id']} ({result.plan['size']} people; digest "
+                    f"{result.plan['digest'][:12]}). {message}",
     )
 
 
@@ -87,12 +107,14 @@ def sync_users(
     events_future_tolerance_minutes: float | None = None,
     users_overlap_seconds: float | None = None,
     failed_batch_auto_retries: int | None = None,
+    max_deletions_per_run: int | None = None,
     dry_run: bool = False,
     migrate_ids: bool = False,
     max_pages: int | None = None,
     shard_count: int = 1,
     shard_index: int = 0,
     global_rate_limit: bool = False,
+    approve_deletions: bool = False,
 ) -> dict[str, Any]:
     """Pushes users changed in Hull since the last run to Customer.io.
 
@@ -108,6 +130,10 @@ def sync_users(
 
     Unless `dry_run`, the run holds the users-writer lease of its users (`users:all`, or
     `users:shard:<i>/<n>`) from start to end, renewed by a heartbeat (cio_sync/pipeline/leases.py).
+
+    `approve_deletions`: delete the people of the deletion plan awaiting approval (published by
+    an earlier run as the `deletion-plan` artifact), even though they are over
+    `max_deletions_per_run`; approval covers that plan's people only.
     """
     logger = get_run_logger()
     shard = Shard(shard_index, shard_count)
@@ -117,9 +143,11 @@ def sync_users(
     runtime = build_runtime(settings, dry_run=dry_run, global_rate_limit=global_rate_limit)
     try:
         if dry_run:  # a dry run changes nothing, so it may overlap a real run
-            return _run(runtime, None, logger, max_pages, shard, migrate_ids, started)
+            with scrubbed_errors():  # a Failed state's message, and the result Prefect stores, keep no credential
+                return _run(runtime, None, logger, max_pages, shard, migrate_ids, started, approve_deletions)
         with users_writer_lease(runtime.engine, shard.writer_scope(), "sync-users", run_id_or_none()) as lease:
-            return _run(runtime, lease, logger, max_pages, shard, migrate_ids, started)
+            with scrubbed_errors():
+                return _run(runtime, lease, logger, max_pages, shard, migrate_ids, started, approve_deletions)
     except (LeaseHeld, LeaseLost) as exc:
         raise SyncFailed(str(exc)) from None
     finally:
@@ -132,7 +160,7 @@ def run_id_or_none() -> str | None:
 
 def _run(runtime: SyncRuntime, lease: Lease | None, logger: logging.Logger | logging.LoggerAdapter,
          max_pages: int | None, shard: Shard = WHOLE, migrate_ids: bool = False,
-         started: datetime | None = None) -> dict[str, Any]:
+         started: datetime | None = None, approve_deletions: bool = False) -> dict[str, Any]:
     settings = runtime.settings
     started = started or utcnow()
     summary = SyncSummary()
@@ -152,11 +180,19 @@ def _run(runtime: SyncRuntime, lease: Lease | None, logger: logging.Logger | log
         runtime = runtime.with_segments(resolve_run_segments(runtime.hull, settings.synchronized_segments))
     except AuthError as exc:
         raise SyncFailed(f"Hull rejected the credentials: {exc}") from None
+    # Deletion on, and a segment that does not resolve (or none given): every user read would
+    # count as "not in segments". Fail before any Customer.io call.
+    refused = segments_problem(settings, runtime.segments.unknown, runtime.segments.names)
+    if refused:
+        raise SyncFailed(refused)
     for entry in runtime.segments.unknown:
         summary.warnings.append(f"synchronized segment {entry!r} does not exist in Hull")
         logger.warning("synchronized segment %r does not exist in Hull", entry)
 
+    run_id = str(flow_run.get_id() or "")
     if not runtime.dry_run:
+        # The drain writes webhooks to Hull under the identity this run sends people as.
+        record_setting(runtime.engine, "user_id_mapping", settings.user_id_mapping, run_id or None)
         sent, error = write_back(runtime.hull, runtime.engine, settings.user_id_mapping)
         summary.writeback_sent += sent
         if error:
@@ -172,9 +208,18 @@ def _run(runtime: SyncRuntime, lease: Lease | None, logger: logging.Logger | log
         for warning in retried.warnings:
             logger.warning(warning)
     failure = _sync_users_stream(runtime, lease, summary, logger, max_pages, shard, run_id, identity.walk_from_start)
+    walked = failure is None
     if failure is None and settings.events_filter and runtime.whitelisted_segment_ids:
         window = events_window(runtime.engine, settings, shard, started, runtime.dry_run)
         failure = walk_events(runtime, window, summary, logger, run_id, shard, lease)
+    if runtime.dry_run:
+        _note_dry_run_deletions(runtime, summary)
+    elif walked:
+        # Only once the users walk is complete are all of the run's deletes known.
+        failure = _settle_deletions(runtime, lease, summary, logger, shard, run_id, approve_deletions) or failure
+    elif summary.decisions.get("delete"):
+        summary.warnings.append(f"{summary.decisions['delete']} deletions stay planned: the users walk did not "
+                                "complete, so the next run decides them with every other one")
 
     if not runtime.dry_run:
         summary.writeback_pending = count_pending_writebacks(runtime.engine)
@@ -282,3 +327,71 @@ def walk_events(runtime: SyncRuntime, window: EventsWindow, summary: SyncSummary
         logger.info("events page: %s", dict(page.summary.events))
         if page.last:  # Hull had no more: another task would only find nothing
             return None
+
+
+def _settle_deletions(runtime: SyncRuntime, lease: Lease | None, summary: SyncSummary, logger, shard: Shard,
+                      run_id: str, approve_deletions: bool) -> str | None:
+    """The deletion guard (cio_sync/pipeline/deletions.py); returns why the run must fail, or None."""
+    scope = shard.cursor_name(USERS_CURSOR)
+    approved, decided_by = None, ""
+    if approve_deletions:
+        plan = open_plan(runtime.engine, scope)
+        if plan is None:
+            summary.warnings.append("approve_deletions was given, but no deletion plan awaits approval")
+        else:
+            approved, decided_by = plan["id"], f"approve_deletions (flow run {run_id or '-'})"
+            logger.warning("approving deletion plan #%s (%s people)", plan["id"], plan["size"])
+    try:
+        result = send_deletions_task(quoted(runtime), scope, run_id or None, shard, approved, decided_by)
+        result.add_to(summary)
+        if result.plan is None:
+            return _postponed(result)
+        deployment_run = approval.from_deployment()
+        message = over_limit_message(result.plan["size"], result.limit, result.plan["id"], deployment_run)
+        publish_plan(result, message)
+        summary.warnings.append(message)
+        logger.warning(message)
+        if not deployment_run:
+            return message
+        settings = ApprovalSettings()
+        answer = approval.ask_for_approval(
+            approval.description(result.plan, result.limit, result.plan_rows),
+            settings.approval_timeout_seconds, settings.approval_poll_seconds,
+            keep_alive=lease.renew if lease is not None else None)
+        if answer is None:
+            return (f"Nobody answered the approval form within {settings.approval_timeout_seconds} s: nobody was "
+                    f"deleted; deletion plan #{result.plan['id']} stays open for the next run or for "
+                    "approve_deletions.")
+        who = f"the Prefect UI (flow run {run_id or '-'}){': ' + answer.note if answer.note else ''}"
+        if not answer.approve:
+            kept = reject_plan(runtime.engine, result.plan["id"], who)
+            summary.deletions["awaiting approval"] -= result.plan["size"]
+            summary.deletions["kept: plan rejected"] += kept
+            logger.warning("deletion plan #%s rejected in %s: %d people kept", result.plan["id"], who, kept)
+            return None
+        logger.warning("deletion plan #%s approved in %s", result.plan["id"], who)
+        summary.deletions["awaiting approval"] -= result.plan["size"]
+        approved_result = send_deletions_task(quoted(runtime), scope, run_id or None, shard, result.plan["id"], who)
+        approved_result.add_to(summary)
+        return _postponed(approved_result)
+    except AuthError as exc:
+        return f"Stopped while deleting: {exc}"
+    except ApiError as exc:
+        return f"Deletions postponed: Hull could not be asked whether they still hold ({exc}); every one stays planned."
+    finally:
+        summary.deletions = +summary.deletions  # drop the zero counts
+
+
+def _postponed(result: GuardResult) -> str | None:
+    if not result.postponed:
+        return None
+    return (f"{result.postponed} deletions could not be sent after retries; they stay planned and the next run "
+            "sends them (within the deletion guard).")
+
+
+def _note_dry_run_deletions(runtime: SyncRuntime, summary: SyncSummary) -> None:
+    count = summary.decisions.get("delete", 0)
+    limit = deletion_limit(runtime.settings.max_deletions_per_run, count_live_people(runtime.engine))
+    if count > limit:
+        summary.warnings.append(f"{count} deletions decided, more than max_deletions_per_run ({limit}): a real run "
+                                "would delete nobody until the plan is approved")

@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from cio_sync.pipeline.breaker import Breaker
 from cio_sync.pipeline.drain import drain_batch
+from cio_sync.redact import scrubbed_errors
 from cio_sync.settings import ConnectorSettings, HullCredentials
 
 
@@ -21,4 +22,5 @@ def drain_webhook_batch_task(
     worker_id: str,
     breaker: Breaker | None = None,
 ) -> dict[str, Any]:
-    return drain_batch(database_url, hull_credentials, connector_settings, batch_size, worker_id, breaker=breaker)
+    with scrubbed_errors():  # a Failed task state shows the message in the UI
+        return drain_batch(database_url, hull_credentials, connector_settings, batch_size, worker_id, breaker=breaker)

@@ -8,6 +8,7 @@ from prefect.cache_policies import NO_CACHE
 from cio_sync.pipeline.events_page import EventsPage, run_events_page
 from cio_sync.pipeline.phase import Phase
 from cio_sync.pipeline.watermarks import EventsWindow
+from cio_sync.redact import scrubbed_errors
 from cio_sync.rules.sharding import WHOLE, Shard
 from cio_sync.runtime import SyncRuntime
 from cio_sync.store.cursors import Cursor
@@ -22,4 +23,5 @@ def sync_events_page_task(
     flow_run_id: str | None = None,
     phase: Phase | None = None,
 ) -> EventsPage:
-    return run_events_page(runtime, cursor, window, shard, flow_run_id, phase)
+    with scrubbed_errors():  # a Failed task state shows the message in the UI
+        return run_events_page(runtime, cursor, window, shard, flow_run_id, phase)

@@ -11,6 +11,7 @@ from cio_sync.pipeline.phase import Phase
 from cio_sync.pipeline.summary import SyncSummary
 from cio_sync.pipeline.users_page import sync_page
 from cio_sync.pipeline.writeback import WriteBackPipeline
+from cio_sync.redact import scrubbed_errors
 from cio_sync.runtime import SyncRuntime
 from cio_sync.store.cursors import Cursor
 
@@ -26,4 +27,5 @@ def sync_users_page_task(
     write_backs: WriteBackPipeline | None = None,
     phase: Phase | None = None,
 ) -> SyncSummary:
-    return sync_page(runtime, users, cursor_name, next_cursor, flow_run_id, write_backs, phase)
+    with scrubbed_errors():  # a Failed task state shows the message in the UI
+        return sync_page(runtime, users, cursor_name, next_cursor, flow_run_id, write_backs, phase)

@@ -8,6 +8,8 @@ import logging
 import os
 import sys
 
+from cio_sync.redact import scrub, scrub_obj
+
 # Prefect's own limit is 20 s, which a busy 2-core machine can miss on a cold start.
 EPHEMERAL_SERVER_STARTUP_SECONDS = "180"
 _FLOW_COMMANDS = {"sync-users", "drain-webhooks", "failed", "demo", "backfill-events"}
@@ -46,18 +48,19 @@ def cmd_sync_users(args) -> int:
     if bar is not None:
         progress.add_listener(bar)
     try:
-        summary = sync_users(dry_run=args.dry_run, max_pages=args.max_pages, migrate_ids=args.migrate_ids)
+        summary = sync_users(dry_run=args.dry_run, max_pages=args.max_pages, migrate_ids=args.migrate_ids,
+                             approve_deletions=args.approve_deletions)
     except SyncFailed as exc:
         if bar is not None:
             bar.close()  # end the bar's line before the message
-        print(f"sync-users failed: {exc}", file=sys.stderr)
+        print(f"sync-users failed: {scrub(str(exc))}", file=sys.stderr)
         return 1
     finally:
         if bar is not None:
             progress.remove_listener(bar)
             bar.close()
     if args.json:
-        print(json.dumps(summary, indent=2, default=str))
+        print(json.dumps(scrub_obj(summary), indent=2, default=str))
     return 0
 
 
@@ -118,7 +121,7 @@ def cmd_check(args) -> int:
 
     findings = check_connection()
     for finding in findings:
-        print(f"{finding.level.upper():8} {finding.message}")
+        print(f"{finding.level.upper():8} {scrub(finding.message)}")
     return 1 if any(f.level == "error" for f in findings) else 0
 
 
@@ -151,9 +154,9 @@ def cmd_drain_webhooks(args) -> int:
     try:
         summary = drain_webhooks(batch_size=args.batch_size, max_batches=args.max_batches)
     except (DrainStopped, AuthError) as exc:
-        print(f"drain-webhooks stopped: {exc}", file=sys.stderr)
+        print(f"drain-webhooks stopped: {scrub(str(exc))}", file=sys.stderr)
         return 1
-    print(json.dumps(summary, indent=2, default=str))
+    print(json.dumps(scrub_obj(summary), indent=2, default=str))
     return 0
 
 
@@ -167,7 +170,7 @@ def cmd_failed_list(args) -> int:
     if not batches:
         print("no failed batches" if args.all else "no open failed batches")
     for batch in batches:
-        print(describe(batch))
+        print(scrub(describe(batch)))
     from cio_sync.webhooks.inbox import FAILED, count_by_status
 
     failed_webhooks = count_by_status(engine)[FAILED]
@@ -186,10 +189,12 @@ def cmd_failed_rerun(args) -> int:
     try:
         result = rerun_failed_batches(batch_ids=args.ids or None, requeue_failed_webhooks=args.webhooks)
     except (RerunIncomplete, AuthError) as exc:
-        print(f"rerun incomplete: {exc}", file=sys.stderr)
+        print(f"rerun incomplete: {scrub(str(exc))}", file=sys.stderr)
         return 1
     for row in result["batches"]:
-        print(f"#{row['batch']} {row['kind']}: {row['result']} {row['error']}".rstrip())
+        print(scrub(f"#{row['batch']} {row['kind']}: {row['result']} {row['error']}".rstrip()))
+    for change in result.get("settings_changed", []):
+        print(f"setting changed since a batch was saved: {change}")
     if not result["batches"]:
         print("nothing to rerun")
     return 0
@@ -240,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     p.add_argument("--migrate-ids", action="store_true",
                    help="user_id_mapping changed: move every person to its new id (on_id_change, merge by default)")
+    p.add_argument("--approve-deletions", action="store_true",
+                   help="delete the people of the deletion plan awaiting approval (see the `deletion-plan` "
+                        "artifact), even over max_deletions_per_run")
     p.set_defaults(func=cmd_sync_users)
 
     p = sub.add_parser("backfill-events", help="send the events of a past window once (the schedule never sends "
@@ -313,12 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not (args.command == "failed" and getattr(args, "failed_command", "") == "list") and args.command != "lease":
         _say_if_starting_prefect(args.command)
-    from cio_sync.settings import MissingSettingsError
+    from cio_sync.settings import SettingsError
 
     try:
         return args.func(args)
-    except MissingSettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except SettingsError as exc:  # names variables, never values
+        print(f"error: {scrub(str(exc))}", file=sys.stderr)
         return 2
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cio_sync.rules.mapping import resolve_segments
-from cio_sync.settings import ConnectorSettings, CustomerIoCredentials, HullCredentials
+from cio_sync.settings import ConnectorSettings, CustomerIoCredentials, HullCredentials, SettingsError
 from connectors.customerio import CustomerIoClient
 from connectors.http import ApiError, AuthError, RetryPolicy
 from connectors.hull import HullClient
@@ -21,7 +21,10 @@ class Finding:
 
 def check_connection(settings: ConnectorSettings | None = None) -> list[Finding]:
     settings = settings or ConnectorSettings()
-    hull_credentials, cio_credentials = HullCredentials(), CustomerIoCredentials()
+    try:
+        hull_credentials, cio_credentials = HullCredentials(), CustomerIoCredentials()
+    except SettingsError as exc:  # names the variable, never its value
+        return [Finding("error", str(exc))]
     findings: list[Finding] = []
     if cio_credentials.missing():
         findings.append(Finding("error", "Please enter your Customer.io Site ID and API Key "
@@ -49,7 +52,9 @@ def check_connection(settings: ConnectorSettings | None = None) -> list[Finding]
                 findings.append(Finding("ok", f"Hull credentials accepted ({len(segments)} segments)."))
                 _, unknown = resolve_segments(settings.synchronized_segments, segments)
                 for entry in unknown:
-                    findings.append(Finding("warning", f"Synchronized segment {entry!r} does not exist in Hull."))
+                    # With deletion on, sync-users refuses to run (its users would all be deleted).
+                    level = "error" if settings.enable_user_deletion else "warning"
+                    findings.append(Finding(level, f"Synchronized segment {entry!r} does not exist in Hull."))
             except AuthError as exc:
                 findings.append(Finding("error", f"Hull rejected the credentials: {exc}"))
             except ApiError as exc:

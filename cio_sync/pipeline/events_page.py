@@ -294,7 +294,7 @@ def sync_events_page(
     with runtime.engine.begin() as connection:
         upsert(connection, event_state, rows, "hull_event_id")
         if retry_ids and not rerun:  # a rerun reports what is left, files nothing new
-            batch_id = phase.file_unsent(connection, "hull_event_ids", retry_ids, runtime.settings.model_dump(mode="json"),
+            batch_id = phase.file_unsent(connection, "hull_event_ids", retry_ids, runtime.settings.snapshot(),
                                          first_error or "unknown error", flow_run_id)
             if batch_id is not None:  # a later page of the phase adds to the same batch
                 summary.failed_batches.append(batch_id)

@@ -38,7 +38,7 @@ class Phase:
             if self.failed_batch_id is not None:
                 add_to_failed_batch(connection, self.failed_batch_id, ids_key, ids)
                 return None
-            # The settings travel with the batch: a rerun redoes it as the failed run would have.
-            payload = {ids_key: list(dict.fromkeys(ids)), "settings": settings}
+            # The settings are kept only to tell a rerun what changed since; a rerun applies its own.
+            payload = {ids_key: list(dict.fromkeys(ids)), "settings_when_saved": settings}
             self.failed_batch_id = record_failed_batch(connection, self.kind, payload, error, flow_run_id)
             return self.failed_batch_id

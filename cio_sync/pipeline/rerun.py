@@ -1,7 +1,8 @@
 """Redo failed batches: work that outlived its retry budget (`failed_batches`).
 
-Each batch is redone against current Hull data and current state, with the settings of the
-run that redoes it: users are fetched again from Hull (their current attributes) and diffed
+Each batch is redone against current Hull data, current state and the settings of the
+`runtime` given (today's: a batch keeps only the work, never the settings of the run that
+saved it): users are fetched again from Hull (their current attributes) and diffed
 like any page, so a user synced since is skipped as unchanged; events already sent are
 skipped through `event_state`. Rerunning a batch twice therefore sends nothing twice.
 
@@ -15,6 +16,8 @@ A batch is resolved only when every item in it was found in Hull and nothing is 
 retry. An item Hull no longer returns (a removed user, an event id in neither `event_id` nor
 `_id`) keeps the batch open, with that reason as its error: unfound work is never counted
 as done (and not retried automatically: it waits for a person).
+A user the rerun decides to delete is planned, never deleted here (the deletion guard of a
+sync run sends it).
 """
 
 from __future__ import annotations
@@ -26,12 +29,24 @@ from cio_sync.pipeline.events_page import sync_events_page
 from cio_sync.pipeline.extract import resolve_run_segments
 from cio_sync.pipeline.summary import SyncSummary
 from cio_sync.pipeline.users_page import PageIncomplete, sync_page
+from cio_sync.rules.guard import segments_problem
 from cio_sync.rules.sharding import WHOLE, Shard
 from cio_sync.runtime import SyncRuntime
+from cio_sync.settings import ConnectorSettings
 from cio_sync.store.events import event_user_ids
 from cio_sync.store.failed import EVENTS, USERS, mark_rerun, open_work_batches
 from cio_sync.store.identity import latest_stream_mapping
 from connectors.http import ApiError, AuthError, TransientError
+
+
+def changed_settings(saved: dict[str, Any] | None, current: ConnectorSettings) -> list[str]:
+    """`name: saved → now` for each setting that differs from the one saved with a batch (for
+    the rerun's summary only: the rerun applies `current`). A batch saved with none reports
+    nothing."""
+    if not saved:
+        return []
+    now = current.snapshot()
+    return [f"{name}: {saved[name]!r} → {now[name]!r}" for name in sorted(now) if name in saved and saved[name] != now[name]]
 
 
 class RerunOutcome(NamedTuple):
@@ -42,12 +57,20 @@ class RerunOutcome(NamedTuple):
 
 
 def rerun_batch(runtime: SyncRuntime, batch: dict[str, Any], run_id: str | None) -> RerunOutcome:
-    """Redoes one batch with `runtime`'s settings. AuthError propagates: it stops the whole rerun."""
+    """Redoes one batch with `runtime`'s settings (today's). AuthError propagates: it stops the
+    whole rerun."""
     summary = SyncSummary()
     runtime = _with_current_id_mapping(runtime)
     try:
         if not runtime.segments.names:
             runtime = runtime.with_segments(resolve_run_segments(runtime.hull, runtime.settings.synchronized_segments))
+        refused = segments_problem(runtime.settings, runtime.segments.unknown, runtime.segments.names)
+        if refused:
+            return RerunOutcome(False, refused, summary, transient=False)
+        if not runtime.settings.synchronized_segments:
+            # Everyone would be skipped and the batch called resolved: keep it open instead.
+            return RerunOutcome(False, "synchronized_segments is empty, so nothing would be sent: set it and rerun",
+                                summary, transient=False)
         if batch["kind"] == USERS:
             wanted = [str(i) for i in batch["payload"]["hull_ids"]]
             users = runtime.hull.users_by_ids(wanted)

@@ -22,10 +22,13 @@ class SyncSummary:
     event_skip_reasons: Counter = field(default_factory=Counter)
     # Failed batches retried at the start of the run: resolved / still_open / waiting_for_a_person.
     batch_retries: Counter = field(default_factory=Counter)
+    segments_left_out: Counter = field(default_factory=Counter)  # users / segments cut from hull_segments
+    deletions: Counter = field(default_factory=Counter)  # what the deletion guard did (sent, awaiting approval, ...)
     writeback_sent: int = 0
     writeback_pending: int = 0
     failed_batches: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # first few user errors, for the artifact
+    duplicates: list[str] = field(default_factory=list)  # first few `duplicate_id` skips
     warnings: list[str] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)  # why a phase stopped early (breaker, credentials)
 
@@ -35,12 +38,14 @@ class SyncSummary:
         self.pages += other.pages
         self.users_seen += other.users_seen
         for name in ("decisions", "skip_reasons", "failed_users", "calls", "dropped_attributes",
-                     "removed_attributes", "id_changes", "events", "event_skip_reasons", "batch_retries"):
+                     "removed_attributes", "id_changes", "events", "event_skip_reasons", "batch_retries",
+                     "segments_left_out", "deletions"):
             getattr(self, name).update(getattr(other, name))
         self.writeback_sent += other.writeback_sent
         self.writeback_pending = other.writeback_pending or self.writeback_pending
         self.failed_batches.extend(other.failed_batches)
         self.errors.extend(other.errors[: max(0, self.MAX_ERRORS - len(self.errors))])
+        self.duplicates.extend(other.duplicates[: max(0, self.MAX_ERRORS - len(self.duplicates))])
         self.warnings.extend(w for w in other.warnings if w not in self.warnings)
         self.stopped.extend(other.stopped)
         return self
@@ -48,6 +53,10 @@ class SyncSummary:
     def add_error(self, message: str) -> None:
         if len(self.errors) < self.MAX_ERRORS:
             self.errors.append(message)
+
+    def add_duplicate(self, message: str) -> None:
+        if len(self.duplicates) < self.MAX_ERRORS:
+            self.duplicates.append(message)
 
     @property
     def failed_total(self) -> int:
@@ -81,12 +90,17 @@ class SyncSummary:
         rows += [{"metric": f"attribute dropped: {k}", "value": v} for k, v in sorted(self.dropped_attributes.items())]
         rows += [{"metric": f"attribute removed: {k}", "value": v} for k, v in sorted(self.removed_attributes.items())]
         rows += [{"metric": f"failed batches retried: {k}", "value": v} for k, v in sorted(self.batch_retries.items())]
+        if self.segments_left_out:
+            rows.append({"metric": "hull_segments shortened to the value limit: users", "value": self.segments_left_out["users"]})
+            rows.append({"metric": "hull_segments shortened: segments left out", "value": self.segments_left_out["segments"]})
+        rows += [{"metric": f"deletions: {k}", "value": v} for k, v in sorted(self.deletions.items())]
         rows.append({"metric": "Hull write-backs sent", "value": self.writeback_sent})
         rows.append({"metric": "Hull write-backs pending", "value": self.writeback_pending})
         if self.failed_batches:
             rows.append({"metric": "failed batch ids", "value": ", ".join(map(str, self.failed_batches))})
         rows += [{"metric": "stopped", "value": s} for s in self.stopped]
         rows += [{"metric": "warning", "value": w} for w in self.warnings]
+        rows += [{"metric": "duplicate id", "value": d} for d in self.duplicates]
         rows += [{"metric": "error", "value": e} for e in self.errors]
         return rows
 

@@ -20,8 +20,12 @@ from cio_sync.rules.plan import DELETE, INSERT, SKIP, SUPPRESS, UNSET_SEGMENTS, 
 from cio_sync.runtime import SyncRuntime
 from cio_sync.store.cursors import Cursor, write_cursor
 from cio_sync.store.db import utcnow
+from cio_sync.store.deletions import cancel_for_users, plan_deletions
 from cio_sync.store.failed import USERS
-from cio_sync.store.users import load_user_state, record_user_outcomes
+from cio_sync.store.users import live_cio_id_holders, load_user_state, record_user_outcomes
+
+# Why a planned deletion is planned (decision rule 3).
+LEFT_SEGMENTS = "left every synchronized segment"
 
 
 class PageIncomplete(Exception):
@@ -40,13 +44,24 @@ def summarize_plans(plans: list[UserPlan], summary: SyncSummary) -> None:
         summary.decisions[plan.action] += 1
         if plan.action == SKIP:
             summary.skip_reasons[plan.reason.split(":")[0]] += 1
+            if plan.reason == "duplicate_id" and plan.mapped is not None:
+                summary.add_duplicate(f"Customer.io id {plan.mapped.cio_id!r}: Hull user {plan.hull_id} skipped, "
+                                      "another Hull user holds that id")
         if plan.mapped is not None and plan.action != SKIP:
             for name, _reason in plan.mapped.dropped:
                 summary.dropped_attributes[name] += 1
+            if plan.mapped.segments_left_out:
+                summary.segments_left_out["users"] += 1
+                summary.segments_left_out["segments"] += plan.mapped.segments_left_out
         if plan.previous_id is not None and plan.action == UPDATE:
             summary.id_changes[plan.id_change or "ignore"] += 1
         for name in plan.unset_attributes:
             summary.removed_attributes[name] += 1
+
+
+def deletion_row(plan: UserPlan) -> dict[str, Any]:
+    return {"hull_id": plan.hull_id, "cio_id": plan.target_id, "reason": LEFT_SEGMENTS,
+            "email": (plan.mapped.email if plan.mapped is not None else None)}
 
 
 def outcome_row(outcome: UserOutcome, now) -> dict[str, Any]:
@@ -101,16 +116,25 @@ def record_page(
     next_cursor: Cursor | None,
     flow_run_id: str | None,
     phase: Phase | None = None,
+    plans: list[UserPlan] | None = None,
 ) -> None:
+    """`plans`: the page's decisions. Deletes among them are recorded as planned (the deletion
+    guard sends them at the end of the run); any other decision ends a user's planned delete."""
     now = utcnow()
     rows = [outcome_row(o, now) for o in outcomes]
     retryable = [o for o in outcomes if o.error_kind in ("transient", "not_attempted")]
+    deferred = [p for p in plans or [] if p.action == DELETE]
+    decided_otherwise = [p.hull_id for p in plans or [] if p.action != DELETE and p.mapped is not None]
     with runtime.engine.begin() as connection:
         record_user_outcomes(connection, rows)
+        plan_deletions(connection, [deletion_row(p) for p in deferred], flow_run_id)
+        cancel_for_users(connection, decided_otherwise, "decided again without a delete")
         # A rerun of a failed batch (no cursor) reports what is left instead of filing a new batch.
         if retryable and next_cursor is not None:
             batch_id = (phase or Phase(USERS)).file_unsent(
-                connection, "hull_ids", [o.plan.hull_id for o in retryable], runtime.settings.model_dump(mode="json"),
+                # Only the work: a rerun applies the settings of its own day. The settings of now
+                # are kept only to tell, at rerun time, which of them changed since.
+                connection, "hull_ids", [o.plan.hull_id for o in retryable], runtime.settings.snapshot(),
                 next((o.error for o in retryable if o.error_kind == "transient"), retryable[0].error) or "unknown error",
                 flow_run_id,
             )
@@ -146,19 +170,20 @@ def sync_page(
     ids = [u["id"] for u in users if isinstance(u, dict) and isinstance(u.get("id"), str)]
     state = load_user_state(runtime.engine, ids)
     settings = runtime.settings
-    plans = plan_page(users, state, settings, runtime.segment_names, runtime.whitelisted_segment_ids)
-    # The deletion guard hooks in here, before anything is sent: `[p for p in plans if
-    # p.destructive]` are the deletes, suppressions and id-change merges or old-person deletes
-    # of this page (a migration of every id is a full walk of such pages).
+    plans = plan_page(users, state, settings, runtime.segment_names, runtime.whitelisted_segment_ids,
+                      id_holders=lambda cio_ids: live_cio_id_holders(runtime.engine, cio_ids))
     summarize_plans(plans, summary)
     if runtime.dry_run:
         return summary
+    # Deletes are never sent from a page: the deletion guard sends them once the run's every
+    # decision is known (cio_sync/pipeline/deletions.py).
+    to_push = [p for p in plans if p.action != DELETE]
 
     try:
         if settings.customerio_api == "v2_batch":
             outcomes = push_page_v2(
                 runtime.customerio,
-                plans,
+                to_push,
                 user_id_mapping=settings.user_id_mapping,
                 max_attributes_per_call=settings.max_attributes_per_call,
                 concurrency=settings.push_concurrency,
@@ -168,7 +193,7 @@ def sync_page(
         else:
             outcomes = push_page(
                 runtime.customerio,
-                plans,
+                to_push,
                 max_attributes_per_call=settings.max_attributes_per_call,
                 concurrency=settings.push_concurrency,
                 breaker=breaker,
@@ -177,7 +202,7 @@ def sync_page(
         # Customer.io is down: what went through is recorded, the rest of the page becomes a
         # failed batch (the next scheduled run retries it first; `cio-sync failed rerun` at any
         # time), the cursor moves past the page, and the run stops here.
-        record_page(runtime, stopped.args[0], summary, cursor_name, next_cursor, flow_run_id, phase)
+        record_page(runtime, stopped.args[0], summary, cursor_name, next_cursor, flow_run_id, phase=phase, plans=plans)
         batch_id = phase.failed_batch_id if phase is not None else next(iter(summary.failed_batches), None)
         if next_cursor is not None and batch_id is not None:
             where = (f"the unsent users of the page are saved in failed batch {batch_id}; "
@@ -191,7 +216,7 @@ def sync_page(
             f"so the {phase.kind if phase is not None else USERS} phase stopped; {where}.",
         ) from None
 
-    record_page(runtime, outcomes, summary, cursor_name, next_cursor, flow_run_id, phase)
+    record_page(runtime, outcomes, summary, cursor_name, next_cursor, flow_run_id, phase=phase, plans=plans)
     synced = [o.plan.hull_id for o in outcomes if o.ok]
     if synced and write_backs is not None:
         write_backs.submit(synced)  # sent while the next page is synced; counted at the end

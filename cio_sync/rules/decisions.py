@@ -17,10 +17,15 @@ segment-exit actions and update-only mode). "Live": created in Customer.io and n
 13. same attribute hash as the last sync                       → skip  unchanged
 14. otherwise                                                  → update
 
+15. an insert or update whose Customer.io id another user already holds (a live person in
+    state, or an earlier user of the same page)                → skip  duplicate_id (`mark_duplicate_ids`)
+
 `enable_user_deletion` is on_segment_exit `delete` (true) or `keep` (false).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -83,3 +88,34 @@ def decide(page: pd.DataFrame, state: pd.DataFrame, on_segment_exit: str | bool,
     frame["action"] = np.select(conditions, [action for _, action, _ in rules], default=UPDATE)
     frame["reason"] = np.select(conditions, [reason for _, _, reason in rules], default="")
     return frame
+
+
+def mark_duplicate_ids(decided: pd.DataFrame, cio_ids: list[str | None], holders: Mapping[str, str]) -> pd.DataFrame:
+    """Rule 11, after `decide`: two Hull users are never sent as one Customer.io person.
+
+    `cio_ids` are the page's mapped ids, in the row order of `decided`; `holders` maps ids to
+    the Hull user holding them in state (live people only). The holder keeps its id, and so
+    does the first user of the page to claim an id nobody holds. A holder that this page
+    sends under another id is moving away from the old one, which is then free."""
+    hull_ids = list(decided["hull_id"])
+    sending = list(decided["action"].isin([INSERT, UPDATE]))
+    moving = {h: c for h, c, s in zip(hull_ids, cio_ids, sending) if s}
+    claimed: set[str] = set()
+    duplicate = []
+    for hull_id, cio_id, is_sending in zip(hull_ids, cio_ids, sending):
+        if not is_sending or cio_id is None:
+            duplicate.append(False)
+            continue
+        holder = holders.get(cio_id)
+        taken = holder is not None and holder != hull_id and moving.get(holder, cio_id) == cio_id
+        is_duplicate = taken or cio_id in claimed
+        duplicate.append(is_duplicate)
+        if not is_duplicate:
+            claimed.add(cio_id)
+    mask = np.array(duplicate, dtype=bool)
+    if not mask.any():
+        return decided
+    decided = decided.copy()
+    decided.loc[mask, "action"] = SKIP
+    decided.loc[mask, "reason"] = "duplicate_id"
+    return decided

@@ -20,6 +20,10 @@ DATE_SUFFIXES = ("_at", "_date")
 ALWAYS_SENT = frozenset({"id", "email", "created_at", "hull_segments", "anonymous_id"})
 # Customer.io removes an attribute sent with an empty string value.
 REMOVED = ""
+# Customer.io reserves attribute names starting with `_` (`_timestamp`, `_update`, ...): one
+# in an identify call fails the whole call, so such names are dropped like other invalid ones.
+RESERVED_PREFIX = "_"
+SEGMENTS_ATTRIBUTE = "hull_segments"
 
 
 @dataclass
@@ -32,6 +36,7 @@ class MappedUser:
     id_error: str | None = None  # set when the id value breaks a limit
     dropped: list[tuple[str, str]] = field(default_factory=list)  # (attribute, reason)
     indexed_at: int | None = None  # Hull's indexed_at, unix seconds: Customer.io's `_timestamp`
+    segments_left_out: int = 0  # names cut from the end of `hull_segments` to fit the value limit
 
     @cached_property
     def attributes_hash(self) -> str:
@@ -185,8 +190,10 @@ def map_user(
         attributes["email"] = email
     if user.get("created_at") is not None:
         attributes["created_at"] = to_unix_seconds(user["created_at"])
-    attributes["hull_segments"] = sorted(segment_names.get(s, s) for s in segment_ids)
     max_value_length = settings.max_attribute_value_length
+    names: list[str] = sorted(segment_names.get(s, s) for s in segment_ids)  # type: ignore[misc]
+    segments, segments_left_out = fit_list(names, max_value_length)
+    attributes[SEGMENTS_ATTRIBUTE] = segments
     anonymous_id = latest_anonymous_id(user)
     if anonymous_id is not None and byte_length(anonymous_id) <= max_value_length:
         attributes["anonymous_id"] = anonymous_id  # links the person's earlier anonymous events
@@ -217,6 +224,9 @@ def map_user(
         if name_too_long:
             dropped.append((name, f"name longer than {settings.max_attribute_name_length} bytes"))
             continue
+        if name.startswith(RESERVED_PREFIX):
+            dropped.append((name, "names starting with _ are reserved by Customer.io"))
+            continue
         if value is not None:
             if type(value) is str:
                 size = len(value) if value.isascii() else len(value.encode("utf-8"))
@@ -236,6 +246,7 @@ def map_user(
         id_error=id_error,
         dropped=dropped,
         indexed_at=_unix_or_none(user.get("indexed_at")),
+        segments_left_out=segments_left_out,
     )
 
 
@@ -250,6 +261,19 @@ def _unix_or_none(value: Any) -> int | None:
 def _iso_to_unix(value: str) -> int | None:
     seconds = to_unix_seconds(value)
     return seconds if isinstance(seconds, int) else None
+
+
+def fit_list(values: list[str], max_bytes: int) -> tuple[list[str], int]:
+    """`values` without as many items from the end as needed for its JSON to fit `max_bytes`
+    (Customer.io's value limit applies to a list as a whole); returns (kept, left out)."""
+    # A JSON string costs at most 6 bytes a character (an escape like \u001f) plus quotes and a
+    # comma: most users' few segments fit without encoding anything.
+    if 6 * sum(len(v) for v in values) + 3 * len(values) + 2 <= max_bytes or byte_length(values) <= max_bytes:
+        return values, 0
+    kept = list(values)
+    while kept and byte_length(kept) > max_bytes:
+        kept.pop()
+    return kept, len(values) - len(kept)
 
 
 @lru_cache(maxsize=64)

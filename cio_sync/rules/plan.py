@@ -12,7 +12,7 @@ Besides the action, a plan says how the person's identity changes in Customer.io
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +29,7 @@ from cio_sync.rules.decisions import (
     UNSET_SEGMENTS,
     UPDATE,
     decide,
+    mark_duplicate_ids,
 )
 from cio_sync.rules.mapping import REMOVED, MalformedUserError, MappedUser, chunk_attributes, map_user, removed_names
 from cio_sync.settings import ConnectorSettings
@@ -68,7 +69,10 @@ def plan_page(
     settings: ConnectorSettings,
     segment_names: dict[str, str],
     whitelisted_ids: AbstractSet[str],
+    id_holders: Callable[[list[str]], Mapping[str, str]] | None = None,
 ) -> list[UserPlan]:
+    """`id_holders(ids)`: which Hull user holds each of these Customer.io ids in state (live
+    people only), for the `duplicate_id` rule; asked only for the ids of inserts and updates."""
     plans: list[UserPlan] = []
     mapped_users: list[tuple[dict[str, Any], MappedUser]] = []
     for user in users:
@@ -106,6 +110,14 @@ def plan_page(
     # Row positions in a plain dict and the few columns the plans read as plain lists: `.loc`
     # or `.iat` per user cost more than the whole vectorised decision.
     state_position = {hull_id: i for i, hull_id in enumerate(state["hull_id"])}
+    cio_ids = [m.cio_id for _, m in mapped_users]
+    # Who holds an id is asked only for ids their user does not already hold in state (inserts,
+    # id changes): an update under the user's own id is the usual case and needs no query.
+    held = {hull_id: cio_id for hull_id, cio_id in zip(state["hull_id"], state["cio_id"])}
+    to_check = [m.cio_id for (_, m), a in zip(mapped_users, decided["action"])
+                if m.cio_id is not None and a in (INSERT, UPDATE) and held.get(m.hull_id) != m.cio_id]
+    decided = mark_duplicate_ids(decided, cio_ids, id_holders(to_check) if id_holders and to_check else {})
+
     columns = {c: state[c].tolist() for c in _PLAN_COLUMNS if c in state}
 
     def at(column: str, position: int | None) -> Any:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Engine,
+    Index,
     Integer,
     MetaData,
     String,
@@ -55,6 +56,7 @@ user_state = Table(
     Column("cio_id_mapping", String(255)),
     Column("attribute_names", JSON),
     Column("suppressed_at", DateTime(timezone=True)),
+    Index("ix_user_state_cio_id", "cio_id"),  # who holds a Customer.io id (`duplicate_id`)
 )
 
 # The user_id_mapping in force at each users stream's last run (one row per stream: shards
@@ -126,6 +128,53 @@ failed_batches = Table(
     # retry the batch by themselves (`failed_batch_auto_retries`).
     Column("transient", Boolean, nullable=False, default=True),
 )
+
+# Deletions decided by the users phase, sent only by the deletion guard at the end of a run
+# (cio_sync/pipeline/deletions.py). One `planned` row per Hull user at most.
+planned_deletions = Table(
+    "planned_deletions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("hull_id", String(64), nullable=False, index=True),
+    Column("action", String(16), nullable=False),  # delete (suppress and id migrations may join)
+    Column("cio_id", String(255), nullable=False),  # the person that would be deleted
+    Column("email", String(255)),
+    Column("reason", Text, nullable=False),  # why the person would be deleted
+    Column("status", String(16), nullable=False, index=True),  # planned|sent|failed|cancelled|rejected
+    Column("plan_id", Integer, index=True),  # the deletion plan awaiting approval that lists it
+    Column("flow_run_id", String(64)),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Column("planned_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# A set of planned deletions over the limit, published for approval; approval covers it only.
+deletion_plans = Table(
+    "deletion_plans",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("scope", String(64), nullable=False),  # the users stream (shard) whose run made it
+    Column("digest", String(64), nullable=False),  # SHA-256 of its (Hull id, Customer.io id) pairs
+    Column("size", Integer, nullable=False),
+    Column("status", String(16), nullable=False, index=True),  # open|approved|rejected|superseded
+    Column("flow_run_id", String(64)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("decided_at", DateTime(timezone=True)),
+    Column("decided_by", String(255)),
+)
+
+# Settings a sync run used that other flows must agree with (the drain's `user_id_mapping`).
+settings_in_use = Table(
+    "settings_in_use",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", JSON),
+    Column("flow_run_id", String(64)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Mutual exclusion between runs of the same job, across processes and machines.
 
 # Who may write which users right now, across processes and machines (cio_sync/store/lease.py).
 leases = Table(

@@ -71,3 +71,46 @@ def count_pending_writebacks(engine: Engine) -> int:
         return connection.execute(
             select(func.count()).select_from(user_state).where(user_state.c.writeback_pending.is_(True))
         ).scalar_one()
+
+
+def live_cio_id_holders(engine: Engine, cio_ids: Iterable[str]) -> dict[str, str]:
+    """Customer.io id → the Hull user whose live person (created, not deleted) holds it."""
+    ids = sorted(set(cio_ids))
+    holders: dict[str, str] = {}
+    with engine.connect() as connection:
+        for start in range(0, len(ids), 500):
+            rows = connection.execute(
+                select(user_state.c.cio_id, user_state.c.hull_id)
+                .where(user_state.c.cio_id.in_(ids[start : start + 500]))
+                .where(user_state.c.created_at.is_not(None))
+                .where(user_state.c.deleted_at.is_(None))
+                .order_by(user_state.c.created_at, user_state.c.hull_id)
+            ).all()
+            for cio_id, hull_id in rows:
+                holders.setdefault(cio_id, hull_id)  # the earliest created keeps it
+    return holders
+
+
+def count_live_people(engine: Engine) -> int:
+    """People state says exist in Customer.io (created, not deleted)."""
+    with engine.connect() as connection:
+        return connection.execute(
+            select(func.count()).select_from(user_state)
+            .where(user_state.c.created_at.is_not(None))
+            .where(user_state.c.deleted_at.is_(None))
+        ).scalar_one()
+
+
+def live_people(engine: Engine, hull_ids: list[str]) -> dict[str, str]:
+    """Hull id → Customer.io id, for those of `hull_ids` whose person is live in state."""
+    found: dict[str, str] = {}
+    with engine.connect() as connection:
+        for start in range(0, len(hull_ids), 500):
+            rows = connection.execute(
+                select(user_state.c.hull_id, user_state.c.cio_id)
+                .where(user_state.c.hull_id.in_(hull_ids[start : start + 500]))
+                .where(user_state.c.created_at.is_not(None))
+                .where(user_state.c.deleted_at.is_(None))
+            ).all()
+            found.update({hull_id: cio_id for hull_id, cio_id in rows if cio_id})
+    return found

@@ -8,13 +8,16 @@ from cio_sync.settings import (
     ConnectorSettings,
     CustomerIoCredentials,
     HullCredentials,
+    InvalidCredentialError,
+    SettingsError,
 )
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    for key in ("CUSTOMERIO_REGION", "CUSTOMERIO_TRACK_URL", "SYNCHRONIZED_SEGMENTS", "HULL_API_URL"):
+    for key in ("CUSTOMERIO_REGION", "CUSTOMERIO_TRACK_URL", "SYNCHRONIZED_SEGMENTS", "HULL_API_URL",
+                "HULL_CONNECTOR_SECRET", "CUSTOMERIO_API_KEY", "CUSTOMERIO_SITE_ID", "CUSTOMERIO_WEBHOOK_SIGNING_KEY"):
         monkeypatch.delenv(key, raising=False)
 
 
@@ -57,3 +60,44 @@ def test_secrets_are_masked(monkeypatch):
     monkeypatch.setenv("HULL_CONNECTOR_SECRET", "hull-secret")
     assert "super-secret-key" not in repr(CustomerIoCredentials())
     assert "hull-secret" not in str(HullCredentials())
+
+
+def test_credentials_are_stripped_when_loaded(monkeypatch):
+    monkeypatch.setenv("HULL_CONNECTOR_SECRET", " hull-secret-with-spaces\n")
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", "\tkey-from-a-mounted-file\r\n")
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", " site ")
+    assert HullCredentials().connector_secret.get_secret_value() == "hull-secret-with-spaces"
+    cio = CustomerIoCredentials()
+    assert cio.api_key.get_secret_value() == "key-from-a-mounted-file" and cio.site_id == "site"
+
+
+@pytest.mark.parametrize("value", ["abc\ndef-secret-value", "abc\x1bdef-secret-value", "abc\x7fdef-secret-value"])
+def test_a_control_character_inside_a_credential_names_the_variable_not_the_value(monkeypatch, value):
+    monkeypatch.setenv("HULL_CONNECTOR_SECRET", value)
+    with pytest.raises(InvalidCredentialError) as failure:
+        HullCredentials()
+    assert "HULL_CONNECTOR_SECRET" in str(failure.value) and "control character" in str(failure.value)
+    assert "secret-value" not in str(failure.value) and "secret-value" not in repr(failure.value.args)
+    assert isinstance(failure.value, SettingsError)
+
+
+def test_non_ascii_in_a_header_credential_is_an_error(monkeypatch):
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", "kéy-secret-value")
+    with pytest.raises(InvalidCredentialError, match="CUSTOMERIO_API_KEY") as failure:
+        CustomerIoCredentials()
+    assert "secret-value" not in str(failure.value)
+
+
+def test_a_blank_credential_is_missing_by_name(monkeypatch):
+    monkeypatch.setenv("HULL_CONNECTOR_SECRET", "  \n")
+    assert "HULL_CONNECTOR_SECRET" in HullCredentials().missing()
+
+
+def test_loaded_secrets_are_known_to_the_scrubber(monkeypatch):
+    from cio_sync import redact
+
+    monkeypatch.setenv("HULL_CONNECTOR_SECRET", " hull-secret-scrubbed\n")
+    monkeypatch.setenv("CUSTOMERIO_SITE_ID", "site")
+    monkeypatch.setenv("CUSTOMERIO_API_KEY", "cio-key-scrubbed")
+    HullCredentials(), CustomerIoCredentials()
+    assert redact.scrub("a hull-secret-scrubbed b cio-key-scrubbed c") == "a [redacted] b [redacted] c"

@@ -55,7 +55,7 @@ def test_customerio_down_during_the_events_phase_stops_it_after_three_events(sim
     cio_sim.faults.force("/events", 503, method="POST")
 
     with pytest.raises(SyncFailed, match="3 events in a row even after retries, so the events phase stopped"):
-        sync_users(**SETTINGS, push_concurrency=1)
+        sync_users(**SETTINGS, push_concurrency=1, events_per_batch=100)
 
     # Three events, each tried 1 + HTTP_RETRIES times; then nothing more was sent.
     assert len(event_posts(cio_sim)) == 3 * (1 + 2)
@@ -64,7 +64,7 @@ def test_customerio_down_during_the_events_phase_stops_it_after_three_events(sim
     assert batches[0]["payload"]["hull_event_ids"] == ids[:100]  # the page it stopped in; later pages wait
 
     cio_sim.faults.clear()
-    assert {r["result"] for r in rerun_failed_batches()["batches"]} == {"resolved"}
+    assert {r["result"] for r in rerun_failed_batches(**SETTINGS)["batches"]} == {"resolved"}
     sync_users(**SETTINGS, push_concurrency=1)
     sent = Counter(e["id"] for e in cio_sim.events)
     assert len(sent) == 250 and set(sent.values()) == {1}
@@ -102,7 +102,7 @@ def test_failures_spread_over_pages_make_one_failed_batch_per_phase(sim_env, hul
     cio_sim.faults.force("/customers/u-29/events", 503, method="POST")
 
     with pytest.raises(SyncFailed, match="could not be sent after retries"):
-        sync_users(**SETTINGS, users_per_batch=10)
+        sync_users(**SETTINGS, users_per_batch=10, events_per_batch=100)
 
     batches = {b["kind"]: b for b in open_batches(sim_env)}
     assert sorted(batches) == ["events", "users"]  # one per phase, not one per page
@@ -127,7 +127,7 @@ def test_a_raw_form_event_in_a_failed_batch_is_found_and_sent_on_rerun(sim_env, 
     assert batch["payload"]["hull_event_ids"] == ["raw-77"] and cio_sim.events == []
 
     cio_sim.faults.clear()
-    result = rerun_failed_batches()
+    result = rerun_failed_batches(**SETTINGS)  # a rerun applies today's settings (issue 12)
 
     assert [row["result"] for row in result["batches"]] == ["resolved"]
     assert [(e["customer"], e["name"], e["data"], e["id"]) for e in cio_sim.events] == [
@@ -148,7 +148,7 @@ def test_a_rerun_that_cannot_find_an_item_in_hull_keeps_the_batch_open_with_that
                                                   "settings": settings}, "HTTP 503", None)
 
     with pytest.raises(RerunIncomplete):
-        rerun_failed_batches()
+        rerun_failed_batches(**SETTINGS)
 
     batches = {b["kind"]: b for b in open_batches(sim_env)}
     assert sorted(batches) == ["events", "users"]  # both still open

@@ -45,15 +45,16 @@ def test_customerio_down_for_a_whole_run_then_failed_batches_rerun(baseline, sim
     batches = list_failed_batches(engine)
     assert batches and {b["kind"] for b in batches} == {"users"}
     assert "503" in batches[0]["error"] and CIO_API_KEY not in str(batches[0])
-    assert batches[0]["payload"]["settings"]["synchronized_segments"] == ["VIP", "Trial"]
+    # Only the work is kept; the settings of the day only tell a rerun what changed since.
+    assert batches[0]["payload"]["settings_when_saved"]["synchronized_segments"] == ["VIP", "Trial"]
 
     cio_sim.faults.down(False)
-    result = rerun_failed_batches()
+    result = rerun_failed_batches(**SETTINGS)
     assert {row["result"] for row in result["batches"]} == {"resolved"}
     assert list_failed_batches(engine) == []
 
     cio_sim.clear_journal()
-    again = rerun_failed_batches(batch_ids=[b["id"] for b in batches])  # a rerun twice sends nothing twice
+    again = rerun_failed_batches(batch_ids=[b["id"] for b in batches], **SETTINGS)  # twice sends nothing twice
     assert {row["result"] for row in again["batches"]} == {"already resolved"}
     assert [e for e in cio_sim.journal() if not e["path"].startswith("/_sim")] == []
 
@@ -90,9 +91,9 @@ def test_events_failing_after_retries_go_to_a_failed_batch_and_rerun_once(baseli
     assert [b["kind"] for b in batches] == ["events"] and cio_sim.events == []
 
     cio_sim.faults.clear()
-    result = rerun_failed_batches()
+    result = rerun_failed_batches(**SETTINGS)
     assert {row["result"] for row in result["batches"]} == {"resolved"}
-    rerun_failed_batches(batch_ids=[batches[0]["id"]])  # twice: nothing new
+    rerun_failed_batches(batch_ids=[batches[0]["id"]], **SETTINGS)  # twice: nothing new
     sync_users(**SETTINGS)
     assert customerio_state(cio_sim) == expected
     assert_events_exactly_once(cio_sim, expected)

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from cio_sync.rules.decisions import PAGE_COLUMNS, REJECTED_COLUMN, STATE_COLUMNS, decide
+from cio_sync.rules.decisions import PAGE_COLUMNS, REJECTED_COLUMN, STATE_COLUMNS, decide, mark_duplicate_ids
 
 
 def row(hull_id, has_email=True, in_segments=True, has_id=True, id_valid=True, h="h1"):
@@ -55,3 +55,33 @@ def test_whole_page_at_once_keeps_order():
     decided = decide(page, pd.DataFrame(states, columns=STATE_COLUMNS), False)
     assert list(decided["hull_id"]) == list(page["hull_id"])
     assert list(decided["action"]) == [c[3] for c in CASES if not c[2]]
+
+
+def duplicates(rows, cio_ids, holders):
+    """rows: (hull_id, action); returns the reasons after rule 11."""
+    decided = pd.DataFrame([{"hull_id": h, "action": a, "reason": ""} for h, a in rows])
+    marked = mark_duplicate_ids(decided, cio_ids, holders)
+    return list(zip(marked["action"], marked["reason"]))
+
+
+def test_second_user_of_a_page_with_the_same_id_is_skipped_duplicate_id():
+    assert duplicates([("a", "insert"), ("b", "insert"), ("c", "insert")], ["u-1", "u-1", "u-2"], {}) == [
+        ("insert", ""), ("skip", "duplicate_id"), ("insert", "")]
+
+
+def test_the_user_holding_the_id_in_state_keeps_it():
+    assert duplicates([("b", "insert")], ["u-1"], {"u-1": "a"}) == [("skip", "duplicate_id")]
+    assert duplicates([("a", "update")], ["u-1"], {"u-1": "a"}) == [("update", "")]
+    # the holder later on the same page still wins over an earlier newcomer
+    assert duplicates([("b", "insert"), ("a", "update")], ["u-1", "u-1"], {"u-1": "a"}) == [
+        ("skip", "duplicate_id"), ("update", "")]
+
+
+def test_a_holder_moving_to_another_id_on_the_page_frees_its_old_one():
+    assert duplicates([("a", "update"), ("b", "insert")], ["u-9", "u-1"], {"u-1": "a"}) == [
+        ("update", ""), ("insert", "")]
+
+
+def test_skips_and_deletes_claim_no_id():
+    assert duplicates([("a", "skip"), ("b", "insert"), ("c", "delete")], ["u-1", "u-1", "u-1"], {}) == [
+        ("skip", ""), ("insert", ""), ("delete", "")]

@@ -5,7 +5,9 @@ import pytest
 from cio_sync.rules.mapping import (
     MalformedUserError,
     attribute_name,
+    byte_length,
     chunk_attributes,
+    fit_list,
     map_user,
     resolve_segments,
     to_unix_seconds,
@@ -113,3 +115,31 @@ def test_chunking_315_attributes_takes_11_calls_with_email_first():
 def test_segments_resolve_by_id_or_name():
     segments = [{"id": "s1", "name": "VIP"}, {"id": "s2", "name": "Trial"}]
     assert resolve_segments(["VIP", "s2", "nope"], segments) == ({"s1", "s2"}, ["nope"])
+
+
+def test_names_starting_with_an_underscore_are_dropped_and_counted():
+    user = dict(USER, traits__private=1, _internal="x")
+    mapped = map_user(user, settings(synchronized_attributes=["_private", "_internal", "coconuts"]), NAMES, set())
+    assert not [name for name in mapped.attributes if name.startswith("_")]
+    assert mapped.attributes["coconuts"] == 12
+    assert [name for name, _ in mapped.dropped] == ["_private", "_internal"]
+    assert all("reserved" in reason for _, reason in mapped.dropped)
+
+
+def test_hull_segments_keep_to_the_value_limit_dropping_from_the_end():
+    names = {f"s{i:02d}": f"Customers of region number {i:02d}" for i in range(60)}
+    user = dict(USER, segment_ids=list(names))
+    mapped = map_user(user, settings(), names, {"s00"})
+    kept = mapped.attributes["hull_segments"]
+    assert byte_length(kept) <= 1000 < byte_length(sorted(names.values()))
+    assert kept == sorted(names.values())[: len(kept)]  # the end is what goes
+    assert mapped.segments_left_out == 60 - len(kept) > 0
+    assert mapped.dropped == []  # shortened, not dropped
+    small = map_user(USER, settings(), NAMES, set())
+    assert small.attributes["hull_segments"] == ["Trial", "VIP"] and small.segments_left_out == 0
+
+
+def test_fit_list_drops_from_the_end_until_it_fits():
+    assert fit_list(["aa", "bb", "cc"], 100) == (["aa", "bb", "cc"], 0)
+    assert fit_list(["aa", "bb", "cc"], len('["aa","bb"]')) == (["aa", "bb"], 1)
+    assert fit_list(["x" * 50], 10) == ([], 1)

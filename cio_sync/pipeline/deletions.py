@@ -1,0 +1,189 @@
+"""The deletion guard: planned deletes are sent only here, once a run's every decision is known.
+
+Users pages record deletes as `planned` (cio_sync/store/deletions.py) instead of sending them.
+At the end of a run whose users walk completed, `settle_deletions`:
+
+1. ends every planned delete when `enable_user_deletion` is off now (`cancelled`);
+2. checks each planned delete against Hull as it is now (current segments, current settings)
+   and against state: a user back in a synchronized segment, gone from Hull's search, or no
+   longer live under that Customer.io id is not deleted (`cancelled`, with the reason);
+3. counts what is left against `max_deletions_per_run` (cio_sync/rules/guard.py). Within the
+   limit, every one is sent. Over it, nobody is: the people become a deletion plan awaiting
+   approval (the flow publishes it and pauses or fails). A plan approved earlier is sent whole,
+   whatever the limit; approval covers that plan's people only.
+
+Sending uses the same pushers as the pages (v1 or v2 batch), then records state and writes back.
+A delete that failed transiently stays planned for the next run; a 400 ends it `failed`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from cio_sync.pipeline.batch_push import push_page_v2
+from cio_sync.pipeline.push import CustomerIoUnavailable, UserOutcome, push_page
+from cio_sync.pipeline.summary import SyncSummary
+from cio_sync.pipeline.users_page import outcome_row
+from cio_sync.pipeline.writeback import write_back
+from cio_sync.rules.guard import deletion_limit, plan_digest
+from cio_sync.rules.mapping import MalformedUserError, map_user
+from cio_sync.rules.plan import DELETE, UserPlan
+from cio_sync.rules.sharding import WHOLE, Shard
+from cio_sync.runtime import SyncRuntime
+from cio_sync.store.db import utcnow
+from cio_sync.store.deletions import (
+    APPROVED,
+    CANCELLED,
+    FAILED,
+    PLANNED,
+    decide_plan,
+    end_rows,
+    mark_attempt,
+    mark_sent,
+    open_new_plan,
+    planned,
+)
+from cio_sync.store.users import count_live_people, live_people, record_user_outcomes
+
+
+@dataclass
+class GuardResult:
+    """What `settle_deletions` did; `plan` is set when people await approval."""
+
+    limit: int = 0
+    sent: list[str] = field(default_factory=list)  # Hull ids deleted in Customer.io
+    failed: int = 0  # rejected by Customer.io (400): ended `failed`
+    postponed: int = 0  # transient failures: still planned, the next run sends them
+    cancelled: Counter = field(default_factory=Counter)  # reason → people not deleted after all
+    approved_plan: int | None = None
+    plan: dict[str, Any] | None = None  # the plan awaiting approval (id, digest, size, ...)
+    plan_rows: list[dict[str, Any]] = field(default_factory=list)
+    calls: Counter = field(default_factory=Counter)
+    writeback_sent: int = 0
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def add_to(self, summary: SyncSummary) -> None:
+        if self.sent:
+            summary.deletions["sent"] += len(self.sent)
+        if self.failed:
+            summary.deletions["failed"] += self.failed
+        if self.postponed:
+            summary.deletions["postponed to the next run"] += self.postponed
+        for reason, count in self.cancelled.items():
+            summary.deletions[f"not deleted: {reason}"] += count
+        if self.plan is not None:
+            summary.deletions["awaiting approval"] += self.plan["size"]
+        summary.calls.update(self.calls)
+        summary.writeback_sent += self.writeback_sent
+        for error in self.errors:
+            summary.add_error(error)
+        summary.warnings.extend(w for w in self.warnings if w not in summary.warnings)
+
+
+def plan_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The artifact's rows: who would be deleted, and why."""
+    return [{"Hull id": r["hull_id"], "Customer.io id": r["cio_id"], "email": r.get("email") or "",
+             "why": r["reason"]} for r in rows]
+
+
+def settle_deletions(runtime: SyncRuntime, scope: str, flow_run_id: str | None, shard: Shard = WHOLE,
+                     approved_plan_id: int | None = None, decided_by: str = "") -> GuardResult:
+    """Sends, holds for approval or ends this shard's planned deletes (see the module doc).
+    Raises AuthError (Customer.io or Hull rejected the credentials) and ApiError (Hull could not
+    be asked: nothing is sent, every delete stays planned)."""
+    engine, settings = runtime.engine, runtime.settings
+    result = GuardResult()
+    rows = [r for r in planned(engine) if shard.owns(r["hull_id"])]
+    if not rows:
+        return result
+    if not settings.enable_user_deletion:
+        end_rows(engine, {r["id"]: "enable_user_deletion is off" for r in rows}, CANCELLED)
+        result.cancelled["enable_user_deletion is off"] += len(rows)
+        return result
+    rows = _still_leaving(runtime, rows, result)
+    result.limit = deletion_limit(settings.max_deletions_per_run, count_live_people(engine))
+    approved = [r for r in rows if approved_plan_id is not None and r["plan_id"] == approved_plan_id]
+    rest = [r for r in rows if approved_plan_id is None or r["plan_id"] != approved_plan_id]
+    if approved_plan_id is not None:
+        decide_plan(engine, approved_plan_id, APPROVED, decided_by)
+        result.approved_plan = approved_plan_id
+    to_send = list(approved)
+    if len(rest) > result.limit:
+        result.plan = open_new_plan(engine, scope, plan_digest((r["hull_id"], r["cio_id"]) for r in rest),
+                                    [r["id"] for r in rest], flow_run_id)
+        result.plan_rows = rest
+    else:
+        to_send += rest
+    if to_send:
+        _send(runtime, to_send, result)
+    return result
+
+
+def _still_leaving(runtime: SyncRuntime, rows: list[dict[str, Any]], result: GuardResult) -> list[dict[str, Any]]:
+    """The planned deletes that still hold against Hull now and state now; ends the others."""
+    hull_ids = [r["hull_id"] for r in rows]
+    docs = {d.get("id"): d for d in runtime.hull.users_by_ids(hull_ids) if isinstance(d, dict)}
+    live = live_people(runtime.engine, hull_ids)
+    keep, ended = [], {}
+    for row in rows:
+        reason = None
+        doc = docs.get(row["hull_id"])
+        if live.get(row["hull_id"]) != row["cio_id"]:
+            reason = "no longer in Customer.io under that id"
+        elif doc is None:
+            reason = "not found in Hull when the delete was due"
+        else:
+            try:
+                mapped = map_user(doc, runtime.settings, runtime.segment_names, runtime.whitelisted_segment_ids)
+                if mapped.whitelisted_segment_ids:
+                    reason = "back in a synchronized segment"
+            except MalformedUserError:
+                reason = "unreadable in Hull when the delete was due"
+        if reason is None:
+            keep.append(row)
+        else:
+            ended[row["id"]] = reason
+            result.cancelled[reason] += 1
+    end_rows(runtime.engine, ended, CANCELLED)
+    return keep
+
+
+def _send(runtime: SyncRuntime, rows: list[dict[str, Any]], result: GuardResult) -> None:
+    settings = runtime.settings
+    plans = [UserPlan(r["hull_id"], DELETE, "", None, None, r["cio_id"]) for r in rows]
+    try:
+        if settings.customerio_api == "v2_batch":
+            outcomes = push_page_v2(runtime.customerio, plans, user_id_mapping=settings.user_id_mapping,
+                                    max_attributes_per_call=settings.max_attributes_per_call,
+                                    concurrency=settings.push_concurrency, calls=result.calls)
+        else:
+            outcomes = push_page(runtime.customerio, plans, max_attributes_per_call=settings.max_attributes_per_call,
+                                 concurrency=settings.push_concurrency)
+    except CustomerIoUnavailable as stopped:
+        outcomes = stopped.args[0]
+    row_of = {r["hull_id"]: r for r in rows}
+    now = utcnow()
+    done: list[UserOutcome] = [o for o in outcomes if o.ok]
+    permanent = {row_of[o.plan.hull_id]["id"]: o.error or "" for o in outcomes if o.error_kind == "permanent"}
+    retry = {row_of[o.plan.hull_id]["id"]: o.error or "" for o in outcomes if not o.ok and o.error_kind != "permanent"}
+    with runtime.engine.begin() as connection:
+        record_user_outcomes(connection, [outcome_row(o, now) for o in outcomes])
+        mark_sent(connection, [row_of[o.plan.hull_id]["id"] for o in done])
+        mark_attempt(connection, permanent, FAILED)
+        mark_attempt(connection, retry, PLANNED)
+    result.sent += [o.plan.hull_id for o in done]
+    result.failed += len(permanent)
+    result.postponed += len(retry)
+    result.calls["delete"] += sum(o.delete_calls for o in outcomes)
+    for outcome in outcomes:
+        if not outcome.ok:
+            result.errors.append(f"delete of user {outcome.plan.hull_id}: {outcome.error}")
+    if done:
+        sent, error = write_back(runtime.hull, runtime.engine, settings.user_id_mapping,
+                                 hull_ids=[o.plan.hull_id for o in done])
+        result.writeback_sent += sent
+        if error:  # the rows stay writeback_pending: the next run writes them back
+            result.warnings.append(error)

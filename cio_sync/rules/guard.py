@@ -1,0 +1,61 @@
+"""The deletion guard's rules (pure): when a run may not delete at all, how many people a run
+may delete without approval, and what identifies a plan that awaits approval.
+
+The guard itself (cio_sync/pipeline/deletions.py) applies them at the end of a run, once every
+decision of the run is known; the flow asks for approval (cio_sync/pipeline/approval.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+
+from cio_sync.settings import ConnectorSettings
+
+# Without `max_deletions_per_run`: the larger of these two.
+MIN_DELETIONS_LIMIT = 100
+DELETIONS_FRACTION = 0.05  # of the people state tracks as live in Customer.io
+SEGMENTS_LISTED = 50  # a failure message lists at most this many of Hull's segments
+APPROVE_COMMAND = "cio-sync sync-users --approve-deletions"
+
+
+def deletion_limit(configured: int | None, live_people: int) -> int:
+    """How many people one run may delete without approval."""
+    if configured is not None:
+        return configured
+    return max(MIN_DELETIONS_LIMIT, int(live_people * DELETIONS_FRACTION))
+
+
+def segments_problem(settings: ConnectorSettings, unknown: Iterable[str], hull_segments: Mapping[str, str]) -> str | None:
+    """Why a run with deletion on must not start: every user it reads would count as "not in
+    segments" and be deleted. `hull_segments`: id → name of the segments Hull has."""
+    if not settings.enable_user_deletion:
+        return None
+    if not settings.synchronized_segments:
+        return ("enable_user_deletion is on but synchronized_segments is empty, so every user would be "
+                "deleted from Customer.io: nothing was sent. Set SYNCHRONIZED_SEGMENTS (or the deployment "
+                "parameter), or turn enable_user_deletion off.")
+    missing = list(unknown)
+    if not missing:
+        return None
+    listed = sorted(hull_segments.items(), key=lambda item: item[1].lower())
+    names = ", ".join(f"{name!r} ({segment_id})" for segment_id, name in listed[:SEGMENTS_LISTED])
+    more = f" and {len(listed) - SEGMENTS_LISTED} more" if len(listed) > SEGMENTS_LISTED else ""
+    return (f"synchronized segment{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+            f"{'do' if len(missing) > 1 else 'does'} not exist in Hull (renamed, misspelt, or missing from "
+            "this worker's settings?) and enable_user_deletion is on: nothing was sent, so that their users "
+            f"are not deleted. Segments in Hull: {names or 'none'}{more}.")
+
+
+def plan_digest(pairs: Iterable[tuple[str, str]]) -> str:
+    """Identifies a set of (Hull id, Customer.io id): the same people give the same digest."""
+    text = "\n".join(f"{hull_id}\t{cio_id}" for hull_id, cio_id in sorted(pairs))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def over_limit_message(count: int, limit: int, plan_id: int, from_deployment: bool) -> str:
+    how = ("approve it in the Prefect UI (the paused run's Resume form), or start a run with the parameter "
+           "approve_deletions=true" if from_deployment else f"run `{APPROVE_COMMAND}`")
+    return (f"{count} people would be deleted from Customer.io, more than max_deletions_per_run ({limit}): "
+            f"nobody was deleted. The list is deletion plan #{plan_id} (the `deletion-plan` artifact); "
+            f"to delete exactly those people, {how}.")

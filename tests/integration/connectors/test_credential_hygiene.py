@@ -1,0 +1,92 @@
+"""Credentials never leave with a redirect to another host, and a request that cannot be sent
+never quotes a header (over real loopback HTTP)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from connectors.customerio import CustomerIoClient
+from connectors.http import AuthError, RetryPolicy
+from connectors.hull import HullClient
+
+FAST = RetryPolicy(total=0, timeout=5)
+SECRET = "hull-secret-never-forwarded-0001"
+API_KEY = "cio-key-never-forwarded-0001"
+
+
+class Recorder(BaseHTTPRequestHandler):
+    """Answers every request with 200 and records its headers; `/redirect?to=URL` redirects."""
+
+    def do_GET(self):
+        self.server.seen.append((self.path, dict(self.headers)))  # type: ignore[attr-defined]
+        if self.path.startswith("/redirect"):
+            self.send_response(307)
+            self.send_header("Location", self.path.split("to=", 1)[1])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = json.dumps([]).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def servers():
+    started = []
+    for _ in range(2):
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+        server.seen = []  # type: ignore[attr-defined]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        started.append(server)
+    yield started
+    for server in started:
+        server.shutdown()
+        server.server_close()
+
+
+def test_hull_headers_are_not_forwarded_to_another_host(servers):
+    origin, other = servers
+    target = f"http://localhost:{other.server_address[1]}/api/v1/users_segments"
+    with HullClient(f"http://127.0.0.1:{origin.server_address[1]}", "http://127.0.0.1:9/", "acme.hullapp.io",
+                    "connector-id", SECRET, retry=FAST) as hull:
+        hull.request("GET", f"/redirect?to={target}")
+        # the same host keeps them (a redirect within Hull's own API)
+        same = f"http://127.0.0.1:{origin.server_address[1]}/api/v1/other"
+        hull.request("GET", f"/redirect?to={same}")
+    (_, forwarded), = other.seen
+    assert "Hull-Access-Token" not in forwarded and "Hull-App-Id" not in forwarded
+    assert SECRET not in json.dumps(forwarded)
+    assert origin.seen[-1][1]["Hull-Access-Token"] == SECRET  # followed on the same host with it
+
+
+def test_customerio_basic_auth_is_not_forwarded_to_another_host(servers):
+    origin, other = servers
+    target = f"http://localhost:{other.server_address[1]}/api/v1/accounts/region"
+    with CustomerIoClient(f"http://127.0.0.1:{origin.server_address[1]}", "site", API_KEY, retry=FAST) as cio:
+        cio.request("GET", f"/redirect?to={target}")
+    (_, forwarded), = other.seen
+    assert "Authorization" not in forwarded
+    assert "Authorization" in origin.seen[0][1]
+
+
+@pytest.mark.parametrize("secret", [f" {SECRET}", f"{SECRET}\n", f"{SECRET}\r\nX-Injected: 1"])
+def test_a_header_that_cannot_be_sent_never_quotes_the_secret(servers, secret):
+    origin, _ = servers
+    with HullClient(f"http://127.0.0.1:{origin.server_address[1]}", "http://127.0.0.1:9/", "acme.hullapp.io",
+                    "connector-id", secret, retry=FAST) as hull:  # as if it had bypassed the settings' check
+        with pytest.raises(AuthError) as failure:
+            hull.segments()
+    text = f"{failure.value} {failure.value.args!r} {vars(failure.value)!r} {failure.value.__context__!r}"
+    assert SECRET not in text and "InvalidHeader" in text and "HULL_CONNECTOR_SECRET" in text
+    assert failure.value.__cause__ is None and failure.value.__context__ is None
+    assert origin.seen == []  # nothing was sent

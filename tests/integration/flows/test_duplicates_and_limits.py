@@ -1,0 +1,64 @@
+"""Two Hull users never become one Customer.io person; limits Customer.io enforces are kept
+before sending (hull_segments' value limit, reserved `_` names)."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.sync_users import sync_users
+from tests.support.builders import hull_user as user
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture
+def hull(hull_sim):
+    hull_sim.add_segment("s-vip", "VIP")
+    return hull_sim
+
+
+def puts(cio_sim, identifier):
+    return [e for e in cio_sim.journal() if e["method"] == "PUT" and e["path"].endswith(f"/{identifier}")]
+
+
+@pytest.mark.postgres
+def test_one_mapped_id_shared_by_two_users_sends_one_person(sim_env, hull, cio_sim):
+    hull.upsert_user(user(1, external_id="shared"))
+    hull.upsert_user(user(2, external_id="shared", email="other@example.com"))
+    hull.upsert_user(user(3))
+    summary = sync_users(synchronized_segments=["VIP"])
+    assert summary["decisions"] == {"insert": 2, "skip": 1}
+    assert summary["skip_reasons"] == {"duplicate_id": 1}
+    (listed,) = summary["duplicates"]
+    assert "'shared'" in listed and user(2)["id"] in listed
+    assert cio_sim.people["shared"]["email"] == "user1@example.com"  # the first one only
+    assert {e["body"].get("email") for e in puts(cio_sim, "shared")} == {"user1@example.com"}
+
+    # Against state: a later user taking an id a live person already holds is skipped too.
+    hull.advance(10)
+    hull.upsert_user(user(4, external_id="u-3"))
+    # No users overlap: the first user of the id, re-read, would count its duplicate again.
+    again = sync_users(synchronized_segments=["VIP"], users_overlap_seconds=0)
+    assert again["skip_reasons"].get("duplicate_id") == 1 and again["decisions"].get("insert", 0) == 0
+    assert cio_sim.people["u-3"]["email"] == "user3@example.com"
+
+
+def test_a_user_in_60_segments_still_syncs(sim_env, hull, cio_sim):
+    segments = [f"s-{i:02d}" for i in range(60)]
+    for i, segment in enumerate(segments):
+        hull.add_segment(segment, f"Customers of sales region number {i:02d}")
+    hull.upsert_user(user(1, segments=["s-vip", *segments]))
+    summary = sync_users(synchronized_segments=["VIP"])
+    assert summary["decisions"] == {"insert": 1} and summary["failed_users"] == {}
+    person = cio_sim.people["u-1"]
+    kept = person["hull_segments"]
+    assert 0 < len(kept) < 61 and kept == sorted(kept)
+    assert summary["segments_left_out"] == {"users": 1, "segments": 61 - len(kept)}
+
+
+def test_reserved_underscore_names_are_dropped_and_counted(sim_env, hull, cio_sim):
+    hull.upsert_user(user(1, traits__score=5))
+    summary = sync_users(synchronized_segments=["VIP"], synchronized_attributes=["_score", "plan"])
+    assert summary["decisions"] == {"insert": 1} and summary["failed_users"] == {}
+    assert summary["dropped_attributes"] == {"_score": 1}
+    assert cio_sim.people["u-1"]["plan"] == "gold" and "_score" not in cio_sim.people["u-1"]

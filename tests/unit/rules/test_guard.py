@@ -1,0 +1,46 @@
+"""The deletion guard's rules (pure): the limit, when a run must refuse, plan digests."""
+
+from cio_sync.rules.guard import APPROVE_COMMAND, deletion_limit, over_limit_message, plan_digest, segments_problem
+from cio_sync.settings import ConnectorSettings
+
+HULL = {"s-vip": "VIP", "s-trial": "Trial"}
+
+
+def test_limit_is_the_larger_of_100_and_5_percent_unless_set():
+    assert deletion_limit(None, 0) == 100
+    assert deletion_limit(None, 1_000) == 100
+    assert deletion_limit(None, 10_000) == 500
+    assert deletion_limit(None, 123_456) == 6_172
+    assert deletion_limit(7, 1_000_000) == 7
+    assert deletion_limit(0, 10) == 0
+
+
+def test_unknown_segment_with_deletion_on_refuses_and_lists_hull_segments():
+    settings = ConnectorSettings(synchronized_segments=["VIP renamed", "Trial"], enable_user_deletion=True)
+    message = segments_problem(settings, ["VIP renamed"], HULL)
+    assert message is not None
+    assert "'VIP renamed'" in message and "'Trial' (s-trial)" in message and "'VIP' (s-vip)" in message
+    assert segments_problem(settings, [], HULL) is None
+
+
+def test_unknown_segment_with_deletion_off_is_not_refused():
+    settings = ConnectorSettings(synchronized_segments=["VIP renamed"], enable_user_deletion=False)
+    assert segments_problem(settings, ["VIP renamed"], HULL) is None
+
+
+def test_no_segment_with_deletion_on_refuses():
+    message = segments_problem(ConnectorSettings(enable_user_deletion=True), [], HULL)
+    assert message is not None and "synchronized_segments is empty" in message
+    assert segments_problem(ConnectorSettings(), [], HULL) is None
+
+
+def test_plan_digest_depends_on_the_people_not_their_order():
+    a = plan_digest([("h1", "u-1"), ("h2", "u-2")])
+    assert a == plan_digest([("h2", "u-2"), ("h1", "u-1")])
+    assert a != plan_digest([("h1", "u-1"), ("h2", "u-3")])
+
+
+def test_over_limit_message_says_the_count_and_how_to_approve():
+    cli = over_limit_message(200, 100, 7, from_deployment=False)
+    assert "200 people" in cli and "(100)" in cli and APPROVE_COMMAND in cli and "#7" in cli
+    assert "Prefect UI" in over_limit_message(200, 100, 7, from_deployment=True)
