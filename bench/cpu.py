@@ -101,7 +101,7 @@ class ThreadCpu:
         groups: dict[str, float] = defaultdict(float)
         for tid, (name, cpu) in after.items():
             groups[thread_group(name)] += cpu - self._before.get(tid, (name, 0.0))[1]
-        for tid, name, cpu in _ended[self._ended_mark:]:
+        for tid, name, cpu in _ended[self._ended_mark :]:
             if tid not in after:
                 groups[thread_group(name)] += cpu - self._before.get(tid, (name, 0.0))[1]
         times = os.times()
@@ -262,7 +262,7 @@ def short_name(key: tuple[str, int, str]) -> str:
         if marker in path:
             path = path.split(marker, 1)[1]
             if marker == "/lib/python3":
-                path = "stdlib" + path[path.find("/"):]
+                path = "stdlib" + path[path.find("/") :]
             break
     else:
         try:
@@ -274,8 +274,10 @@ def short_name(key: tuple[str, int, str]) -> str:
 
 SKIP = re.compile(r"cProfile|profile\b|bench/cpu\.py|\{built-in method builtins\.exec\}|<string>:1\(<module>\)")
 # Where idle threads wait (a pool worker waiting for work, Prefect's heartbeat): not work.
-IDLE = re.compile(r"time\.sleep|SimpleQueue|acquire' of '_thread|select\.(e?poll|select)|threading\.py:\d+\(wait\)"
-                  r"|threading\.py:\d+\(_bootstrap|concurrent/futures/thread\.py:\d+\(_worker\)|bench/cpu\.py")
+IDLE = re.compile(
+    r"time\.sleep|SimpleQueue|acquire' of '_thread|select\.(e?poll|select)|threading\.py:\d+\(wait\)"
+    r"|threading\.py:\d+\(_bootstrap|concurrent/futures/thread\.py:\d+\(_worker\)|bench/cpu\.py"
+)
 
 
 def top(stats: pstats.Stats | None, limit: int = 15, sort: str = "cumulative") -> list[dict[str, Any]]:

@@ -62,10 +62,30 @@ CIO_SITE_ID, CIO_API_KEY = "bench-site", "bench-key"
 SEGMENTS = ["VIP", "Trial", "Churn Risk"]  # the seed's fourth segment is not synced
 # 24 whitelisted + id, email, created_at, hull_segments = 28 attributes: one v1 identify each.
 ATTRIBUTES = [
-    "first_name", "last_name", "plan", "coconuts", "lifetime_value", "is_active", "last_order_at",
-    "closeio/title", "closeio/lead_status", "tags", "signup_source", "country", "city", "language",
-    "orders_count", "newsletter_opt_in", "nps_score", "trial_ends_at", "company_size", "role",
-    "referral_code", "stripe/mrr", "stripe/customer_id", "account.name",
+    "first_name",
+    "last_name",
+    "plan",
+    "coconuts",
+    "lifetime_value",
+    "is_active",
+    "last_order_at",
+    "closeio/title",
+    "closeio/lead_status",
+    "tags",
+    "signup_source",
+    "country",
+    "city",
+    "language",
+    "orders_count",
+    "newsletter_opt_in",
+    "nps_score",
+    "trial_ends_at",
+    "company_size",
+    "role",
+    "referral_code",
+    "stripe/mrr",
+    "stripe/customer_id",
+    "account.name",
 ]
 EVENTS = ["page", "Order Completed", "Signed Up"]
 FLOOR_SAMPLE = 10_000  # identify calls the floor sends (a rate, so a sample is enough)
@@ -90,11 +110,16 @@ class Simulator:
                 self.instance = CustomerIoSimulator(site_id=CIO_SITE_ID, api_key=CIO_API_KEY).start()
             self.url = self.instance.url
             return
-        extra = (["--connector-id", HULL_CONNECTOR_ID, "--connector-secret", HULL_SECRET] if service == "hull"
-                 else ["--site-id", CIO_SITE_ID, "--api-key", CIO_API_KEY])
+        extra = (
+            ["--connector-id", HULL_CONNECTOR_ID, "--connector-secret", HULL_SECRET]
+            if service == "hull"
+            else ["--site-id", CIO_SITE_ID, "--api-key", CIO_API_KEY]
+        )
         self.process = subprocess.Popen(
             [sys.executable, "-m", "simulators", service, "--port", "0", *extra],
-            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         line = self.process.stdout.readline().strip()
         if not line.startswith("ready "):
@@ -137,12 +162,19 @@ class PrefectServer:
         self.home = tempfile.mkdtemp(prefix="cio-bench-prefect-")
         port = free_port()
         self.url = f"http://127.0.0.1:{port}/api"
-        env = {**os.environ, "PREFECT_HOME": self.home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-               "PREFECT_SERVER_LOGGING_LEVEL": "WARNING", "PREFECT_UI_ENABLED": "false"}
+        env = {
+            **os.environ,
+            "PREFECT_HOME": self.home,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+            "PREFECT_UI_ENABLED": "false",
+        }
         self.log = open(Path(self.home) / "server.log", "w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         import requests
 
@@ -161,8 +193,9 @@ class PrefectServer:
     def count_task_runs(self, flow_run_id: str) -> int:
         import requests
 
-        response = requests.post(f"{self.url}/task_runs/count",
-                                 json={"flow_runs": {"id": {"any_": [flow_run_id]}}}, timeout=30)
+        response = requests.post(
+            f"{self.url}/task_runs/count", json={"flow_runs": {"id": {"any_": [flow_run_id]}}}, timeout=30
+        )
         response.raise_for_status()
         return int(response.json())
 
@@ -237,8 +270,7 @@ def floor_users(hull_url: str, limit: int) -> list[dict]:
     from connectors.hull import HullClient
 
     settings = ConnectorSettings.resolve(synchronized_segments=SEGMENTS, synchronized_attributes=ATTRIBUTES)
-    hull = HullClient(f"{hull_url}/api/v1", f"{hull_url}/firehose", "acme.hullapp.io", HULL_CONNECTOR_ID,
-                      HULL_SECRET)
+    hull = HullClient(f"{hull_url}/api/v1", f"{hull_url}/firehose", "acme.hullapp.io", HULL_CONNECTOR_ID, HULL_SECRET)
     names = {s["id"]: s["name"] for s in hull.segments()}
     whitelisted = {i for i, n in names.items() if n in SEGMENTS}
     users: list[dict] = []
@@ -250,8 +282,10 @@ def floor_users(hull_url: str, limit: int) -> list[dict]:
         for user in data:
             mapped = map_user(user, settings, names, whitelisted)
             if mapped.cio_id and mapped.email and mapped.whitelisted_segment_ids:
-                calls = [(customer_path(mapped.cio_id), chunk)
-                         for chunk in chunk_attributes(mapped.attributes, settings.max_attributes_per_call)]
+                calls = [
+                    (customer_path(mapped.cio_id), chunk)
+                    for chunk in chunk_attributes(mapped.attributes, settings.max_attributes_per_call)
+                ]
                 users.append({"hull_id": mapped.hull_id, "cio_id": mapped.cio_id, "calls": calls})
         page += 1
         if page * 100 > 10_000:  # Hull's result window; the sample is big enough by then
@@ -272,13 +306,12 @@ def event_calls(hull_url: str, users: list[dict]) -> list[tuple[str, dict]]:
     from connectors.hull import HullClient
 
     settings = ConnectorSettings.resolve(synchronized_segments=SEGMENTS, events_filter=EVENTS)
-    hull = HullClient(f"{hull_url}/api/v1", f"{hull_url}/firehose", "acme.hullapp.io", HULL_CONNECTOR_ID,
-                      HULL_SECRET)
+    hull = HullClient(f"{hull_url}/api/v1", f"{hull_url}/firehose", "acme.hullapp.io", HULL_CONNECTOR_ID, HULL_SECRET)
     cio_ids = {u["hull_id"]: u["cio_id"] for u in users}
     ids = list(cio_ids)
     calls: list[tuple[str, dict]] = []
     for start in range(0, len(ids), 25):  # 25 users have fewer than 100 events (0-3 each)
-        filters = [{"terms": {"user_id": ids[start:start + 25]}}, {"terms": {"event": EVENTS}}]
+        filters = [{"terms": {"user_id": ids[start : start + 25]}}, {"terms": {"event": EVENTS}}]
         for event in hull.search_events(filters, page=1, per_page=100)["data"]:
             cio_id = cio_ids[event["user_id"]]
             plan = plan_event(event, EventUser(cio_id=cio_id, in_segments=True, has_mapped_id=True), settings)
@@ -350,12 +383,14 @@ def worker(spec: dict) -> dict:
             finally:
                 phases[name] = phases.get(name, 0.0) + time.perf_counter() - started
                 phase_cpu[name] = phase_cpu.get(name, 0.0) + all_cpu() - cpu_before
+
         return wrapper
 
     def counted(name: str, function):
         def wrapper(*args, **kwargs):
             task_calls[name] += 1
             return function(*args, **kwargs)
+
         return wrapper
 
     sync_users_module._sync_users_stream = timed_phase("users", sync_users_module._sync_users_stream)
@@ -368,8 +403,13 @@ def worker(spec: dict) -> dict:
         """Pays Prefect's one-off client start-up outside the timed runs."""
 
     warm_up()
-    params = dict(synchronized_segments=SEGMENTS, synchronized_attributes=ATTRIBUTES,
-                  rate_limit_per_second=0, customerio_api=spec["mode"], **spec["params"])
+    params = dict(
+        synchronized_segments=SEGMENTS,
+        synchronized_attributes=ATTRIBUTES,
+        rate_limit_per_second=0,
+        customerio_api=spec["mode"],
+        **spec["params"],
+    )
     if spec["events"]:
         params["events_filter"] = EVENTS
         # The seeded events are dated on the simulator's clock, not the wall clock: reach them.
@@ -406,15 +446,26 @@ def worker(spec: dict) -> dict:
         summary = state.result()
         after = cio_counts()
         requests_made = sum(after[k] - before[k] for k in ("identify", "delete", "event", "anonymous_event", "batch"))
-        result = {"label": label, "seconds": seconds, "summary": summary, "cio_requests": requests_made,
-                  "batch_entries": after["batch_entries"] - before["batch_entries"],
-                  "flow_run_id": str(state.state_details.flow_run_id), "load": load,
-                  "phases": dict(phases), "task_calls": dict(task_calls), "cpu": cpu_use,
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        result = {
+            "label": label,
+            "seconds": seconds,
+            "summary": summary,
+            "cio_requests": requests_made,
+            "batch_entries": after["batch_entries"] - before["batch_entries"],
+            "flow_run_id": str(state.state_details.flow_run_id),
+            "load": load,
+            "phases": dict(phases),
+            "task_calls": dict(task_calls),
+            "cpu": cpu_use,
+            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
         if profiles:
             main, pool = profiles
-            result["profile"] = {"main": cpu.top(main, 15), "main_own": cpu.top(main, 10, sort="tottime"),
-                                 "threads": cpu.top(pool, 8, sort="tottime")}
+            result["profile"] = {
+                "main": cpu.top(main, 15),
+                "main_own": cpu.top(main, 10, sort="tottime"),
+                "threads": cpu.top(pool, 8, sort="tottime"),
+            }
             # The full profiles, for `python -m pstats` (bench/out is not committed).
             for part, stats in (("main", main), ("threads", pool)):
                 if stats is not None:
@@ -433,8 +484,19 @@ def run_worker(spec: dict) -> dict:
     result_file.unlink(missing_ok=True)
     log = OUT / f"worker-{spec['mode']}.log"
     with open(log, "w") as out:
-        code = subprocess.call([sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_file),
-                                "--worker-result", str(result_file)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        code = subprocess.call(
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--worker",
+                str(spec_file),
+                "--worker-result",
+                str(result_file),
+            ],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     if code != 0 or not result_file.exists():
         raise RuntimeError(f"worker for {spec['mode']} failed (exit {code}); see {log}")
     return json.loads(result_file.read_text())
@@ -463,15 +525,27 @@ def reset_customerio(cio_url: str) -> None:
 
 
 def machine() -> dict:
-    cpu_name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name")), platform.processor())
-    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.startswith("MemTotal:"))
+    cpu_name = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem_kb = next(
+        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal:")
+    )
     import prefect
 
-    return {"nproc": os.cpu_count(), "cpu": cpu_name, "ram_gb": round(mem_kb / 1024 / 1024, 1),
-            "python": platform.python_version(), "prefect": prefect.__version__,
-            "load_before": os.getloadavg()[0]}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu_name,
+        "ram_gb": round(mem_kb / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "prefect": prefect.__version__,
+        "load_before": os.getloadavg()[0],
+    }
 
 
 def fmt(value, digits=0) -> str:
@@ -491,32 +565,63 @@ def markdown(columns: list[tuple[str, str, int]], rows: list[dict]) -> str:
 
 
 USER_COLUMNS = [
-    ("N", "n", 0), ("mode", "mode", 0), ("run", "run", 0), ("load", "load", 2), ("users read", "read", 0),
-    ("seconds", "seconds", 1), ("users/s", "users_s", 0), ("users phase s", "users_phase_s", 1),
-    ("users/s in users phase", "phase_users_s", 0), ("Customer.io req/s", "req_s", 0),
-    ("Customer.io requests", "requests", 0), ("Prefect task runs", "tasks", 0), ("pages", "pages", 0),
-    ("flow peak RSS MB", "rss", 0), ("Hull sim RSS MB", "hull_rss", 0), ("CIO sim RSS MB", "cio_rss", 0),
-    ("CPU ms per user (all processes)", "cpu_ms", 2), ("vs floor", "vs_floor", 0),
+    ("N", "n", 0),
+    ("mode", "mode", 0),
+    ("run", "run", 0),
+    ("load", "load", 2),
+    ("users read", "read", 0),
+    ("seconds", "seconds", 1),
+    ("users/s", "users_s", 0),
+    ("users phase s", "users_phase_s", 1),
+    ("users/s in users phase", "phase_users_s", 0),
+    ("Customer.io req/s", "req_s", 0),
+    ("Customer.io requests", "requests", 0),
+    ("Prefect task runs", "tasks", 0),
+    ("pages", "pages", 0),
+    ("flow peak RSS MB", "rss", 0),
+    ("Hull sim RSS MB", "hull_rss", 0),
+    ("CIO sim RSS MB", "cio_rss", 0),
+    ("CPU ms per user (all processes)", "cpu_ms", 2),
+    ("vs floor", "vs_floor", 0),
 ]
 EVENT_COLUMNS = [
-    ("N", "n", 0), ("mode", "mode", 0), ("run", "run", 0), ("load", "load", 2), ("events decided", "decided", 0),
-    ("sent", "sent", 0), ("events phase s", "phase_s", 1), ("events/s", "events_s", 0),
-    ("users phase s", "users_phase_s", 1), ("event tasks", "event_tasks", 0),
-    ("events per task", "per_task", 0), ("CPU ms per event (all processes)", "cpu_ms", 2),
+    ("N", "n", 0),
+    ("mode", "mode", 0),
+    ("run", "run", 0),
+    ("load", "load", 2),
+    ("events decided", "decided", 0),
+    ("sent", "sent", 0),
+    ("events phase s", "phase_s", 1),
+    ("events/s", "events_s", 0),
+    ("users phase s", "users_phase_s", 1),
+    ("event tasks", "event_tasks", 0),
+    ("events per task", "per_task", 0),
+    ("CPU ms per event (all processes)", "cpu_ms", 2),
     ("vs events floor", "vs_floor", 0),
 ]
 WORK = [
-    ("JSON decode", "JSON decode"), ("JSON encode", "JSON encode"), ("JWT", "JWT signing"),
-    ("SQL", "SQL (SQLAlchemy + driver)"), ("HTTP client", "HTTP client (requests, urllib3, sockets)"),
+    ("JSON decode", "JSON decode"),
+    ("JSON encode", "JSON encode"),
+    ("JWT", "JWT signing"),
+    ("SQL", "SQL (SQLAlchemy + driver)"),
+    ("HTTP client", "HTTP client (requests, urllib3, sockets)"),
     ("Prefect engine", "Prefect (flow and task engine)"),
 ]
 CPU_COLUMNS = [
-    ("N", "n", 0), ("mode", "mode", 0), ("run", "run", 0), ("load", "load", 2), ("wall s", "seconds", 1),
+    ("N", "n", 0),
+    ("mode", "mode", 0),
+    ("run", "run", 0),
+    ("load", "load", 2),
+    ("wall s", "seconds", 1),
     ("flow process CPU s", "process", 1),
     *[(header, header, 1) for header, _ in WORK],
-    ("Prefect threads", "Prefect threads", 1), ("rest of the connector", "rest", 1),
-    ("Hull sim CPU s", "hull", 1), ("CIO sim CPU s", "customerio", 1), ("Prefect server CPU s", "prefect_server", 1),
-    ("all processes CPU s", "all", 1), ("all CPU ÷ 2 cores ÷ wall", "busy", 0),
+    ("Prefect threads", "Prefect threads", 1),
+    ("rest of the connector", "rest", 1),
+    ("Hull sim CPU s", "hull", 1),
+    ("CIO sim CPU s", "customerio", 1),
+    ("Prefect server CPU s", "prefect_server", 1),
+    ("all processes CPU s", "all", 1),
+    ("all CPU ÷ 2 cores ÷ wall", "busy", 0),
 ]
 
 
@@ -534,8 +639,11 @@ def cpu_row(base: dict, result: dict) -> dict:
             row[header] = work.get(key, 0.0)
         row["rest"] = ours - sum(work.get(key, 0.0) for _, key in WORK)
     processes = use.get("processes", {})
-    row.update(hull=processes.get("hull"), customerio=processes.get("customerio"),
-               prefect_server=processes.get("prefect_server"))
+    row.update(
+        hull=processes.get("hull"),
+        customerio=processes.get("customerio"),
+        prefect_server=processes.get("prefect_server"),
+    )
     # The physical limit: with every process's CPU on 2 cores, the run cannot take less than
     # all / 2 seconds; "busy" says how much of the machine this benchmark had (the rest went
     # to waiting, or to the other engineers' processes).
@@ -589,8 +697,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"\n### {started_at}: `{command}`\n\n"
                 f"Machine: {host['nproc']} CPUs ({host['cpu']}), {host['ram_gb']} GB RAM, Python {host['python']}, "
                 f"prefect {host['prefect']}; load average before the run {host['load_before']:.2f} "
-                f"(\"load\" columns: the 1-minute load average just before each run); bench process peak RSS "
-                f"{self_rss:.0f} MB.\n\n{text}\n")
+                f'("load" columns: the 1-minute load average just before each run); bench process peak RSS '
+                f"{self_rss:.0f} MB.\n\n{text}\n"
+            )
         print(f"\nappended to {RESULTS.relative_to(ROOT)}")
     return 0
 
@@ -606,8 +715,11 @@ def users_scenario(args) -> str:
     if args.events_per_batch:
         params["events_per_batch"] = args.events_per_batch
     modes = ["v1", "v2_batch"] if args.mode == "both" else [args.mode]
-    print(f"bench: {args.users:,} users, modes {modes}, simulators {args.sims}, push_concurrency {concurrency}"
-          f"{', events' if args.events else ''}{', profiled' if args.profile else ''}", flush=True)
+    print(
+        f"bench: {args.users:,} users, modes {modes}, simulators {args.sims}, push_concurrency {concurrency}"
+        f"{', events' if args.events else ''}{', profiled' if args.profile else ''}",
+        flush=True,
+    )
 
     hull = Simulator("hull", args.sims == "inprocess")
     cio = Simulator("customerio", args.sims == "inprocess")
@@ -633,8 +745,10 @@ def users_scenario(args) -> str:
             """Both floors (identify, events), on 1 Session and on `concurrency` threads, into
             an empty Customer.io; their best rates are kept for the ratios."""
             reset_customerio(cio.url)
-            for kind, kind_calls, method, table_rows in (("identify", calls, "PUT", rows),
-                                                         ("events", events, "POST", event_rows)):
+            for kind, kind_calls, method, table_rows in (
+                ("identify", calls, "PUT", rows),
+                ("events", events, "POST", event_rows),
+            ):
                 if not kind_calls:
                     continue
                 best = 0.0
@@ -652,16 +766,39 @@ def users_scenario(args) -> str:
                     best = max(best, rate)
                     run = f"{label}, {when}"
                     if kind == "identify":
-                        table_rows.append({"n": len(kind_calls), "mode": "raw floor", "run": run, "read": len(kind_calls),
-                                           "users_s": rate, "req_s": rate, "requests": len(kind_calls),
-                                           "seconds": len(kind_calls) / rate, "load": load, "cpu_ms": cpu_ms})
+                        table_rows.append(
+                            {
+                                "n": len(kind_calls),
+                                "mode": "raw floor",
+                                "run": run,
+                                "read": len(kind_calls),
+                                "users_s": rate,
+                                "req_s": rate,
+                                "requests": len(kind_calls),
+                                "seconds": len(kind_calls) / rate,
+                                "load": load,
+                                "cpu_ms": cpu_ms,
+                            }
+                        )
                     else:
-                        table_rows.append({"n": len(kind_calls), "mode": "events floor", "run": run,
-                                           "decided": len(kind_calls), "sent": len(kind_calls),
-                                           "phase_s": len(kind_calls) / rate, "events_s": rate, "load": load,
-                                           "cpu_ms": cpu_ms})
-                    print(f"{kind} floor {run}: {rate:,.0f} calls/s, {cpu_ms:.2f} CPU ms per call (client + "
-                          f"Customer.io simulator), load {load:.2f}", flush=True)
+                        table_rows.append(
+                            {
+                                "n": len(kind_calls),
+                                "mode": "events floor",
+                                "run": run,
+                                "decided": len(kind_calls),
+                                "sent": len(kind_calls),
+                                "phase_s": len(kind_calls) / rate,
+                                "events_s": rate,
+                                "load": load,
+                                "cpu_ms": cpu_ms,
+                            }
+                        )
+                    print(
+                        f"{kind} floor {run}: {rate:,.0f} calls/s, {cpu_ms:.2f} CPU ms per call (client + "
+                        f"Customer.io simulator), load {load:.2f}",
+                        flush=True,
+                    )
                 floor_rates[kind].append(best)
             reset_customerio(cio.url)
 
@@ -673,29 +810,52 @@ def users_scenario(args) -> str:
             database = OUT / f"state-{mode}.db"
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{database}{suffix}").unlink(missing_ok=True)
-            pids = {"hull": hull.process.pid if hull.process else None,
-                    "customerio": cio.process.pid if cio.process else None,
-                    "prefect_server": prefect_server.process.pid}
-            spec = {"mode": mode, "events": args.events, "params": params, "profile": args.profile,
-                    "cpu": not args.no_cpu, "pids": pids, "env": {
-                        "PREFECT_API_URL": prefect_server.url, "PREFECT_HOME": prefect_server.home,
-                        "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                        **simulator_environment(
-                            RemoteHull(hull.url, "acme.hullapp.io", HULL_CONNECTOR_ID, HULL_SECRET),
-                            RemoteCustomerIo(cio.url, CIO_SITE_ID, CIO_API_KEY),
-                            f"sqlite:///{database}", SYNC_LEASE_TTL_SECONDS=3600),
-                    }}
+            pids = {
+                "hull": hull.process.pid if hull.process else None,
+                "customerio": cio.process.pid if cio.process else None,
+                "prefect_server": prefect_server.process.pid,
+            }
+            spec = {
+                "mode": mode,
+                "events": args.events,
+                "params": params,
+                "profile": args.profile,
+                "cpu": not args.no_cpu,
+                "pids": pids,
+                "env": {
+                    "PREFECT_API_URL": prefect_server.url,
+                    "PREFECT_HOME": prefect_server.home,
+                    "PREFECT_LOGGING_LEVEL": "WARNING",
+                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                    **simulator_environment(
+                        RemoteHull(hull.url, "acme.hullapp.io", HULL_CONNECTOR_ID, HULL_SECRET),
+                        RemoteCustomerIo(cio.url, CIO_SITE_ID, CIO_API_KEY),
+                        f"sqlite:///{database}",
+                        SYNC_LEASE_TTL_SECONDS=3600,
+                    ),
+                },
+            }
             with Ticker(hull.url, cio.url):
                 result = run_worker(spec)
             for run in ("initial", "rerun"):
                 r = result[run]
                 s = r["summary"]
                 base = {"n": args.users, "mode": mode, "run": run}
-                row = {**base, "seconds": r["seconds"], "read": s["users_seen"], "load": r["load"],
-                       "users_s": s["users_seen"] / r["seconds"], "req_s": r["cio_requests"] / r["seconds"],
-                       "requests": r["cio_requests"], "tasks": prefect_server.count_task_runs(r["flow_run_id"]),
-                       "pages": s["pages"], "rss": r["rss_mb"], "hull_rss": hull.peak_rss_mb(),
-                       "cio_rss": cio.peak_rss_mb(), "summary": s}
+                row = {
+                    **base,
+                    "seconds": r["seconds"],
+                    "read": s["users_seen"],
+                    "load": r["load"],
+                    "users_s": s["users_seen"] / r["seconds"],
+                    "req_s": r["cio_requests"] / r["seconds"],
+                    "requests": r["cio_requests"],
+                    "tasks": prefect_server.count_task_runs(r["flow_run_id"]),
+                    "pages": s["pages"],
+                    "rss": r["rss_mb"],
+                    "hull_rss": hull.peak_rss_mb(),
+                    "cio_rss": cio.peak_rss_mb(),
+                    "summary": s,
+                }
                 phase = r["phases"].get("users")
                 if phase:
                     row["users_phase_s"] = phase
@@ -714,24 +874,36 @@ def users_scenario(args) -> str:
                 if args.events:
                     decided = sum(s["events"].values()) + sum(s["event_skip_reasons"].values())
                     phase = r["phases"].get("events")
-                    event_row = {**base, "load": r["load"], "decided": decided, "sent": s["events"].get("sent", 0),
-                                 "phase_s": phase, "users_phase_s": r["phases"].get("users"),
-                                 "event_tasks": r["task_calls"]["events"],
-                                 "events_s": decided / phase if phase else None,
-                                 "per_task": decided / r["task_calls"]["events"] if r["task_calls"]["events"] else None}
+                    event_row = {
+                        **base,
+                        "load": r["load"],
+                        "decided": decided,
+                        "sent": s["events"].get("sent", 0),
+                        "phase_s": phase,
+                        "users_phase_s": r["phases"].get("users"),
+                        "event_tasks": r["task_calls"]["events"],
+                        "events_s": decided / phase if phase else None,
+                        "per_task": decided / r["task_calls"]["events"] if r["task_calls"]["events"] else None,
+                    }
                     if "events_all_cpu" in r["cpu"] and decided:
                         event_row["cpu_ms"] = 1000 * r["cpu"]["events_all_cpu"] / decided
                     if run == "initial" and mode == "v1" and phase and not args.profile:
                         pending_event_ratios.append(event_row)
                     event_rows.append(event_row)
                 if "profile" in r:
-                    profiles.append(profile_section(f"{mode} {run}, {args.users:,} users"
-                                                    f"{' with events' if args.events else ''}", r["profile"]))
-                print(f"{mode} {run}: {r['seconds']:.1f} s, {row['users_s']:,.0f} users/s, "
-                      f"{r['cio_requests']:,} Customer.io requests, {row['tasks']} task runs, "
-                      f"decisions {s['decisions']}, events {s['events']}, failed {s['failed_users']}, "
-                      f"users seen {s['users_seen']:,}, phases {r['phases']}, "
-                      f"thread CPU {({k: round(v, 2) for k, v in r['cpu']['threads'].items()})}", flush=True)
+                    profiles.append(
+                        profile_section(
+                            f"{mode} {run}, {args.users:,} users{' with events' if args.events else ''}", r["profile"]
+                        )
+                    )
+                print(
+                    f"{mode} {run}: {r['seconds']:.1f} s, {row['users_s']:,.0f} users/s, "
+                    f"{r['cio_requests']:,} Customer.io requests, {row['tasks']} task runs, "
+                    f"decisions {s['decisions']}, events {s['events']}, failed {s['failed_users']}, "
+                    f"users seen {s['users_seen']:,}, phases {r['phases']}, "
+                    f"thread CPU { ({k: round(v, 2) for k, v in r['cpu']['threads'].items()}) }",
+                    flush=True,
+                )
         if not args.profile:
             measure_floors("after the runs")
         # Ratios against the mean of the best floors measured before and after the runs (the
@@ -740,15 +912,19 @@ def users_scenario(args) -> str:
         for row in pending_ratios:
             if args.profile:
                 break
-            row["vs_floor"] = (f"{100 * row['read'] / row['whole'] / best_floor:.0f}% users/s, "
-                               f"{100 * row.get('phase_users_s', 0) / best_floor:.0f}% in users phase")
+            row["vs_floor"] = (
+                f"{100 * row['read'] / row['whole'] / best_floor:.0f}% users/s, "
+                f"{100 * row.get('phase_users_s', 0) / best_floor:.0f}% in users phase"
+            )
             if row.get("cpu_ms"):
                 floor_ms = sum(floor_cpu["identify"]) / len(floor_cpu["identify"])
                 row["vs_floor"] += f", {100 * floor_ms / row['cpu_ms']:.0f}% by CPU per user"
         if floor_rates["events"]:
             best_events_floor = sum(floor_rates["events"]) / len(floor_rates["events"])
             for event_row in pending_event_ratios:
-                event_row["vs_floor"] = f"{100 * event_row['sent'] / event_row['phase_s'] / best_events_floor:.0f}% sent/s"
+                event_row["vs_floor"] = (
+                    f"{100 * event_row['sent'] / event_row['phase_s'] / best_events_floor:.0f}% sent/s"
+                )
                 if event_row.get("cpu_ms"):
                     floor_ms = sum(floor_cpu["events"]) / len(floor_cpu["events"])
                     event_row["vs_floor"] += f", {100 * floor_ms / event_row['cpu_ms']:.0f}% by CPU per event"
@@ -758,14 +934,23 @@ def users_scenario(args) -> str:
         hull.stop()
         cio.stop()
 
-    parts = [f"Users: `--users {args.users} --mode {args.mode}{' --events' if args.events else ''}`, "
-             f"simulators {args.sims}, push_concurrency {concurrency}.", markdown(USER_COLUMNS, rows)]
+    parts = [
+        f"Users: `--users {args.users} --mode {args.mode}{' --events' if args.events else ''}`, "
+        f"simulators {args.sims}, push_concurrency {concurrency}.",
+        markdown(USER_COLUMNS, rows),
+    ]
     if event_rows:
-        parts += ["Events (phase = the events phase's own wall time, after the users phase of the same run; "
-                  "decided = sent + skipped + failed):", markdown(EVENT_COLUMNS, event_rows)]
+        parts += [
+            "Events (phase = the events phase's own wall time, after the users phase of the same run; "
+            "decided = sent + skipped + failed):",
+            markdown(EVENT_COLUMNS, event_rows),
+        ]
     if cpu_rows:
-        parts += ["CPU seconds of the flow process by kind of work (bench/cpu.py; exclusive), and of the other "
-                  "processes, during each run:", markdown(CPU_COLUMNS, cpu_rows)]
+        parts += [
+            "CPU seconds of the flow process by kind of work (bench/cpu.py; exclusive), and of the other "
+            "processes, during each run:",
+            markdown(CPU_COLUMNS, cpu_rows),
+        ]
     parts += profiles
     return "\n\n".join(parts)
 
@@ -777,7 +962,9 @@ def profile_section(title: str, profile: dict) -> str:
     if profile.get("main_own"):
         text += f"\n\nMain thread, top by own time\n\n{profile_table(profile['main_own'])}"
     if profile.get("threads"):
-        text += f"\n\nPool threads (senders, write-back, prefetch), top by own time\n\n{profile_table(profile['threads'])}"
+        text += (
+            f"\n\nPool threads (senders, write-back, prefetch), top by own time\n\n{profile_table(profile['threads'])}"
+        )
     return text
 
 

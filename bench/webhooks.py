@@ -38,8 +38,12 @@ OUT = ROOT / "bench" / "out"
 FIXTURES = ROOT / "tests" / "fixtures" / "webhooks"
 SIGNING_KEY = "bench-webhook-signing-key-0123456789"
 CONCURRENCY = 50
-TEMPLATES = ["reporting-email-opened.json", "reporting-email-clicked.json", "reporting-customer-subscribed.json",
-             "legacy-email-opened.json"]
+TEMPLATES = [
+    "reporting-email-opened.json",
+    "reporting-email-clicked.json",
+    "reporting-customer-subscribed.json",
+    "legacy-email-opened.json",
+]
 POSTGRES_ADMIN_URL = os.environ.get("CIO_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -68,8 +72,7 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-async def _send_all(port: int, bodies: list[tuple[str, bytes]], concurrency: int,
-                    after_ack=None) -> dict[str, Any]:
+async def _send_all(port: int, bodies: list[tuple[str, bytes]], concurrency: int, after_ack=None) -> dict[str, Any]:
     from cio_sync.webhooks.signature import compute_signature
 
     queue = iter(range(len(bodies)))
@@ -83,10 +86,12 @@ async def _send_all(port: int, bodies: list[tuple[str, bytes]], concurrency: int
             for index in queue:
                 event_id, body = bodies[index]
                 stamp = str(int(time.time()))
-                head = (f"POST /webhooks/customerio HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                        f"X-CIO-Timestamp: {stamp}\r\nX-CIO-Signature: {compute_signature(SIGNING_KEY, stamp, body)}"
-                        f"\r\n\r\n").encode()
+                head = (
+                    f"POST /webhooks/customerio HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                    f"X-CIO-Timestamp: {stamp}\r\nX-CIO-Signature: {compute_signature(SIGNING_KEY, stamp, body)}"
+                    f"\r\n\r\n"
+                ).encode()
                 started = time.perf_counter()
                 writer.write(head + body)
                 status = int((await reader.readline()).split()[1])
@@ -114,10 +119,18 @@ async def _send_all(port: int, bodies: list[tuple[str, bytes]], concurrency: int
     seconds = time.perf_counter() - started
     after = os.times()
     ok = [i for i, status in enumerate(statuses) if 200 <= status < 300]
-    return {"sent": len(bodies), "acked": len(ok), "seconds": seconds, "rate": len(ok) / seconds,
-            "p50_ms": 1000 * percentile(latencies, 0.50), "p99_ms": 1000 * percentile(latencies, 0.99),
-            "statuses": sorted(set(statuses)), "acked_ids": [bodies[i][0] for i in ok],
-            "client_cpu_s": (after.user - times.user) + (after.system - times.system), "checks": checks}
+    return {
+        "sent": len(bodies),
+        "acked": len(ok),
+        "seconds": seconds,
+        "rate": len(ok) / seconds,
+        "p50_ms": 1000 * percentile(latencies, 0.50),
+        "p99_ms": 1000 * percentile(latencies, 0.99),
+        "statuses": sorted(set(statuses)),
+        "acked_ids": [bodies[i][0] for i in ok],
+        "client_cpu_s": (after.user - times.user) + (after.system - times.system),
+        "checks": checks,
+    }
 
 
 def send_all(port: int, bodies: list[tuple[str, bytes]], concurrency: int = CONCURRENCY, after_ack=None) -> dict:
@@ -144,8 +157,13 @@ class Server:
         self.port = free_port()
         self.log = open(OUT / log_name, "w")
         self.cwd = tempfile.mkdtemp(prefix="cio-bench-webhooks-")  # no stray .env
-        self.process = subprocess.Popen([*command, "--port", str(self.port)], cwd=self.cwd,
-                                        env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [*command, "--port", str(self.port)],
+            cwd=self.cwd,
+            env={**os.environ, **env},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
@@ -233,8 +251,15 @@ def serve_profiled(port: int, output: str) -> None:
         for profile in profiles.values():
             threads = pstats.Stats(profile) if threads is None else threads.add(profile) or threads
         stats = pstats.Stats(main)
-        Path(output).write_text(json.dumps({"main": top(stats, 15), "main_own": top(stats, 10, sort="tottime"),
-                                            "threads": top(threads, 8, sort="tottime")}))
+        Path(output).write_text(
+            json.dumps(
+                {
+                    "main": top(stats, 15),
+                    "main_own": top(stats, 10, sort="tottime"),
+                    "threads": top(threads, 8, sort="tottime"),
+                }
+            )
+        )
 
 
 # ----- the drain worker ------------------------------------------------------------------------
@@ -277,11 +302,19 @@ def drain_worker(spec: dict) -> dict:
     if account:
         use["work"] = cpu.CpuAccount.delta(work_before, account.snapshot())
     use["processes"] = {"hull": process_cpu(spec["hull_pid"]) - hull_before}
-    result = {"seconds": seconds, "summary": summary, "load": load, "cpu": use,
-              "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    result = {
+        "seconds": seconds,
+        "summary": summary,
+        "load": load,
+        "cpu": use,
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
     if profiles:
-        result["profile"] = {"main": cpu.top(profiles[0], 15), "main_own": cpu.top(profiles[0], 10, sort="tottime"),
-                             "threads": cpu.top(profiles[1], 8, sort="tottime")}
+        result["profile"] = {
+            "main": cpu.top(profiles[0], 15),
+            "main_own": cpu.top(profiles[0], 10, sort="tottime"),
+            "threads": cpu.top(profiles[1], 8, sort="tottime"),
+        }
     return result
 
 
@@ -355,8 +388,12 @@ def intake(kind: str, database_url: str, count: int, profile: bool, process_cpu_
 
         def visible(event_id: str) -> bool:
             with engine.connect() as connection:
-                return connection.execute(select(db.webhook_inbox.c.id)
-                                          .where(db.webhook_inbox.c.event_id == event_id)).first() is not None
+                return (
+                    connection.execute(
+                        select(db.webhook_inbox.c.id).where(db.webhook_inbox.c.event_id == event_id)
+                    ).first()
+                    is not None
+                )
 
         checked = send_all(server.port, payloads(500, "01CHECK"), after_ack=visible)
         run["visible_after_ack"] = f"{sum(checked['checks'])}/{len(checked['checks'])}"
@@ -381,19 +418,36 @@ def drain(kind: str, database_url: str, hull, prefect_server, profile: bool, cpu
     from simulators.env import RemoteCustomerIo, RemoteHull, simulator_environment
 
     env = {
-        "PREFECT_API_URL": prefect_server.url, "PREFECT_HOME": prefect_server.home,
-        "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        **{k: v for k, v in simulator_environment(
-            RemoteHull(hull.url, "acme.hullapp.io", "5bd329d5e2bcf3eeaf00be0c", "bench-connector-secret-0123456789abcdefghij"),
-            RemoteCustomerIo("http://127.0.0.1:9"), database_url).items() if k.startswith(("HULL_", "STATE_"))},
+        "PREFECT_API_URL": prefect_server.url,
+        "PREFECT_HOME": prefect_server.home,
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        **{
+            k: v
+            for k, v in simulator_environment(
+                RemoteHull(
+                    hull.url,
+                    "acme.hullapp.io",
+                    "5bd329d5e2bcf3eeaf00be0c",
+                    "bench-connector-secret-0123456789abcdefghij",
+                ),
+                RemoteCustomerIo("http://127.0.0.1:9"),
+                database_url,
+            ).items()
+            if k.startswith(("HULL_", "STATE_"))
+        },
     }
     spec = {"env": env, "profile": profile, "cpu": cpu, "batch_size": 500, "hull_pid": hull.process.pid}
     spec_file, result_file = OUT / f"drain-spec-{kind}.json", OUT / f"drain-result-{kind}.json"
     spec_file.write_text(json.dumps(spec))
     result_file.unlink(missing_ok=True)
     with open(OUT / f"drain-worker-{kind}.log", "w") as log:
-        code = subprocess.call([sys.executable, str(Path(__file__).resolve()), "--drain-worker", str(spec_file),
-                                str(result_file)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        code = subprocess.call(
+            [sys.executable, str(Path(__file__).resolve()), "--drain-worker", str(spec_file), str(result_file)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     if code != 0 or not result_file.exists():
         raise RuntimeError(f"drain worker failed (exit {code}); see bench/out/drain-worker-{kind}.log")
     result = json.loads(result_file.read_text())
@@ -408,17 +462,26 @@ def firehose_floor(hull, count: int) -> dict:
     from cio_sync.webhooks.mapping import Mapped, map_stored_payload
     from connectors.hull import HullClient, dumps
 
-    client = HullClient(f"{hull.url}/api/v1", f"{hull.url}/firehose", "acme.hullapp.io", "5bd329d5e2bcf3eeaf00be0c",
-                        "bench-connector-secret-0123456789abcdefghij")
+    client = HullClient(
+        f"{hull.url}/api/v1",
+        f"{hull.url}/firehose",
+        "acme.hullapp.io",
+        "5bd329d5e2bcf3eeaf00be0c",
+        "bench-connector-secret-0123456789abcdefghij",
+    )
     messages = []
     for _, body in payloads(count, "01HOSEFLOOR"):
         mapped = map_stored_payload(body.decode(), "external_id")
         if isinstance(mapped, Mapped):
             messages.append(client.track_message(mapped.claims, mapped.event))
     client.close()
-    posts = [dumps({"batch": messages[i:i + 50]}) for i in range(0, len(messages), 50)]
-    headers = {"Hull-App-Id": "5bd329d5e2bcf3eeaf00be0c", "Hull-Access-Token": "bench-connector-secret-0123456789abcdefghij",
-               "Hull-Organization": "acme.hullapp.io", "Content-Type": "application/json"}
+    posts = [dumps({"batch": messages[i : i + 50]}) for i in range(0, len(messages), 50)]
+    headers = {
+        "Hull-App-Id": "5bd329d5e2bcf3eeaf00be0c",
+        "Hull-Access-Token": "bench-connector-secret-0123456789abcdefghij",
+        "Hull-Organization": "acme.hullapp.io",
+        "Content-Type": "application/json",
+    }
     load = os.getloadavg()[0]
     with requests.Session() as session:
         started = time.perf_counter()
@@ -429,16 +492,33 @@ def firehose_floor(hull, count: int) -> dict:
 
 
 INTAKE_COLUMNS = [
-    ("database", "db", 0), ("server", "server", 0), ("load", "load", 2), ("webhooks", "sent", 0),
-    ("2xx", "acked", 0), ("seconds", "seconds", 1), ("2xx/s", "rate", 0), ("p50 ms", "p50_ms", 1),
-    ("p99 ms", "p99_ms", 1), ("server CPU ms/request", "cpu_ms", 2), ("client CPU s", "client_cpu_s", 1),
-    ("rows in inbox", "rows", 0), ("acked but missing", "missing", 0), ("visible right after 2xx", "visible_after_ack", 0),
+    ("database", "db", 0),
+    ("server", "server", 0),
+    ("load", "load", 2),
+    ("webhooks", "sent", 0),
+    ("2xx", "acked", 0),
+    ("seconds", "seconds", 1),
+    ("2xx/s", "rate", 0),
+    ("p50 ms", "p50_ms", 1),
+    ("p99 ms", "p99_ms", 1),
+    ("server CPU ms/request", "cpu_ms", 2),
+    ("client CPU s", "client_cpu_s", 1),
+    ("rows in inbox", "rows", 0),
+    ("acked but missing", "missing", 0),
+    ("visible right after 2xx", "visible_after_ack", 0),
     ("vs floor", "vs_floor", 0),
 ]
 DRAIN_COLUMNS = [
-    ("database", "db", 0), ("run", "run", 0), ("load", "load", 2), ("rows sent", "rows", 0),
-    ("seconds", "seconds", 1), ("rows/s", "rate", 0), ("Prefect task runs", "tasks", 0),
-    ("flow process CPU s", "process", 1), ("Hull sim CPU s", "hull", 1), ("flow peak RSS MB", "rss", 0),
+    ("database", "db", 0),
+    ("run", "run", 0),
+    ("load", "load", 2),
+    ("rows sent", "rows", 0),
+    ("seconds", "seconds", 1),
+    ("rows/s", "rate", 0),
+    ("Prefect task runs", "tasks", 0),
+    ("flow process CPU s", "process", 1),
+    ("Hull sim CPU s", "hull", 1),
+    ("flow peak RSS MB", "rss", 0),
     ("vs floor", "vs_floor", 0),
 ]
 
@@ -448,8 +528,11 @@ def webhooks_scenario(args, prefect_server_class, simulator_class, process_cpu_s
 
     count = args.webhooks
     kinds = [k.strip() for k in args.databases.split(",") if k.strip()]
-    print(f"bench webhooks: {count:,} signed webhooks per database at {CONCURRENCY} concurrent senders, "
-          f"databases {kinds}{', profiled' if args.profile else ''}", flush=True)
+    print(
+        f"bench webhooks: {count:,} signed webhooks per database at {CONCURRENCY} concurrent senders, "
+        f"databases {kinds}{', profiled' if args.profile else ''}",
+        flush=True,
+    )
     intake_rows: list[dict] = []
     drain_rows: list[dict] = []
     profiles: list[str] = []
@@ -469,31 +552,57 @@ def webhooks_scenario(args, prefect_server_class, simulator_class, process_cpu_s
                 measured, server_profile = intake(kind, database_url, count, args.profile, process_cpu_seconds)
                 run, floor = measured["run"], measured["floor"]
                 for label, row in (("cio-sync webhook-server", run), ("floor: bare ASGI app, same uvicorn", floor)):
-                    intake_rows.append({**row, "db": kind if row is run else "-", "server": label,
-                                        "cpu_ms": 1000 * row["server_cpu_s"] / max(1, row["acked"])})
+                    intake_rows.append(
+                        {
+                            **row,
+                            "db": kind if row is run else "-",
+                            "server": label,
+                            "cpu_ms": 1000 * row["server_cpu_s"] / max(1, row["acked"]),
+                        }
+                    )
                 if not args.profile:
                     intake_rows[-2]["vs_floor"] = f"{100 * run['rate'] / floor['rate']:.0f}%"
                 else:
                     intake_rows[-2]["vs_floor"] = "profiled: not a throughput figure"
-                print(f"intake {kind}: {run['rate']:,.0f} 2xx/s, p50 {run['p50_ms']:.1f} ms, p99 {run['p99_ms']:.1f} ms, "
-                      f"statuses {run['statuses']}, rows {run['rows']:,}, missing {run['missing']}, visible "
-                      f"{run['visible_after_ack']}; floor {floor['rate']:,.0f}/s", flush=True)
+                print(
+                    f"intake {kind}: {run['rate']:,.0f} 2xx/s, p50 {run['p50_ms']:.1f} ms, p99 {run['p99_ms']:.1f} ms, "
+                    f"statuses {run['statuses']}, rows {run['rows']:,}, missing {run['missing']}, visible "
+                    f"{run['visible_after_ack']}; floor {floor['rate']:,.0f}/s",
+                    flush=True,
+                )
                 if server_profile:
-                    profiles.append(profile_section(f"webhook intake on {kind}, {count:,} webhooks", server_profile)
-                                    .replace("Pool threads (senders, write-back, prefetch)",
-                                             "Inbox writer thread"))
+                    profiles.append(
+                        profile_section(f"webhook intake on {kind}, {count:,} webhooks", server_profile).replace(
+                            "Pool threads (senders, write-back, prefetch)", "Inbox writer thread"
+                        )
+                    )
                 result, hose = drain(kind, database_url, hull, prefect_server, args.profile, not args.no_cpu)
                 sent = result["summary"]["sent"]
-                drain_rows.append({"db": kind, "run": "drain-webhooks flow", "load": result["load"], "rows": sent,
-                                   "seconds": result["seconds"], "rate": sent / result["seconds"],
-                                   "process": result["cpu"]["process_cpu_s"],
-                                   "hull": result["cpu"]["processes"]["hull"], "rss": result["rss_mb"],
-                                   "tasks": result["summary"].get("batches"),
-                                   "vs_floor": ("profiled: not a throughput figure" if args.profile
-                                                else f"{100 * sent / result['seconds'] / hose['rate']:.0f}%")})
+                drain_rows.append(
+                    {
+                        "db": kind,
+                        "run": "drain-webhooks flow",
+                        "load": result["load"],
+                        "rows": sent,
+                        "seconds": result["seconds"],
+                        "rate": sent / result["seconds"],
+                        "process": result["cpu"]["process_cpu_s"],
+                        "hull": result["cpu"]["processes"]["hull"],
+                        "rss": result["rss_mb"],
+                        "tasks": result["summary"].get("batches"),
+                        "vs_floor": (
+                            "profiled: not a throughput figure"
+                            if args.profile
+                            else f"{100 * sent / result['seconds'] / hose['rate']:.0f}%"
+                        ),
+                    }
+                )
                 drain_rows.append({"db": "-", "run": "floor: bare firehose POSTs", **hose})
-                print(f"drain {kind}: {sent:,} rows in {result['seconds']:.1f} s; floor {hose['rate']:,.0f}/s; "
-                      f"summary {result['summary']}", flush=True)
+                print(
+                    f"drain {kind}: {sent:,} rows in {result['seconds']:.1f} s; floor {hose['rate']:,.0f}/s; "
+                    f"summary {result['summary']}",
+                    flush=True,
+                )
                 if "profile" in result:
                     profiles.append(profile_section(f"drain-webhooks on {kind}, {sent:,} rows", result["profile"]))
             finally:
@@ -501,9 +610,13 @@ def webhooks_scenario(args, prefect_server_class, simulator_class, process_cpu_s
     finally:
         prefect_server.stop()
         hull.stop()
-    parts = [f"Webhooks: {count:,} signed webhooks per database, {CONCURRENCY} concurrent keep-alive senders "
-             f"(bench/webhooks.py), then `drain-webhooks` (batch_size 500) into the Hull simulator.",
-             markdown(INTAKE_COLUMNS, intake_rows), markdown(DRAIN_COLUMNS, drain_rows), *profiles]
+    parts = [
+        f"Webhooks: {count:,} signed webhooks per database, {CONCURRENCY} concurrent keep-alive senders "
+        f"(bench/webhooks.py), then `drain-webhooks` (batch_size 500) into the Hull simulator.",
+        markdown(INTAKE_COLUMNS, intake_rows),
+        markdown(DRAIN_COLUMNS, drain_rows),
+        *profiles,
+    ]
     return "\n\n".join(parts)
 
 

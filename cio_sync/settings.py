@@ -61,9 +61,7 @@ class InvalidCredentialError(SettingsError):
 
 
 def _env_config(prefix: str = "") -> SettingsConfigDict:
-    return SettingsConfigDict(
-        env_prefix=prefix, env_file=".env", env_file_encoding="utf-8", extra="ignore"
-    )
+    return SettingsConfigDict(env_prefix=prefix, env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
 
 def credential_problem(value: str, header: bool) -> str | None:
@@ -178,9 +176,7 @@ class CustomerIoCredentials(_Credentials):
 class StateSettings(BaseSettings):
     model_config = _env_config()
 
-    state_database_url: str = Field(
-        default_factory=lambda: f"sqlite:///{(DEFAULT_DATA_DIR / 'state.db').as_posix()}"
-    )
+    state_database_url: str = Field(default_factory=lambda: f"sqlite:///{(DEFAULT_DATA_DIR / 'state.db').as_posix()}")
 
 
 class ConnectorSettings(BaseSettings):
@@ -249,6 +245,7 @@ class ConnectorSettings(BaseSettings):
     @property
     def segment_exit(self) -> str:
         return self.on_segment_exit or ("delete" if self.enable_user_deletion else "keep")
+
     # Deletion guard (cio_sync/rules/guard.py): a run that would delete more people than this
     # deletes nobody until approved. None: the larger of 100 and 5% of the people state tracks.
     max_deletions_per_run: int | None = Field(default=None, ge=0)

@@ -41,8 +41,14 @@ class CustomerIoClient(ApiClient):
         pin_environment(self.session, [self.base_url])  # no environment lookups per Track call
 
     @classmethod
-    def from_settings(cls, credentials: CustomerIoCredentials, *, rate_limiter: LocalLimiter | None = None,
-                      retry: RetryPolicy | None = None, pool_size: int = 16) -> CustomerIoClient:
+    def from_settings(
+        cls,
+        credentials: CustomerIoCredentials,
+        *,
+        rate_limiter: LocalLimiter | None = None,
+        retry: RetryPolicy | None = None,
+        pool_size: int = 16,
+    ) -> CustomerIoClient:
         return cls(
             credentials.base_url,
             credentials.site_id or "",

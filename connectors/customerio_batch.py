@@ -72,17 +72,23 @@ class ItemEntries:
         return sum(len(e.data) + 1 for e in self.entries)  # +1: the comma joining entries
 
 
-def identify_entries(identifiers: dict[str, str], chunks: list[dict[str, Any]],
-                     max_entry_bytes: int = MAX_ENTRY_BYTES) -> list[dict[str, Any]]:
+def identify_entries(
+    identifiers: dict[str, str], chunks: list[dict[str, Any]], max_entry_bytes: int = MAX_ENTRY_BYTES
+) -> list[dict[str, Any]]:
     """Identify entries, one per attribute chunk (id and email first, as in v1); a chunk whose
     entry would pass `max_entry_bytes` is split further by halves, so only a single attribute
     too big for any entry is left oversized."""
     return [entry for entry, _ in identify_encoded(identifiers, chunks, max_entry_bytes)]
 
 
-def identify_encoded(identifiers: dict[str, str], chunks: list[dict[str, Any]],
-                     max_entry_bytes: int = MAX_ENTRY_BYTES, *, timestamp: int | None = None,
-                     update_only: bool = False) -> list[tuple[dict[str, Any], bytes]]:
+def identify_encoded(
+    identifiers: dict[str, str],
+    chunks: list[dict[str, Any]],
+    max_entry_bytes: int = MAX_ENTRY_BYTES,
+    *,
+    timestamp: int | None = None,
+    update_only: bool = False,
+) -> list[tuple[dict[str, Any], bytes]]:
     """identify_entries with each entry's bytes: every entry is serialised exactly once.
     `timestamp` orders updates sent close together (v2's entry-level `timestamp`, v1's
     `_timestamp`); `update_only` adds `_update: true` to the attributes (never creates)."""
@@ -135,15 +141,19 @@ def event_entry(identifiers: dict[str, str], body: dict[str, Any]) -> dict[str, 
     return entry
 
 
-def encode_item(encoded: list[tuple[dict[str, Any], bytes]], labels: list[str], owner: int,
-                 max_entry_bytes: int) -> ItemEntries:
+def encode_item(
+    encoded: list[tuple[dict[str, Any], bytes]], labels: list[str], owner: int, max_entry_bytes: int
+) -> ItemEntries:
     item = ItemEntries()
     for (_entry, data), label in zip(encoded, labels):
         if len(data) > max_entry_bytes:
             # Nothing of this item is sent: a partial user would look synced but lack attributes.
-            return ItemEntries(rejected=(
-                f"v2 batch {label} entry is {len(data):,} bytes, over Customer.io's limit of "
-                f"{max_entry_bytes:,} bytes per entry; not sent"))
+            return ItemEntries(
+                rejected=(
+                    f"v2 batch {label} entry is {len(data):,} bytes, over Customer.io's limit of "
+                    f"{max_entry_bytes:,} bytes per entry; not sent"
+                )
+            )
         item.entries.append(EncodedEntry(data, owner, label))
     return item
 

@@ -118,13 +118,15 @@ class GlobalRateLimiter:
         self.blocks_taken = 0
 
     @classmethod
-    def in_front_of(cls, local: LocalLimiter | None, requests_per_second: float,
-                    name: str = GLOBAL_LIMIT_NAME) -> GlobalRateLimiter:
+    def in_front_of(
+        cls, local: LocalLimiter | None, requests_per_second: float, name: str = GLOBAL_LIMIT_NAME
+    ) -> GlobalRateLimiter:
         """The shared budget in front of a process's own limiter (which keeps capping the
         process). A limit created on first use (no `cio-sync setup` yet) takes
         `requests_per_second` as the workspace budget."""
-        return cls(local=local, name=name,
-                   requests_per_second_if_missing=requests_per_second or DEFAULT_REQUESTS_PER_SECOND)
+        return cls(
+            local=local, name=name, requests_per_second_if_missing=requests_per_second or DEFAULT_REQUESTS_PER_SECOND
+        )
 
     def acquire(self) -> None:
         if self.local is not None:
@@ -153,6 +155,9 @@ def _block_size_from_prefect(name: str, requests_per_second_if_missing: float) -
     block = max(1, int(limit.limit) // 3)
     logger.info(
         "global Customer.io budget %r: %s requests/s, burst %d, blocks of %d",
-        name, limit.slot_decay_per_second, limit.limit, block,
+        name,
+        limit.slot_decay_per_second,
+        limit.limit,
+        block,
     )
     return block

@@ -186,7 +186,13 @@ class ApiClient:
         return f"{self.base_url}{path}"
 
     def request(
-        self, method: str, path: str, *, json_body: Any = None, url: str | None = None, headers: dict[str, str] | None = None,
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        url: str | None = None,
+        headers: dict[str, str] | None = None,
         data: bytes | None = None,
     ) -> requests.Response:
         """Sends one request, retrying transient failures (every call here is idempotent:
@@ -221,7 +227,9 @@ class ApiClient:
                 unsendable = type(exc).__name__
             if unsendable is not None:  # raised outside the handler: no __context__ keeps the original
                 hint = f" {self.auth_hint}" if self.auth_hint else ""
-                raise AuthError(self.service, method, path, None, f"the request could not be sent ({unsendable}).{hint}")
+                raise AuthError(
+                    self.service, method, path, None, f"the request could not be sent ({unsendable}).{hint}"
+                )
             if response.status_code in TRANSIENT_STATUSES and attempt < retries:
                 wait = self.retry.backoff(attempt + 1, retry_after_seconds(response.headers.get("Retry-After")))
                 self._sleep(wait)

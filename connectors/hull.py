@@ -85,8 +85,9 @@ class TokenSigner:
         return (signing_input + b"." + _b64(mac.digest())).decode("ascii")
 
 
-def token_claims(connector_id: str, claims: dict[str, Any], hull_id: str | None = None,
-                 create: bool = True) -> dict[str, Any]:
+def token_claims(
+    connector_id: str, claims: dict[str, Any], hull_id: str | None = None, create: bool = True
+) -> dict[str, Any]:
     """The JWT payload of a user-scoped firehose message."""
     payload: dict[str, Any] = {
         "iss": connector_id,
@@ -101,8 +102,9 @@ def token_claims(connector_id: str, claims: dict[str, Any], hull_id: str | None 
     return payload
 
 
-def user_token(connector_id: str, secret: str, claims: dict[str, Any], hull_id: str | None = None,
-               create: bool = True) -> str:
+def user_token(
+    connector_id: str, secret: str, claims: dict[str, Any], hull_id: str | None = None, create: bool = True
+) -> str:
     """A user-scoped HS256 JWT for one firehose message."""
     return TokenSigner(secret).sign(token_claims(connector_id, claims, hull_id, create))
 
@@ -182,8 +184,16 @@ class HullClient(ApiClient):
                 return segments
             page += 1
 
-    def _search(self, path: str, sort_field: str, order: str, filters: list[dict[str, Any]], page: int, per_page: int,
-                must_not: list[dict[str, Any]] | None) -> dict[str, Any]:
+    def _search(
+        self,
+        path: str,
+        sort_field: str,
+        order: str,
+        filters: list[dict[str, Any]],
+        page: int,
+        per_page: int,
+        must_not: list[dict[str, Any]] | None,
+    ) -> dict[str, Any]:
         query: dict[str, Any] = {"filter": filters}
         if must_not:
             query["must_not"] = must_not
@@ -199,7 +209,11 @@ class HullClient(ApiClient):
         return found
 
     def search_users(
-        self, filters: list[dict[str, Any]], page: int, per_page: int = MAX_PER_PAGE, must_not: list[dict[str, Any]] | None = None,
+        self,
+        filters: list[dict[str, Any]],
+        page: int,
+        per_page: int = MAX_PER_PAGE,
+        must_not: list[dict[str, Any]] | None = None,
         order: str = "asc",
     ) -> dict[str, Any]:
         return self._search("/search/user_reports", "indexed_at", order, filters, page, per_page, must_not)
@@ -208,7 +222,11 @@ class HullClient(ApiClient):
         return self._by_ids(self.search_users, "id", hull_ids)
 
     def search_events(
-        self, filters: list[dict[str, Any]], page: int, per_page: int = MAX_PER_PAGE, must_not: list[dict[str, Any]] | None = None
+        self,
+        filters: list[dict[str, Any]],
+        page: int,
+        per_page: int = MAX_PER_PAGE,
+        must_not: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         result = self._search("/search/events", "created_at", "asc", filters, page, per_page, must_not)
         result["data"] = [normalize_event(e) for e in result.get("data", [])]
@@ -235,7 +253,9 @@ class HullClient(ApiClient):
     def token(self, claims: dict[str, Any], hull_id: str | None = None, create: bool = True) -> str:
         return self._signer.sign(token_claims(self.connector_id, claims, hull_id, create))
 
-    def traits_message(self, claims: dict[str, Any], traits: dict[str, Any], hull_id: str | None = None) -> dict[str, Any]:
+    def traits_message(
+        self, claims: dict[str, Any], traits: dict[str, Any], hull_id: str | None = None
+    ) -> dict[str, Any]:
         now = iso(datetime.now(timezone.utc))
         return {
             "type": "traits",

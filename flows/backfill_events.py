@@ -99,7 +99,8 @@ def backfill_events(
     if recent:
         summary.warnings.append(
             f"{recent} of the events {'this backfill would send' if dry_run else 'sent'} are less than 72 hours "
-            "old: Customer.io may trigger campaigns for them.")
+            "old: Customer.io may trigger campaigns for them."
+        )
     create_table_artifact(
         key=SUMMARY_ARTIFACT_KEY,
         table=[{"metric": "window", "value": f"{window.start} .. {window.until}"}, *summary.table()],
@@ -112,5 +113,6 @@ def backfill_events(
     if summary.failed_batches:
         raise SyncFailed(
             f"{summary.events.get('retry', 0)} events could not be sent after retries; they are saved as failed "
-            f"batches {summary.failed_batches} (see `cio-sync failed list`).")
+            f"batches {summary.failed_batches} (see `cio-sync failed list`)."
+        )
     return {"since": window.start, "until": window.until, **summary.to_dict()}

@@ -46,8 +46,13 @@ def summary_table(summary: dict[str, Any]) -> list[dict[str, Any]]:
         {"outcome": "failed", "this run": summary["failed"], "inbox total": inbox[FAILED]},
         {"outcome": "pending", "this run": summary["requeued"], "inbox total": summary["pending"]},
         {"outcome": "of them waiting for a retry", "this run": "", "inbox total": summary["retrying"]},
-        {"outcome": "oldest pending (seconds since received)", "this run": "",
-         "inbox total": "-" if summary["oldest_pending_age_seconds"] is None else summary["oldest_pending_age_seconds"]},
+        {
+            "outcome": "oldest pending (seconds since received)",
+            "this run": "",
+            "inbox total": "-"
+            if summary["oldest_pending_age_seconds"] is None
+            else summary["oldest_pending_age_seconds"],
+        },
     ]
 
 
@@ -79,8 +84,9 @@ def drain_webhooks(
     stopped: str | None = None
     breaker = Breaker()  # the run's: consecutive failed firehose POSTs across its batches
     while max_batches is None or totals["batches"] < max_batches:
-        counts = drain_webhook_batch_task(database_url, hull_credentials, settings, batch_size, worker,
-                                          cast(Breaker, quote(breaker)))
+        counts = drain_webhook_batch_task(
+            database_url, hull_credentials, settings, batch_size, worker, cast(Breaker, quote(breaker))
+        )
         if counts["claimed"] == 0:
             break
         totals["batches"] += 1
@@ -88,8 +94,12 @@ def drain_webhooks(
             totals[key] += counts[key]
         logger.info(
             "batch %d: %d claimed, %d sent, %d ignored, %d failed, %d back to pending",
-            totals["batches"], counts["claimed"], counts["sent"], counts["ignored"],
-            counts["failed"], counts["requeued"],
+            totals["batches"],
+            counts["claimed"],
+            counts["sent"],
+            counts["ignored"],
+            counts["failed"],
+            counts["requeued"],
         )
         if counts["stopped"]:
             stopped = counts["stopped"]
@@ -101,8 +111,14 @@ def drain_webhooks(
     inbox = count_by_status(engine)
     # Rows claimed by another run still in progress are not done either (backlog counts them).
     owed = backlog(engine)
-    summary = {**totals, "pending": owed["pending"], "retrying": owed["retrying"],
-               "oldest_pending_age_seconds": owed["oldest_pending_age_seconds"], "inbox": inbox, "stopped": stopped}
+    summary = {
+        **totals,
+        "pending": owed["pending"],
+        "retrying": owed["retrying"],
+        "oldest_pending_age_seconds": owed["oldest_pending_age_seconds"],
+        "inbox": inbox,
+        "stopped": stopped,
+    }
     create_table_artifact(
         key=SUMMARY_ARTIFACT_KEY,
         table=summary_table(summary),
@@ -111,7 +127,11 @@ def drain_webhooks(
     )
     logger.info(
         "drained %d batches: %d sent, %d ignored, %d failed; %d pending in the inbox",
-        totals["batches"], totals["sent"], totals["ignored"], totals["failed"], summary["pending"],
+        totals["batches"],
+        totals["sent"],
+        totals["ignored"],
+        totals["failed"],
+        summary["pending"],
     )
     if stopped:
         raise DrainStopped(stopped)

@@ -80,8 +80,11 @@ def rerun_failed_batches(
     if requeue_failed_webhooks:
         rows.append(_rerun_webhooks(engine))
     todo = [b for b in batches if b["status"] == "open"]
-    rows += [{"batch": b["id"], "kind": b["kind"], "result": "already resolved", "error": ""}
-             for b in batches if b["status"] != "open"]
+    rows += [
+        {"batch": b["id"], "kind": b["kind"], "result": "already resolved", "error": ""}
+        for b in batches
+        if b["status"] != "open"
+    ]
     if todo:
         # global_rate_limit: reruns spend the same Customer.io budget as the sync runs.
         runtime = build_runtime(settings, global_rate_limit=global_rate_limit)
@@ -97,19 +100,36 @@ def rerun_failed_batches(
     table = list(rows) or [{"batch": "-", "result": "nothing to rerun"}]
     table += [{"batch": "-", "kind": "setting changed", "result": c, "error": ""} for c in changes]
     if total.decisions.get("delete"):
-        table.append({"batch": "-", "kind": "deletions", "error": "",
-                      "result": f"{total.decisions['delete']} planned; the next sync-users run sends them "
-                                "(within the deletion guard)"})
-    create_table_artifact(key="rerun-failed-batches", table=scrub_obj(table),
-                          description="Failed batches rerun by this run, with today's settings.")
+        table.append(
+            {
+                "batch": "-",
+                "kind": "deletions",
+                "error": "",
+                "result": f"{total.decisions['delete']} planned; the next sync-users run sends them "
+                "(within the deletion guard)",
+            }
+        )
+    create_table_artifact(
+        key="rerun-failed-batches",
+        table=scrub_obj(table),
+        description="Failed batches rerun by this run, with today's settings.",
+    )
     still_open = [r["batch"] for r in rows if r["result"] == "still open"]
     if still_open:
         raise RerunIncomplete(f"failed batches still open after this rerun: {still_open}")
     return {"batches": rows, "summary": total.to_dict(), "settings_changed": changes}
 
 
-def _rerun_one(runtime, engine, batch: dict[str, Any], settings: ConnectorSettings, run_id: str | None,
-               rows: list[dict[str, Any]], total: SyncSummary, logger) -> list[str]:
+def _rerun_one(
+    runtime,
+    engine,
+    batch: dict[str, Any],
+    settings: ConnectorSettings,
+    run_id: str | None,
+    rows: list[dict[str, Any]],
+    total: SyncSummary,
+    logger,
+) -> list[str]:
     """Reruns one open batch with `runtime` (today's settings); returns the settings changed since it was saved."""
     changes = [f"batch {batch['id']}: {change}" for change in changed_settings(_saved_settings(batch), settings)]
     for change in changes:
@@ -117,8 +137,14 @@ def _rerun_one(runtime, engine, batch: dict[str, Any], settings: ConnectorSettin
     resolved, error, summary, transient = rerun_batch(runtime, batch, run_id)
     mark_rerun(engine, batch["id"], resolved, error, transient)
     total.merge(summary)
-    rows.append({"batch": batch["id"], "kind": batch["kind"],
-                 "result": "resolved" if resolved else "still open", "error": error or ""})
+    rows.append(
+        {
+            "batch": batch["id"],
+            "kind": batch["kind"],
+            "result": "resolved" if resolved else "still open",
+            "error": error or "",
+        }
+    )
     logger.info("failed batch %s: %s", batch["id"], "resolved" if resolved else f"still open: {error}")
     return changes
 
@@ -137,6 +163,9 @@ def _rerun_webhooks(engine) -> dict[str, Any]:
     if requeued:
         drain_webhooks()
     left = count_by_status(engine)[FAILED]
-    return {"batch": "webhooks", "kind": "webhooks",
-            "result": "resolved" if not left else "still open",
-            "error": f"{requeued} failed inbox rows requeued, {left} failed again" if requeued else ""}
+    return {
+        "batch": "webhooks",
+        "kind": "webhooks",
+        "result": "resolved" if not left else "still open",
+        "error": f"{requeued} failed inbox rows requeued, {left} failed again" if requeued else "",
+    }

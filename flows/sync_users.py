@@ -77,7 +77,7 @@ def publish_plan(result: GuardResult, message: str) -> None:
         key="deletion-plan",
         table=scrub_obj(plan_table(result.plan_rows[:PLAN_ARTIFACT_ROWS])),
         description=f"Deletion plan #{result.plan['id']} ({result.plan['size']} people; digest "
-                    f"{result.plan['digest'][:12]}). {message}",
+        f"{result.plan['digest'][:12]}). {message}",
     )
 
 
@@ -158,9 +158,16 @@ def run_id_or_none() -> str | None:
     return str(flow_run.get_id() or "") or None
 
 
-def _run(runtime: SyncRuntime, lease: Lease | None, logger: logging.Logger | logging.LoggerAdapter,
-         max_pages: int | None, shard: Shard = WHOLE, migrate_ids: bool = False,
-         started: datetime | None = None, approve_deletions: bool = False) -> dict[str, Any]:
+def _run(
+    runtime: SyncRuntime,
+    lease: Lease | None,
+    logger: logging.Logger | logging.LoggerAdapter,
+    max_pages: int | None,
+    shard: Shard = WHOLE,
+    migrate_ids: bool = False,
+    started: datetime | None = None,
+    approve_deletions: bool = False,
+) -> dict[str, Any]:
     settings = runtime.settings
     started = started or utcnow()
     summary = SyncSummary()
@@ -218,8 +225,10 @@ def _run(runtime: SyncRuntime, lease: Lease | None, logger: logging.Logger | log
         # Only once the users walk is complete are all of the run's deletes known.
         failure = _settle_deletions(runtime, lease, summary, logger, shard, run_id, approve_deletions) or failure
     elif summary.decisions.get("delete"):
-        summary.warnings.append(f"{summary.decisions['delete']} deletions stay planned: the users walk did not "
-                                "complete, so the next run decides them with every other one")
+        summary.warnings.append(
+            f"{summary.decisions['delete']} deletions stay planned: the users walk did not "
+            "complete, so the next run decides them with every other one"
+        )
 
     if not runtime.dry_run:
         summary.writeback_pending = count_pending_writebacks(runtime.engine)
@@ -239,8 +248,16 @@ def _run(runtime: SyncRuntime, lease: Lease | None, logger: logging.Logger | log
     return summary.to_dict()
 
 
-def _sync_users_stream(runtime: SyncRuntime, lease: Lease | None, summary: SyncSummary, logger, max_pages: int | None,
-                       shard: Shard, run_id: str, from_start: bool = False) -> str | None:
+def _sync_users_stream(
+    runtime: SyncRuntime,
+    lease: Lease | None,
+    summary: SyncSummary,
+    logger,
+    max_pages: int | None,
+    shard: Shard,
+    run_id: str,
+    from_start: bool = False,
+) -> str | None:
     """The users phase, page by page; returns why it stopped early, or None. The walk starts
     `users_overlap_seconds` before the stored cursor; the stored cursor never moves back.
     `from_start`: a migration of every id walks every user from the first."""
@@ -252,10 +269,12 @@ def _sync_users_stream(runtime: SyncRuntime, lease: Lease | None, summary: SyncS
     progress = SyncProgress(logger)
     # Bounded by what Hull had indexed when the run started: users re-indexed meanwhile (this
     # run's own write-backs among them) are the next run's.
-    pages_ahead = UserPagePrefetcher(runtime.hull, runtime.settings.users_per_batch, shard,
-                                     until=walk_bound(runtime.hull))
-    write_backs = None if runtime.dry_run else WriteBackPipeline(
-        runtime.hull, runtime.engine, runtime.settings.user_id_mapping)
+    pages_ahead = UserPagePrefetcher(
+        runtime.hull, runtime.settings.users_per_batch, shard, until=walk_bound(runtime.hull)
+    )
+    write_backs = (
+        None if runtime.dry_run else WriteBackPipeline(runtime.hull, runtime.engine, runtime.settings.user_id_mapping)
+    )
     phase = Phase(USERS)  # one breaker and one failed batch for every page of the phase
     try:
         while max_pages is None or pages < max_pages:
@@ -267,8 +286,14 @@ def _sync_users_stream(runtime: SyncRuntime, lease: Lease | None, summary: SyncS
                 if lease is not None:
                     lease.check()  # raises LeaseLost: another run took the lease over
                 page_summary = sync_users_page_task(
-                    quoted(runtime), quoted(fetched.users), users_cursor, quoted(not_behind(stored, fetched.cursor)),
-                    run_id, quoted(write_backs), quoted(phase))
+                    quoted(runtime),
+                    quoted(fetched.users),
+                    users_cursor,
+                    quoted(not_behind(stored, fetched.cursor)),
+                    run_id,
+                    quoted(write_backs),
+                    quoted(phase),
+                )
             except AuthError as exc:
                 failure = f"Stopped: {exc}. Nothing from the failing page was marked as synced."
                 break
@@ -281,7 +306,9 @@ def _sync_users_stream(runtime: SyncRuntime, lease: Lease | None, summary: SyncS
             pages += 1
             progress.page_done(len(fetched.users), fetched.remaining)
             logger.info(
-                "page %d: %d users, %s", pages, page_summary.users_seen,
+                "page %d: %d users, %s",
+                pages,
+                page_summary.users_seen,
                 ", ".join(f"{k}={v}" for k, v in sorted(page_summary.decisions.items())),
             )
     finally:
@@ -298,8 +325,15 @@ def _sync_users_stream(runtime: SyncRuntime, lease: Lease | None, summary: SyncS
     return failure
 
 
-def walk_events(runtime: SyncRuntime, window: EventsWindow, summary: SyncSummary, logger, run_id: str,
-                shard: Shard = WHOLE, lease: Lease | None = None) -> str | None:
+def walk_events(
+    runtime: SyncRuntime,
+    window: EventsWindow,
+    summary: SyncSummary,
+    logger,
+    run_id: str,
+    shard: Shard = WHOLE,
+    lease: Lease | None = None,
+) -> str | None:
     """Events go out after every changed user's identify calls of this run: one task per page
     of the `window` (cio_sync/pipeline/watermarks.py). Returns why the walk stopped early, or None."""
     cursor = window.start_cursor()
@@ -329,8 +363,15 @@ def walk_events(runtime: SyncRuntime, window: EventsWindow, summary: SyncSummary
             return None
 
 
-def _settle_deletions(runtime: SyncRuntime, lease: Lease | None, summary: SyncSummary, logger, shard: Shard,
-                      run_id: str, approve_deletions: bool) -> str | None:
+def _settle_deletions(
+    runtime: SyncRuntime,
+    lease: Lease | None,
+    summary: SyncSummary,
+    logger,
+    shard: Shard,
+    run_id: str,
+    approve_deletions: bool,
+) -> str | None:
     """The deletion guard (cio_sync/pipeline/deletions.py); returns why the run must fail, or None."""
     scope = shard.cursor_name(USERS_CURSOR)
     approved, decided_by = None, ""
@@ -356,12 +397,16 @@ def _settle_deletions(runtime: SyncRuntime, lease: Lease | None, summary: SyncSu
         settings = ApprovalSettings()
         answer = approval.ask_for_approval(
             approval.description(result.plan, result.limit, result.plan_rows),
-            settings.approval_timeout_seconds, settings.approval_poll_seconds,
-            keep_alive=lease.renew if lease is not None else None)
+            settings.approval_timeout_seconds,
+            settings.approval_poll_seconds,
+            keep_alive=lease.renew if lease is not None else None,
+        )
         if answer is None:
-            return (f"Nobody answered the approval form within {settings.approval_timeout_seconds} s: nobody was "
-                    f"deleted; deletion plan #{result.plan['id']} stays open for the next run or for "
-                    "approve_deletions.")
+            return (
+                f"Nobody answered the approval form within {settings.approval_timeout_seconds} s: nobody was "
+                f"deleted; deletion plan #{result.plan['id']} stays open for the next run or for "
+                "approve_deletions."
+            )
         who = f"the Prefect UI (flow run {run_id or '-'}){': ' + answer.note if answer.note else ''}"
         if not answer.approve:
             kept = reject_plan(runtime.engine, result.plan["id"], who)
@@ -385,13 +430,17 @@ def _settle_deletions(runtime: SyncRuntime, lease: Lease | None, summary: SyncSu
 def _postponed(result: GuardResult) -> str | None:
     if not result.postponed:
         return None
-    return (f"{result.postponed} deletions could not be sent after retries; they stay planned and the next run "
-            "sends them (within the deletion guard).")
+    return (
+        f"{result.postponed} deletions could not be sent after retries; they stay planned and the next run "
+        "sends them (within the deletion guard)."
+    )
 
 
 def _note_dry_run_deletions(runtime: SyncRuntime, summary: SyncSummary) -> None:
     count = summary.decisions.get("delete", 0)
     limit = deletion_limit(runtime.settings.max_deletions_per_run, count_live_people(runtime.engine))
     if count > limit:
-        summary.warnings.append(f"{count} deletions decided, more than max_deletions_per_run ({limit}): a real run "
-                                "would delete nobody until the plan is approved")
+        summary.warnings.append(
+            f"{count} deletions decided, more than max_deletions_per_run ({limit}): a real run "
+            "would delete nobody until the plan is approved"
+        )

@@ -61,21 +61,24 @@ async def sync_users_sharded(
     parent_name = flow_run.get_name() or "sync-users-sharded"
     engine = db.get_engine(StateSettings().state_database_url)
     try:
-        lease = users_writer_lease(engine, layout_scope(shard_count), "sync-users-sharded",
-                                   str(flow_run.get_id() or "") or None)
+        lease = users_writer_lease(
+            engine, layout_scope(shard_count), "sync-users-sharded", str(flow_run.get_id() or "") or None
+        )
         with lease:
             logger.info("starting %d shard runs of %s", shard_count, deployment_name)
-            children = await asyncio.gather(*(
-                arun_deployment(
-                    deployment_name,
-                    parameters={**overrides, "shard_count": shard_count, "shard_index": index},
-                    flow_run_name=f"{parent_name}-shard-{index}-of-{shard_count}",
-                    timeout=None,  # wait for the end, however long the shard takes
-                    poll_interval=poll_interval_seconds,
-                    as_subflow=True,  # children appear under this run in the UI
+            children = await asyncio.gather(
+                *(
+                    arun_deployment(
+                        deployment_name,
+                        parameters={**overrides, "shard_count": shard_count, "shard_index": index},
+                        flow_run_name=f"{parent_name}-shard-{index}-of-{shard_count}",
+                        timeout=None,  # wait for the end, however long the shard takes
+                        poll_interval=poll_interval_seconds,
+                        as_subflow=True,  # children appear under this run in the UI
+                    )
+                    for index in range(shard_count)
                 )
-                for index in range(shard_count)
-            ))
+            )
     except LeaseHeld as exc:
         raise ShardsFailed(str(exc)) from None
 
@@ -93,9 +96,7 @@ async def sync_users_sharded(
         table=results,
         description=f"The {shard_count} shard runs of this sync-users-sharded run.",
     )
-    failed = [
-        r for r, child in zip(results, children) if not (child.state and child.state.is_completed())
-    ]
+    failed = [r for r, child in zip(results, children) if not (child.state and child.state.is_completed())]
     for result in results:
         logger.info("shard %s: %s (%s)", result["shard"], result["state"], result["flow run"])
     if failed:

@@ -11,5 +11,14 @@ from .env import RemoteCustomerIo, RemoteHull, simulator_environment
 from .hull import HullSimulator, sign_user_token
 from .seed import seed_synthetic
 
-__all__ = ["CustomerIoSimulator", "Faults", "HullSimulator", "RemoteCustomerIo", "RemoteHull",
-           "SimulatorServer", "seed_synthetic", "sign_user_token", "simulator_environment"]
+__all__ = [
+    "CustomerIoSimulator",
+    "Faults",
+    "HullSimulator",
+    "RemoteCustomerIo",
+    "RemoteHull",
+    "SimulatorServer",
+    "seed_synthetic",
+    "sign_user_token",
+    "simulator_environment",
+]

@@ -28,8 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     hull.add_argument("--organization", default="acme.hullapp.io")
     hull.add_argument("--connector-id", default=DEFAULT_CONNECTOR_ID)
     hull.add_argument("--connector-secret", default="secret")
-    hull.add_argument("--seed-users", type=int, default=0,
-                      help="seed this many synthetic users before serving")
+    hull.add_argument("--seed-users", type=int, default=0, help="seed this many synthetic users before serving")
     hull.add_argument("--seed", type=int, default=0, help="random seed for --seed-users")
 
     cio = sub.add_parser("customerio", help="Customer.io Track API")
@@ -45,13 +44,13 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.service == "hull":
-        sim = HullSimulator(args.organization, args.connector_id, args.connector_secret,
-                            host=args.host, port=args.port)
+        sim = HullSimulator(args.organization, args.connector_id, args.connector_secret, host=args.host, port=args.port)
         if args.seed_users:
             seed_synthetic(sim, args.seed_users, seed=args.seed)
     else:
-        sim = CustomerIoSimulator(args.site_id, args.api_key, args.region,
-                                  args.max_attributes_per_request, host=args.host, port=args.port)
+        sim = CustomerIoSimulator(
+            args.site_id, args.api_key, args.region, args.max_attributes_per_request, host=args.host, port=args.port
+        )
 
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -34,7 +34,7 @@ def split_query(query: Any) -> tuple[list[dict], list[Any]]:
         return [], []
     if not isinstance(query, dict) or len(query) != 1:
         raise QueryError(f"unsupported query: {query!r}")
-    (kind, spec), = query.items()
+    ((kind, spec),) = query.items()
     if kind == "match_all":
         return [], []
     if kind != "bool":
@@ -56,12 +56,11 @@ def split_query(query: Any) -> tuple[list[dict], list[Any]]:
 
 def terms_of(clause: dict) -> tuple[str, set]:
     """``{"terms": {field: [..]}}`` or ``{"term": {field: v | {"value": v}}}`` → (field, values)."""
-    (kind, spec), = clause.items()
-    fields = {key: value for key, value in spec.items() if key != "boost"} \
-        if isinstance(spec, dict) else {}
+    ((kind, spec),) = clause.items()
+    fields = {key: value for key, value in spec.items() if key != "boost"} if isinstance(spec, dict) else {}
     if len(fields) != 1:
         raise QueryError(f"{kind} needs exactly one field")
-    (field, values), = fields.items()
+    ((field, values),) = fields.items()
     if kind == "term":
         if isinstance(values, dict):
             values = values.get("value")
@@ -73,11 +72,13 @@ def terms_of(clause: dict) -> tuple[str, set]:
 
 def field_matcher(field: str, values: set) -> Callable[[dict], bool]:
     """Elasticsearch terms semantics: a list-valued field matches if any element does."""
+
     def matches(doc: dict) -> bool:
         value = doc.get(field)
         if isinstance(value, list):
             return any(item in values for item in value)
         return value in values
+
     return matches
 
 
@@ -100,7 +101,7 @@ def range_of(clause: dict) -> tuple[str, dict[str, float]]:
     spec = clause["range"]
     if not isinstance(spec, dict) or len(spec) != 1:
         raise QueryError("range needs exactly one field")
-    (field, bounds), = spec.items()
+    ((field, bounds),) = spec.items()
     if not isinstance(bounds, dict):
         raise QueryError(f"range on {field} must be an object")
     parsed = {}
@@ -113,10 +114,12 @@ def range_of(clause: dict) -> tuple[str, dict[str, float]]:
 
 
 def in_range(epoch: float, bounds: dict[str, float]) -> bool:
-    return not (("gte" in bounds and epoch < bounds["gte"])
-                or ("gt" in bounds and epoch <= bounds["gt"])
-                or ("lte" in bounds and epoch > bounds["lte"])
-                or ("lt" in bounds and epoch >= bounds["lt"]))
+    return not (
+        ("gte" in bounds and epoch < bounds["gte"])
+        or ("gt" in bounds and epoch <= bounds["gt"])
+        or ("lte" in bounds and epoch > bounds["lte"])
+        or ("lt" in bounds and epoch >= bounds["lt"])
+    )
 
 
 def _sort_entry(entry: Any) -> tuple[str, str]:
@@ -124,7 +127,7 @@ def _sort_entry(entry: Any) -> tuple[str, str]:
         return entry, "asc"
     if not isinstance(entry, dict) or len(entry) != 1:
         raise QueryError(f"unsupported sort {entry!r}")
-    (field, order), = entry.items()
+    ((field, order),) = entry.items()
     if isinstance(order, dict):
         order = order.get("order", "asc")
     if order not in ("asc", "desc"):
@@ -146,8 +149,7 @@ def sort_direction(sort: Any, field: str, tie_breakers: tuple[str, ...]) -> str:
     direction = entries[0][1]
     for extra_field, extra_order in entries[1:]:
         if extra_field not in tie_breakers or extra_order != direction:
-            raise QueryError(f"only {field} then {'/'.join(tie_breakers)} "
-                             f"in the same direction can be sorted on")
+            raise QueryError(f"only {field} then {'/'.join(tie_breakers)} in the same direction can be sorted on")
     return direction
 
 
@@ -170,6 +172,9 @@ def page_params(body: dict, query: dict) -> tuple[int, int]:
 def paginate(items: list, page: int, per_page: int) -> tuple[list, dict]:
     total = len(items)
     start = (page - 1) * per_page
-    return items[start:start + per_page], {
-        "page": page, "per_page": per_page,
-        "pages": math.ceil(total / per_page), "total": total}
+    return items[start : start + per_page], {
+        "page": page,
+        "per_page": per_page,
+        "pages": math.ceil(total / per_page),
+        "total": total,
+    }

@@ -154,8 +154,7 @@ class Faults:
     """
 
     # Operations ``POST /_sim/faults {"op": ...}`` may name; a subclass adds its own.
-    OPS: tuple[str, ...] = ("fail_next", "error_rate", "drop_rate", "down", "latency", "force",
-                            "clear")
+    OPS: tuple[str, ...] = ("fail_next", "error_rate", "drop_rate", "down", "latency", "force", "clear")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -176,9 +175,16 @@ class Faults:
             self._drop_rng = random.Random(0)
             self._refresh()
 
-    def fail_next(self, n: int = 1, status: int = 503, body: Any = None, retry_after=None,
-                  path_contains: str | None = None, method: str | None = None,
-                  drop: bool = False) -> None:
+    def fail_next(
+        self,
+        n: int = 1,
+        status: int = 503,
+        body: Any = None,
+        retry_after=None,
+        path_contains: str | None = None,
+        method: str | None = None,
+        drop: bool = False,
+    ) -> None:
         """The next ``n`` matching requests get ``status`` (or are dropped if ``drop``)."""
         if n <= 0:
             return
@@ -187,8 +193,7 @@ class Faults:
             self._queue.append([int(n), rule])
             self._refresh()
 
-    def error_rate(self, rate: float, statuses=(429, 500, 502, 503), seed: int = 0,
-                   retry_after=None) -> None:
+    def error_rate(self, rate: float, statuses=(429, 500, 502, 503), seed: int = 0, retry_after=None) -> None:
         """Each request fails with probability ``rate``, status drawn from ``statuses``.
 
         The generator is re-seeded here so a run is reproducible from this call on.
@@ -217,8 +222,9 @@ class Faults:
         with self._lock:
             self._latency = max(0.0, float(seconds))
 
-    def force(self, path_contains: str, status: int, body: Any = None,
-              method: str | None = None, retry_after=None) -> None:
+    def force(
+        self, path_contains: str, status: int, body: Any = None, method: str | None = None, retry_after=None
+    ) -> None:
         """Permanent rule, e.g. always 400 for one customer id, until ``clear()``."""
         with self._lock:
             self._forced.append(FaultRule(int(status), body, retry_after, path_contains, method))
@@ -255,8 +261,7 @@ class Faults:
         return self._latency
 
     def _refresh(self) -> None:
-        self._active = bool(self._queue or self._forced or self._down
-                            or self._error_rate > 0 or self._drop_rate > 0)
+        self._active = bool(self._queue or self._forced or self._down or self._error_rate > 0 or self._drop_rate > 0)
 
     def decide(self, method: str, raw_path: str) -> FaultDecision | None:
         with self._lock:
@@ -269,12 +274,10 @@ class Faults:
                     if entry[0] <= 0:
                         del self._queue[index]
                         self._refresh()
-                    return FaultDecision(rule.drop, rule.status, rule.body,
-                                         _retry_headers(rule.retry_after))
+                    return FaultDecision(rule.drop, rule.status, rule.body, _retry_headers(rule.retry_after))
             for rule in self._forced:
                 if rule.matches(method, raw_path):
-                    return FaultDecision(False, rule.status, rule.body,
-                                         _retry_headers(rule.retry_after))
+                    return FaultDecision(False, rule.status, rule.body, _retry_headers(rule.retry_after))
             if self._drop_rate > 0 and self._drop_rng.random() < self._drop_rate:
                 return FaultDecision(True, 0, None, None)
             if self._error_rate > 0 and self._error_rng.random() < self._error_rate:
@@ -378,10 +381,8 @@ def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
     return handler.rfile.read(size)
 
 
-def _write_response(handler: BaseHTTPRequestHandler, status: int, body: bytes,
-                    headers: dict | None) -> None:
-    parts = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"
-             f"Content-Length: {len(body)}\r\n"]
+def _write_response(handler: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict | None) -> None:
+    parts = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\nContent-Length: {len(body)}\r\n"]
     if body:
         parts.append("Content-Type: application/json\r\n")
     if headers:
@@ -463,9 +464,9 @@ class SimulatorServer:
             return self
         self._httpd = _HttpServer((self.host, self.port), self)
         self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever,
-                                        kwargs={"poll_interval": 0.2},
-                                        name=f"{self.name}-sim", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2}, name=f"{self.name}-sim", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -511,10 +512,15 @@ class SimulatorServer:
             self._journal = []
 
     def _record(self, req: Request, status: int | None, host: str | None) -> None:
-        entry = {"ts": time.time(), "method": req.method, "path": req.path,
-                 "query": req.query_string, "status": status,
-                 "body": req.json_or_none() if self.record_journal else None,
-                 "host": host}
+        entry = {
+            "ts": time.time(),
+            "method": req.method,
+            "path": req.path,
+            "query": req.query_string,
+            "status": status,
+            "body": req.json_or_none() if self.record_journal else None,
+            "host": host,
+        }
         with self._journal_lock:
             self._journal.append(entry)
 
@@ -546,8 +552,9 @@ class SimulatorServer:
             return
         if decision is not None:
             status = decision.status
-            payload = decision.body if decision.body is not None else self.error_payload(
-                f"simulated failure ({status})")
+            payload = (
+                decision.body if decision.body is not None else self.error_payload(f"simulated failure ({status})")
+            )
             headers = decision.headers
         else:
             route, params = self._routes.match(req.method, path)

@@ -48,15 +48,27 @@ MAX_BATCH_BYTES = 500 * 1024
 MAX_BATCH_ENTRY_BYTES = 32 * 1024
 RESERVED_ATTRIBUTES = frozenset({"_timestamp", "_update"})
 EVENT_TYPES = ("event", "page", "screen")
-BATCH_ACTIONS = ("identify", "delete", "event", "page", "screen", "merge", "suppress",
-                 "unsuppress")
+BATCH_ACTIONS = ("identify", "delete", "event", "page", "screen", "merge", "suppress", "unsuppress")
 V2_IDENTIFIER_KEYS = ("id", "email", "phone", "cio_id")
 MERGE_IDENTIFIER_KEYS = ("id", "email", "cio_id")  # merge takes no phone
 _ULID = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}", re.IGNORECASE)
 _OK = b"{}"
-COUNT_KINDS = ("region", "auth", "identify", "delete", "event", "anonymous_event",
-               "batch", "batch_entries", "duplicate_events", "merge", "suppress", "unsuppress",
-               "suppressed_ignored", "poisoned_batches")
+COUNT_KINDS = (
+    "region",
+    "auth",
+    "identify",
+    "delete",
+    "event",
+    "anonymous_event",
+    "batch",
+    "batch_entries",
+    "duplicate_events",
+    "merge",
+    "suppress",
+    "unsuppress",
+    "suppressed_ignored",
+    "poisoned_batches",
+)
 _NEVER = float("-inf")
 
 
@@ -84,46 +96,45 @@ def check_identifier(identifier: str) -> Problem | None:
     if not identifier:
         return Problem("identifiers", "required", "identifier is required")
     if len(identifier.encode()) > MAX_IDENTIFIER_BYTES:
-        return Problem("identifiers", "too_long",
-                       f"identifier cannot be longer than {MAX_IDENTIFIER_BYTES} bytes")
+        return Problem("identifiers", "too_long", f"identifier cannot be longer than {MAX_IDENTIFIER_BYTES} bytes")
     return None
 
 
 def check_attributes(attributes: dict, max_count: int) -> Problem | None:
     if sum(1 for name in attributes if name not in RESERVED_ATTRIBUTES) > max_count:
-        return Problem("attributes", "too_many",
-                       f"cannot identify more than {max_count} attributes in one request")
+        return Problem("attributes", "too_many", f"cannot identify more than {max_count} attributes in one request")
     for name, value in attributes.items():
         if not name:
             return Problem("attributes", "invalid", "attribute name cannot be empty")
         if name[0] == "_" and name not in RESERVED_ATTRIBUTES:
-            return Problem(f"attributes.{name}", "reserved",
-                           f"attribute name '{name}' is reserved")
+            return Problem(f"attributes.{name}", "reserved", f"attribute name '{name}' is reserved")
         if len(name.encode()) > MAX_ATTRIBUTE_NAME_BYTES:
-            return Problem(f"attributes.{name}", "too_long",
-                           f"attribute name cannot be longer than {MAX_ATTRIBUTE_NAME_BYTES} bytes")
+            return Problem(
+                f"attributes.{name}",
+                "too_long",
+                f"attribute name cannot be longer than {MAX_ATTRIBUTE_NAME_BYTES} bytes",
+            )
         if value is not None and _value_size(value) > MAX_ATTRIBUTE_VALUE_BYTES:
-            return Problem(f"attributes.{name}", "too_long",
-                           f"value for attribute '{name}' cannot be longer than "
-                           f"{MAX_ATTRIBUTE_VALUE_BYTES} bytes")
+            return Problem(
+                f"attributes.{name}",
+                "too_long",
+                f"value for attribute '{name}' cannot be longer than {MAX_ATTRIBUTE_VALUE_BYTES} bytes",
+            )
     return None
 
 
-def check_event(name: Any, event_type: Any, data: Any, event_id: Any,
-                timestamp: Any) -> Problem | None:
+def check_event(name: Any, event_type: Any, data: Any, event_id: Any, timestamp: Any) -> Problem | None:
     if not isinstance(name, str) or not name:
         return Problem("name", "required", "event name is required")
     if len(name.encode()) > MAX_EVENT_NAME_BYTES:
-        return Problem("name", "too_long",
-                       f"event name cannot be longer than {MAX_EVENT_NAME_BYTES} bytes")
+        return Problem("name", "too_long", f"event name cannot be longer than {MAX_EVENT_NAME_BYTES} bytes")
     if event_type not in EVENT_TYPES:
         return Problem("type", "invalid", "type must be one of event, page, screen")
     if data is not None:
         if not isinstance(data, dict):
             return Problem("data", "invalid", "event data must be an object")
         if _compact_size(data) > MAX_EVENT_DATA_BYTES:
-            return Problem("data", "too_long",
-                           f"event data cannot be longer than {MAX_EVENT_DATA_BYTES} bytes")
+            return Problem("data", "too_long", f"event data cannot be longer than {MAX_EVENT_DATA_BYTES} bytes")
     if event_id is not None and not (isinstance(event_id, str) and _ULID.fullmatch(event_id)):
         return Problem("id", "invalid", "event id must be a valid ULID")
     return check_timestamp("timestamp", timestamp)
@@ -138,13 +149,10 @@ def check_timestamp(field: str, value: Any) -> Problem | None:
 def check_merge_side(field: str, side: Any) -> tuple[Problem | None, tuple[str, str] | None]:
     """``{"id"|"email"|"cio_id": value}`` (exactly one) → (problem, (kind, value))."""
     if not isinstance(side, dict) or len(side) != 1:
-        return Problem(field, "invalid",
-                       f"{field} must have exactly one of id, email or cio_id"), None
-    (kind, value), = side.items()
-    if (kind not in MERGE_IDENTIFIER_KEYS or isinstance(value, bool)
-            or not isinstance(value, (str, int)) or value == ""):
-        return Problem(field, "invalid",
-                       f"{field} must have exactly one of id, email or cio_id"), None
+        return Problem(field, "invalid", f"{field} must have exactly one of id, email or cio_id"), None
+    ((kind, value),) = side.items()
+    if kind not in MERGE_IDENTIFIER_KEYS or isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        return Problem(field, "invalid", f"{field} must have exactly one of id, email or cio_id"), None
     value = str(value)
     problem = check_identifier(value)
     if problem:
@@ -168,8 +176,13 @@ def _entry_people(entry: Any) -> list[tuple[str, str]]:
     if not isinstance(entry, dict):
         return []
     sides = [entry.get("identifiers"), entry.get("primary"), entry.get("secondary")]
-    return [(str(kind), str(value)) for side in sides if isinstance(side, dict)
-            for kind, value in side.items() if value is not None]
+    return [
+        (str(kind), str(value))
+        for side in sides
+        if isinstance(side, dict)
+        for kind, value in side.items()
+        if value is not None
+    ]
 
 
 class CustomerIoFaults(Faults):
@@ -195,14 +208,21 @@ class CustomerIoFaults(Faults):
             raise ValueError("name exactly one of id, email, phone or cio_id")
         return given[0][0], str(given[0][1])
 
-    def poison_batch_entry(self, *, id: Any = None, email: Any = None, phone: Any = None,
-                           cio_id: Any = None, status: int = 400, body: Any = None) -> None:
+    def poison_batch_entry(
+        self,
+        *,
+        id: Any = None,
+        email: Any = None,
+        phone: Any = None,
+        cio_id: Any = None,
+        status: int = 400,
+        body: Any = None,
+    ) -> None:
         key = self._poison_key({"id": id, "email": email, "phone": phone, "cio_id": cio_id})
         with self._lock:
             self._poisoned[key] = (int(status), body)
 
-    def cure_batch_entry(self, *, id: Any = None, email: Any = None, phone: Any = None,
-                         cio_id: Any = None) -> None:
+    def cure_batch_entry(self, *, id: Any = None, email: Any = None, phone: Any = None, cio_id: Any = None) -> None:
         key = self._poison_key({"id": id, "email": email, "phone": phone, "cio_id": cio_id})
         with self._lock:
             self._poisoned.pop(key, None)
@@ -222,7 +242,8 @@ class CustomerIoFaults(Faults):
         description = super().describe()
         with self._lock:
             description["poisoned_batch_entries"] = [
-                {kind: value, "status": status} for (kind, value), (status, _) in self._poisoned.items()]
+                {kind: value, "status": status} for (kind, value), (status, _) in self._poisoned.items()
+            ]
         return description
 
 
@@ -235,9 +256,16 @@ class CustomerIoSimulator(SimulatorServer):
     faults_class = CustomerIoFaults
     faults: CustomerIoFaults
 
-    def __init__(self, site_id: str = "site", api_key: str = "key", region: str = "us",
-                 max_attributes_per_request: int = 300, *, host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+    def __init__(
+        self,
+        site_id: str = "site",
+        api_key: str = "key",
+        region: str = "us",
+        max_attributes_per_request: int = 300,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
         self.site_id = site_id
         self.api_key = api_key
         self.region = region
@@ -279,14 +307,23 @@ class CustomerIoSimulator(SimulatorServer):
 
     def state(self, summary: bool = False) -> dict:
         with self.lock:
-            result = {"counts": dict(self.counts), "people_count": len(self.people),
-                      "deleted_count": len(self.deleted), "events_count": len(self.events),
-                      "suppressed_count": len(self.suppressed)}
+            result = {
+                "counts": dict(self.counts),
+                "people_count": len(self.people),
+                "deleted_count": len(self.deleted),
+                "events_count": len(self.events),
+                "suppressed_count": len(self.suppressed),
+            }
             if not summary:
-                result.update(people=self.people, deleted=sorted(self.deleted),
-                              events=self.events, people_calls=self.people_calls,
-                              suppressed=sorted(self.suppressed), merges=self.merges,
-                              updated_at=self.updated_at)
+                result.update(
+                    people=self.people,
+                    deleted=sorted(self.deleted),
+                    events=self.events,
+                    people_calls=self.people_calls,
+                    suppressed=sorted(self.suppressed),
+                    merges=self.merges,
+                    updated_at=self.updated_at,
+                )
             return result
 
     # -- HTTP shape ----------------------------------------------------------------
@@ -318,8 +355,9 @@ class CustomerIoSimulator(SimulatorServer):
             except (binascii.Error, UnicodeDecodeError):
                 decoded = ""
             site_id, _, api_key = decoded.partition(":")
-            if (hmac.compare_digest(site_id.encode(), self.site_id.encode())
-                    and hmac.compare_digest(api_key.encode(), self.api_key.encode())):
+            if hmac.compare_digest(site_id.encode(), self.site_id.encode()) and hmac.compare_digest(
+                api_key.encode(), self.api_key.encode()
+            ):
                 return
         raise HttpError(401, {"meta": {"error": "Unauthorized request"}})
 
@@ -349,15 +387,20 @@ class CustomerIoSimulator(SimulatorServer):
         identifier = unquote(identifier)
         attributes = self._json_object(req)
         self._bump("identify")
-        problem = (check_identifier(identifier)
-                   or check_attributes(attributes, self.max_attributes_per_request)
-                   or check_timestamp("_timestamp", attributes.get("_timestamp")))
+        problem = (
+            check_identifier(identifier)
+            or check_attributes(attributes, self.max_attributes_per_request)
+            or check_timestamp("_timestamp", attributes.get("_timestamp"))
+        )
         if problem:
             return 400, self.error_payload(problem.message)
         with self.lock:
-            self._apply_identify(identifier, attributes,
-                                 update_only=attributes.get("_update") is True,
-                                 timestamp=attributes.get("_timestamp"))
+            self._apply_identify(
+                identifier,
+                attributes,
+                update_only=attributes.get("_update") is True,
+                timestamp=attributes.get("_timestamp"),
+            )
         return 200, _OK
 
     def _delete(self, req: Request, identifier: str):
@@ -432,32 +475,39 @@ class CustomerIoSimulator(SimulatorServer):
 
     @staticmethod
     def _check_v1_event(body: dict) -> Problem | None:
-        return check_event(body.get("name"), body.get("type", "event"), body.get("data"),
-                           body.get("id"), body.get("timestamp"))
+        return check_event(
+            body.get("name"), body.get("type", "event"), body.get("data"), body.get("id"), body.get("timestamp")
+        )
 
     def _batch(self, req: Request):
         self._authorize(req)
         if len(req.body) > MAX_BATCH_BYTES:
-            return 400, self.error_payload(
-                f"request body cannot be larger than {MAX_BATCH_BYTES} bytes")
+            return 400, self.error_payload(f"request body cannot be larger than {MAX_BATCH_BYTES} bytes")
         body = req.json()
         batch = body.get("batch") if isinstance(body, dict) else None
         if not isinstance(batch, list):
-            return 400, self.error_payload("request body must be {\"batch\": [...]}")
+            return 400, self.error_payload('request body must be {"batch": [...]}')
         poisoned = self.faults.poisoned(batch)
         if poisoned is not None:
             index, status, payload = poisoned
             self._bump("poisoned_batches")
-            return status, payload if payload is not None else {"errors": [{
-                "reason": "malformed", "field": "batch",
-                "message": "the request is malformed (simulated: a poisoned entry)"}]}
+            return status, payload if payload is not None else {
+                "errors": [
+                    {
+                        "reason": "malformed",
+                        "field": "batch",
+                        "message": "the request is malformed (simulated: a poisoned entry)",
+                    }
+                ]
+            }
         # Validate everything first (outside the lock), then apply the valid entries.
         errors, valid = [], []
         for index, entry in enumerate(batch):
             problem, target = self._check_batch_entry(entry)
             if problem:
-                errors.append({"batch_index": index, "reason": problem.reason,
-                               "field": problem.field, "message": problem.message})
+                errors.append(
+                    {"batch_index": index, "reason": problem.reason, "field": problem.field, "message": problem.message}
+                )
             else:
                 valid.append((target, entry))
         with self.lock:
@@ -475,21 +525,23 @@ class CustomerIoSimulator(SimulatorServer):
         if not isinstance(entry, dict):
             return Problem("", "invalid", "batch entry must be an object"), None
         if _compact_size(entry) > MAX_BATCH_ENTRY_BYTES:
-            return Problem("", "too_large",
-                           f"batch entry cannot be larger than {MAX_BATCH_ENTRY_BYTES} bytes"), None
+            return Problem("", "too_large", f"batch entry cannot be larger than {MAX_BATCH_ENTRY_BYTES} bytes"), None
         if entry.get("type") != "person":
             return Problem("type", "unsupported", "only type 'person' is supported"), None
         action = entry.get("action")
         if action == "merge":  # names its people in primary/secondary, not identifiers
             return check_merge(entry.get("primary"), entry.get("secondary"))
         identifiers = entry.get("identifiers")
-        present = ([key for key in identifiers if identifiers[key] not in (None, "")]
-                   if isinstance(identifiers, dict) else [])
-        if (len(present) != 1 or present[0] not in V2_IDENTIFIER_KEYS
-                or not isinstance(identifiers[present[0]], (str, int))
-                or isinstance(identifiers[present[0]], bool)):
-            return Problem("identifiers", "invalid",
-                           "exactly one of id, email, phone or cio_id is required"), None
+        present = (
+            [key for key in identifiers if identifiers[key] not in (None, "")] if isinstance(identifiers, dict) else []
+        )
+        if (
+            len(present) != 1
+            or present[0] not in V2_IDENTIFIER_KEYS
+            or not isinstance(identifiers[present[0]], (str, int))
+            or isinstance(identifiers[present[0]], bool)
+        ):
+            return Problem("identifiers", "invalid", "exactly one of id, email, phone or cio_id is required"), None
         key = present[0]
         identifier = str(identifiers[key])
         if key == "cio_id":
@@ -498,20 +550,20 @@ class CustomerIoSimulator(SimulatorServer):
         if problem:
             return problem, None
         if action not in BATCH_ACTIONS:
-            return Problem("action", "unsupported",
-                           f"action must be one of {', '.join(BATCH_ACTIONS)}"), None
+            return Problem("action", "unsupported", f"action must be one of {', '.join(BATCH_ACTIONS)}"), None
         attributes = entry.get("attributes")
         if attributes is not None and not isinstance(attributes, dict):
             return Problem("attributes", "invalid", "attributes must be an object"), None
         if action == "identify":
             attributes = attributes or {}
-            problem = (check_attributes(attributes, self.max_attributes_per_request)
-                       or check_timestamp("timestamp", entry.get("timestamp"))
-                       or check_timestamp("attributes._timestamp", attributes.get("_timestamp")))
+            problem = (
+                check_attributes(attributes, self.max_attributes_per_request)
+                or check_timestamp("timestamp", entry.get("timestamp"))
+                or check_timestamp("attributes._timestamp", attributes.get("_timestamp"))
+            )
         elif action not in ("delete", "suppress", "unsuppress"):
             event_type = "event" if action == "event" else action
-            problem = check_event(entry.get("name"), event_type, attributes, entry.get("id"),
-                                  entry.get("timestamp"))
+            problem = check_event(entry.get("name"), event_type, attributes, entry.get("id"), entry.get("timestamp"))
         return problem, identifier
 
     def _apply_batch_entry(self, target: Any, entry: dict) -> None:
@@ -519,9 +571,12 @@ class CustomerIoSimulator(SimulatorServer):
         if action == "identify":
             attributes = entry.get("attributes") or {}
             timestamp = entry.get("timestamp")
-            self._apply_identify(target, attributes, update_only=attributes.get("_update") is True,
-                                 timestamp=attributes.get("_timestamp") if timestamp is None
-                                 else timestamp)
+            self._apply_identify(
+                target,
+                attributes,
+                update_only=attributes.get("_update") is True,
+                timestamp=attributes.get("_timestamp") if timestamp is None else timestamp,
+            )
         elif action == "delete":
             self._apply_delete(target)
         elif action == "merge":
@@ -531,9 +586,17 @@ class CustomerIoSimulator(SimulatorServer):
         elif action == "unsuppress":
             self._apply_unsuppress(target)
         else:
-            self._store_event(target, None, {
-                "name": entry["name"], "type": action, "timestamp": entry.get("timestamp"),
-                "id": entry.get("id"), "data": entry.get("attributes")})
+            self._store_event(
+                target,
+                None,
+                {
+                    "name": entry["name"],
+                    "type": action,
+                    "timestamp": entry.get("timestamp"),
+                    "id": entry.get("id"),
+                    "data": entry.get("attributes"),
+                },
+            )
 
     # -- state changes (caller holds self.lock) ------------------------------------
     def _suppressed(self, identifier: Any) -> bool:
@@ -548,11 +611,11 @@ class CustomerIoSimulator(SimulatorServer):
             return True
         return False
 
-    def _apply_identify(self, identifier: str, attributes: dict, update_only: bool,
-                        timestamp: float | None = None) -> None:
+    def _apply_identify(
+        self, identifier: str, attributes: dict, update_only: bool, timestamp: float | None = None
+    ) -> None:
         self.people_calls[identifier] = self.people_calls.get(identifier, 0) + 1
-        if self.suppressed and self._ignored(identifier, attributes.get("id"),
-                                             attributes.get("email")):
+        if self.suppressed and self._ignored(identifier, attributes.get("id"), attributes.get("email")):
             return
         person = self.people.get(identifier)
         if person is None:
@@ -603,13 +666,14 @@ class CustomerIoSimulator(SimulatorServer):
             return None
         if kind == "email":
             wanted = value.lower()
-            return next((k for k, p in self.people.items()
-                         if isinstance(p.get("email"), str) and p["email"].lower() == wanted), None)
+            return next(
+                (k for k, p in self.people.items() if isinstance(p.get("email"), str) and p["email"].lower() == wanted),
+                None,
+            )
         return next((k for k, p in self.people.items() if p.get("id") == value), None)
 
     def _apply_merge(self, primary: tuple[str, str], secondary: tuple[str, str]) -> None:
-        record = {"primary": {primary[0]: primary[1]}, "secondary": {secondary[0]: secondary[1]},
-                  "applied": False}
+        record = {"primary": {primary[0]: primary[1]}, "secondary": {secondary[0]: secondary[1]}, "applied": False}
         self.merges.append(record)
         if self._ignored(primary[1], secondary[1]):
             return
@@ -642,8 +706,9 @@ class CustomerIoSimulator(SimulatorServer):
             self._suppression_groups[value] = frozen
 
     def _apply_unsuppress(self, identifier: str) -> None:
-        group = (self._suppression_groups.get(identifier)
-                 or self._suppression_groups.get(identifier.lower()) or {identifier})
+        group = (
+            self._suppression_groups.get(identifier) or self._suppression_groups.get(identifier.lower()) or {identifier}
+        )
         for value in group:
             self.suppressed.discard(value)
             self._suppression_groups.pop(value, None)
@@ -658,10 +723,15 @@ class CustomerIoSimulator(SimulatorServer):
                 self.counts["duplicate_events"] += 1
                 return
             self.seen_event_ids.add(key)
-        event = {"customer": customer, "anonymous_id": anonymous_id,
-                 "name": body["name"], "type": body.get("type") or "event",
-                 "timestamp": body.get("timestamp"), "id": event_id,
-                 "data": body.get("data")}
+        event = {
+            "customer": customer,
+            "anonymous_id": anonymous_id,
+            "name": body["name"],
+            "type": body.get("type") or "event",
+            "timestamp": body.get("timestamp"),
+            "id": event_id,
+            "data": body.get("data"),
+        }
         self.events.append(event)
         if customer is None and anonymous_id:
             self._anonymous_events.setdefault(anonymous_id, []).append(event)

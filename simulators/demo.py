@@ -27,8 +27,16 @@ from .hull import HullSimulator
 from .seed import seed_synthetic
 
 DEMO_SEGMENTS = ["VIP", "Trial", "Churn Risk"]
-DEMO_ATTRIBUTES = ["first_name", "last_name", "traits_plan", "traits_coconuts", "traits_last_order_at",
-                   "traits_closeio/title", "account.name", "traits_tags"]
+DEMO_ATTRIBUTES = [
+    "first_name",
+    "last_name",
+    "traits_plan",
+    "traits_coconuts",
+    "traits_last_order_at",
+    "traits_closeio/title",
+    "account.name",
+    "traits_tags",
+]
 DEMO_ORGANIZATION = "demo.hullapp.io"
 DEMO_CONNECTOR_ID = "5bd329d5e2bcf3eeaf00d3m0"
 DEMO_CONNECTOR_SECRET = "demo-connector-secret-0123456789abcdefgh"
@@ -51,8 +59,9 @@ class DemoScenario:
     def __init__(self, users: int = 300, seed: int = 7) -> None:
         self.users = users
         self.seed = seed
-        self.hull = HullSimulator(organization=DEMO_ORGANIZATION, connector_id=DEMO_CONNECTOR_ID,
-                                  connector_secret=DEMO_CONNECTOR_SECRET)
+        self.hull = HullSimulator(
+            organization=DEMO_ORGANIZATION, connector_id=DEMO_CONNECTOR_ID, connector_secret=DEMO_CONNECTOR_SECRET
+        )
         self.cio = CustomerIoSimulator(site_id=DEMO_SITE_ID, api_key=DEMO_API_KEY)
         self._rng = random.Random(seed)
         self._ids: list[str] = []
@@ -81,21 +90,29 @@ class DemoScenario:
     def environment(self, database_url: str) -> dict[str, str]:
         """Every variable the connector needs for the demo: the simulators, the state
         database, the synchronized segments and attributes, deletion on."""
-        return simulator_environment(self.hull, self.cio, database_url,
-                                     SYNCHRONIZED_SEGMENTS=DEMO_SEGMENTS,
-                                     SYNCHRONIZED_ATTRIBUTES=DEMO_ATTRIBUTES,
-                                     ENABLE_USER_DELETION=True)
+        return simulator_environment(
+            self.hull,
+            self.cio,
+            database_url,
+            SYNCHRONIZED_SEGMENTS=DEMO_SEGMENTS,
+            SYNCHRONIZED_ATTRIBUTES=DEMO_ATTRIBUTES,
+            ENABLE_USER_DELETION=True,
+        )
 
     def describe(self) -> str:
         """The sentence printed after seeding."""
         names = ", ".join(segment["name"] for segment in self.hull.segments.values())
-        return (f"Seeded {self.users} Hull users in segments {names}; "
-                f"synchronizing {', '.join(DEMO_SEGMENTS)}, deletion enabled")
+        return (
+            f"Seeded {self.users} Hull users in segments {names}; "
+            f"synchronizing {', '.join(DEMO_SEGMENTS)}, deletion enabled"
+        )
 
     def summary(self) -> str:
         """The closing line: what the simulators hold after the runs."""
-        return (f"Customer.io simulator: {len(self.cio.people)} people, {len(self.cio.deleted)} deleted; "
-                f"Hull simulator received {len(self.hull.firehose_messages)} write-back messages.")
+        return (
+            f"Customer.io simulator: {len(self.cio.people)} people, {len(self.cio.deleted)} deleted; "
+            f"Hull simulator received {len(self.hull.firehose_messages)} write-back messages."
+        )
 
     # -- changes between runs ----------------------------------------------------------
     def second_run_changes(self) -> Step:
@@ -111,8 +128,11 @@ class DemoScenario:
         leaving = [i for i in ids if i not in chosen][: max(1, self.users // 30)]
         for hull_id in leaving:
             hull.set_segments(hull_id, [NOT_SYNCED_SEGMENT])
-        return Step(f"Changed the plan of {len(changed)} users and moved {len(leaving)} users out of "
-                    f"every synced segment", changed, leaving)
+        return Step(
+            f"Changed the plan of {len(changed)} users and moved {len(leaving)} users out of every synced segment",
+            changed,
+            leaving,
+        )
 
     def third_run_changes(self) -> Step:
         """A minute later: 1/6 of the users touched in Hull (re-indexed) through a trait that
@@ -123,5 +143,4 @@ class DemoScenario:
         touched = rng.sample(ids, k=max(1, self.users // 6))
         for hull_id in touched:
             hull.set_trait(hull_id, "page_views", rng.randint(1, 500))
-        return Step(f"Touched {len(touched)} users in Hull without changing anything that is "
-                    f"synchronized", touched, [])
+        return Step(f"Touched {len(touched)} users in Hull without changing anything that is synchronized", touched, [])

@@ -57,9 +57,9 @@ def _env_value(value: Any) -> str:
     return str(value)
 
 
-def simulator_environment(hull: HullLike, cio: CustomerIoLike, database_url: str,
-                          overrides: Mapping[str, Any] | None = None,
-                          **more: Any) -> dict[str, str]:
+def simulator_environment(
+    hull: HullLike, cio: CustomerIoLike, database_url: str, overrides: Mapping[str, Any] | None = None, **more: Any
+) -> dict[str, str]:
     """``HULL_*``, ``CUSTOMERIO_*`` and ``STATE_DATABASE_URL`` for these simulators.
 
     Extra variables come from ``overrides`` and keyword arguments (keywords win), e.g.

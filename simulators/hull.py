@@ -57,8 +57,7 @@ FIREHOSE_TYPES = ("traits", "track", "alias", "unalias", "incinerate")
 TRAIT_OPERATIONS = ("set", "setIfNull", "inc", "dec")
 IDENTITY_CLAIMS = ("id", "external_id", "email", "anonymous_id")
 # Trait names the firehose writes as top-level user attributes instead of traits_<name>.
-TOP_LEVEL_ATTRIBUTES = frozenset({"email", "name", "first_name", "last_name", "phone",
-                                  "picture", "description"})
+TOP_LEVEL_ATTRIBUTES = frozenset({"email", "name", "first_name", "last_name", "phone", "picture", "description"})
 
 
 def iso_seconds(epoch: float) -> str:
@@ -70,12 +69,24 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
 
 
-def sign_user_token(connector_id: str, secret: str, as_user: dict, *, sub: str | None = None,
-                    create: bool | None = None, issued_at: int | None = None,
-                    **extra_claims: Any) -> str:
+def sign_user_token(
+    connector_id: str,
+    secret: str,
+    as_user: dict,
+    *,
+    sub: str | None = None,
+    create: bool | None = None,
+    issued_at: int | None = None,
+    **extra_claims: Any,
+) -> str:
     """A firehose per-message token, as the connector must build it (handy in tests)."""
-    claims = {"iss": connector_id, "iat": int(time.time() if issued_at is None else issued_at),
-              "io.hull.asUser": as_user, "io.hull.subjectType": "user", **extra_claims}
+    claims = {
+        "iss": connector_id,
+        "iat": int(time.time() if issued_at is None else issued_at),
+        "io.hull.asUser": as_user,
+        "io.hull.subjectType": "user",
+        **extra_claims,
+    }
     if sub is not None:
         claims["sub"] = sub
     if create is not None:
@@ -87,8 +98,7 @@ def _props_list(properties: dict) -> list[dict]:
     """Hull's raw-index form of event properties."""
     props = []
     for name, value in properties.items():
-        prop = {"field_name": name, "text_value": None, "num_value": None,
-                "bool_value": None, "date_value": None}
+        prop = {"field_name": name, "text_value": None, "num_value": None, "bool_value": None, "date_value": None}
         if isinstance(value, bool):
             prop["bool_value"] = value
         elif isinstance(value, (int, float)):
@@ -107,6 +117,7 @@ def _date_matcher(field: str, bounds: dict[str, float]):
             return in_range(parse_time(doc.get(field)), bounds)
         except QueryError:
             return False  # missing or not a date: excluded, as Elasticsearch would
+
     return matches
 
 
@@ -139,16 +150,22 @@ class HullSimulator(SimulatorServer):
     extra_control_routes: ClassVar[list[tuple[str, str, Callable[..., Any]]]] = []
 
     @classmethod
-    def add_control_route(cls, method: str, pattern: str,
-                          handler: Callable[..., Any]) -> None:
+    def add_control_route(cls, method: str, pattern: str, handler: Callable[..., Any]) -> None:
         """Register ``handler(sim, req, **params)`` for ``method`` + ``pattern`` (idempotent)."""
         if not any(m == method and p == pattern for m, p, _ in cls.extra_control_routes):
             cls.extra_control_routes.append((method, pattern, handler))
 
-    def __init__(self, organization: str = "acme.hullapp.io",
-                 connector_id: str = DEFAULT_CONNECTOR_ID, connector_secret: str = "secret", *,
-                 start_time: datetime = DEFAULT_START, seed: int = 0,
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        organization: str = "acme.hullapp.io",
+        connector_id: str = DEFAULT_CONNECTOR_ID,
+        connector_secret: str = "secret",
+        *,
+        start_time: datetime = DEFAULT_START,
+        seed: int = 0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
         self.organization = organization
         self.connector_id = connector_id
         self.connector_secret = connector_secret
@@ -200,14 +217,22 @@ class HullSimulator(SimulatorServer):
 
     def state(self, summary: bool = False) -> dict:
         with self.lock:
-            result = {"now": self._stamp()[0], "users_count": len(self.users),
-                      "segments_count": len(self.segments), "events_count": len(self.events),
-                      "tracked_events_count": len(self.tracked_events),
-                      "firehose_messages": len(self.firehose_messages),
-                      "firehose_batches": self.firehose_batches}
+            result = {
+                "now": self._stamp()[0],
+                "users_count": len(self.users),
+                "segments_count": len(self.segments),
+                "events_count": len(self.events),
+                "tracked_events_count": len(self.tracked_events),
+                "firehose_messages": len(self.firehose_messages),
+                "firehose_batches": self.firehose_batches,
+            }
             if not summary:
-                result.update(users=self.users, segments=list(self.segments.values()),
-                              tracked_events=self.tracked_events, events=self.events)
+                result.update(
+                    users=self.users,
+                    segments=list(self.segments.values()),
+                    tracked_events=self.tracked_events,
+                    events=self.events,
+                )
             return result
 
     # -- clock -------------------------------------------------------------------
@@ -249,8 +274,7 @@ class HullSimulator(SimulatorServer):
         with self.lock:
             stored = self.users.get(hull_id)
             if stored is None:
-                stored = {"id": hull_id, "created_at": self._stamp()[0], "segment_ids": [],
-                          "anonymous_ids": []}
+                stored = {"id": hull_id, "created_at": self._stamp()[0], "segment_ids": [], "anonymous_ids": []}
                 self.users[hull_id] = stored
             else:
                 self._unindex_identity(stored)
@@ -297,12 +321,15 @@ class HullSimulator(SimulatorServer):
             found = self.users.get(hull_id)
             return dict(found) if found is not None else None
 
-    def find_user(self, *, external_id: str | None = None, email: str | None = None,
-                  anonymous_id: str | None = None) -> dict | None:
+    def find_user(
+        self, *, external_id: str | None = None, email: str | None = None, anonymous_id: str | None = None
+    ) -> dict | None:
         with self.lock:
-            hull_id = ((external_id is not None and self._by_external_id.get(str(external_id)))
-                       or (email is not None and self._by_email.get(email.lower()))
-                       or (anonymous_id is not None and self._by_anonymous_id.get(anonymous_id)))
+            hull_id = (
+                (external_id is not None and self._by_external_id.get(str(external_id)))
+                or (email is not None and self._by_email.get(email.lower()))
+                or (anonymous_id is not None and self._by_anonymous_id.get(anonymous_id))
+            )
             return self.user(hull_id) if hull_id else None
 
     def _require_user(self, hull_id: str) -> dict:
@@ -349,8 +376,10 @@ class HullSimulator(SimulatorServer):
     def _unindex_identity(self, user: dict) -> None:
         hull_id = user["id"]
         email = user.get("email")
-        for index, value in ((self._by_external_id, user.get("external_id")),
-                             (self._by_email, email.lower() if isinstance(email, str) else None)):
+        for index, value in (
+            (self._by_external_id, user.get("external_id")),
+            (self._by_email, email.lower() if isinstance(email, str) else None),
+        ):
             if value is not None and index.get(str(value)) == hull_id:
                 del index[str(value)]
         for anonymous_id in user.get("anonymous_ids") or ():
@@ -361,8 +390,14 @@ class HullSimulator(SimulatorServer):
     def add_segment(self, segment_id: str, name: str) -> dict:
         with self.lock:
             iso = self._stamp()[0]
-            segment = {"id": segment_id, "name": name, "type": "users_segment",
-                       "created_at": iso, "updated_at": iso, "stats": {"users": 0}}
+            segment = {
+                "id": segment_id,
+                "name": name,
+                "type": "users_segment",
+                "created_at": iso,
+                "updated_at": iso,
+                "stats": {"users": 0},
+            }
             self.segments[segment_id] = segment
             return dict(segment)
 
@@ -386,9 +421,13 @@ class HullSimulator(SimulatorServer):
             raw.setdefault("props", [])
         else:
             normal = self._normalise_event(event)
-            raw = {"_id": normal.pop("event_id"), "event": normal.pop("event"),
-                   "created_at": normal.pop("created_at"),
-                   "props": _props_list(normal.pop("properties")), **normal}
+            raw = {
+                "_id": normal.pop("event_id"),
+                "event": normal.pop("event"),
+                "created_at": normal.pop("created_at"),
+                "props": _props_list(normal.pop("properties")),
+                **normal,
+            }
         if not isinstance(raw.get("user_id"), str) or not isinstance(raw.get("event"), str):
             raise ValueError("an event needs 'user_id' and 'event'")
         with self.lock:
@@ -405,16 +444,18 @@ class HullSimulator(SimulatorServer):
         created_at = event.get("created_at")
         if isinstance(created_at, datetime):
             created_at = iso_seconds(_utc(created_at).timestamp())
-        return {"event_id": event.get("event_id") or self._new_event_id(),
-                "event": event["event"],
-                "created_at": created_at or self._stamp()[0],
-                "properties": event.get("properties") or {},
-                "context": event.get("context") or {},
-                "user_id": event["user_id"],
-                "anonymous_id": event.get("anonymous_id"),
-                "event_source": event.get("event_source", "track"),
-                "event_type": event.get("event_type", "track"),
-                **{k: event[k] for k in event.keys() - _EVENT_FIELDS}}
+        return {
+            "event_id": event.get("event_id") or self._new_event_id(),
+            "event": event["event"],
+            "created_at": created_at or self._stamp()[0],
+            "properties": event.get("properties") or {},
+            "context": event.get("context") or {},
+            "user_id": event["user_id"],
+            "anonymous_id": event.get("anonymous_id"),
+            "event_source": event.get("event_source", "track"),
+            "event_type": event.get("event_type", "track"),
+            **{k: event[k] for k in event.keys() - _EVENT_FIELDS},
+        }
 
     def _store_event(self, event: dict, event_id: str) -> None:
         try:
@@ -471,8 +512,10 @@ class HullSimulator(SimulatorServer):
     def _authorize(self, req: Request) -> None:
         app_id = req.headers.get("Hull-App-Id") or ""
         token = req.headers.get("Hull-Access-Token") or ""
-        if not (hmac.compare_digest(app_id.encode(), self.connector_id.encode())
-                and hmac.compare_digest(token.encode(), self.connector_secret.encode())):
+        if not (
+            hmac.compare_digest(app_id.encode(), self.connector_id.encode())
+            and hmac.compare_digest(token.encode(), self.connector_secret.encode())
+        ):
             raise HttpError(401, {"message": "Invalid credentials"})
 
     def _json_object(self, req: Request) -> dict:
@@ -491,11 +534,10 @@ class HullSimulator(SimulatorServer):
         except ValueError:
             raise HttpError(400, {"message": "page and per_page must be integers"}) from None
         if page < 1 or not 1 <= per_page <= MAX_SEGMENTS_PER_PAGE:
-            raise HttpError(400, {"message": f"per_page must be between 1 and "
-                                             f"{MAX_SEGMENTS_PER_PAGE}"})
+            raise HttpError(400, {"message": f"per_page must be between 1 and {MAX_SEGMENTS_PER_PAGE}"})
         with self.lock:
             start = (page - 1) * per_page
-            chosen = list(self.segments.values())[start:start + per_page]
+            chosen = list(self.segments.values())[start : start + per_page]
             wanted = {segment["id"] for segment in chosen}
             counts = dict.fromkeys(wanted, 0)
             if wanted:
@@ -503,8 +545,7 @@ class HullSimulator(SimulatorServer):
                     for segment_id in user.get("segment_ids") or ():
                         if segment_id in counts:
                             counts[segment_id] += 1
-            return 200, [{**segment, "stats": {"users": counts[segment["id"]]}}
-                         for segment in chosen]
+            return 200, [{**segment, "stats": {"users": counts[segment["id"]]}} for segment in chosen]
 
     def _search_user_reports(self, req: Request):
         self._authorize(req)
@@ -565,8 +606,11 @@ class HullSimulator(SimulatorServer):
             return [], {"page": page, "per_page": per_page, "pages": 0, "total": 0}
         first, last = order[low], order[high - 1]
         dead = self._dead_keys
-        total = ((high - low) - sum(1 for key in excluded_keys if first <= key <= last)
-                 - sum(1 for key in dead if first <= key <= last))
+        total = (
+            (high - low)
+            - sum(1 for key in excluded_keys if first <= key <= last)
+            - sum(1 for key in dead if first <= key <= last)
+        )
         start, chosen = (page - 1) * per_page, []
         positions = range(low, high) if direction != "desc" else range(high - 1, low - 1, -1)
         skipped = 0
@@ -585,8 +629,12 @@ class HullSimulator(SimulatorServer):
     @staticmethod
     def _ids_at_one_time(query: Any):
         """``bool`` of exactly ``terms id`` + ``range indexed_at`` → (ids, bounds), else None."""
-        if not (isinstance(query, dict) and set(query) == {"bool"} and isinstance(query["bool"], dict)
-                and set(query["bool"]) <= {"filter", "must"}):
+        if not (
+            isinstance(query, dict)
+            and set(query) == {"bool"}
+            and isinstance(query["bool"], dict)
+            and set(query["bool"]) <= {"filter", "must"}
+        ):
             return None
         required, excluded = split_query(query)
         if excluded or len(required) != 2:
@@ -668,11 +716,9 @@ class HullSimulator(SimulatorServer):
         body = self._json_object(req)
         try:
             page, per_page = page_params(body, req.query)
-            direction = sort_direction(body.get("sort"), "created_at",
-                                       ("event_id", "_id"))
+            direction = sort_direction(body.get("sort"), "created_at", ("event_id", "_id"))
             with self.lock:
-                chosen, pagination = self._event_page(body.get("query"), page, per_page,
-                                                      direction)
+                chosen, pagination = self._event_page(body.get("query"), page, per_page, direction)
                 data = [dict(entry[3]) for entry in chosen]
         except QueryError as exc:
             raise HttpError(400, {"message": str(exc)}) from None
@@ -714,15 +760,15 @@ class HullSimulator(SimulatorServer):
                 candidates = [e for i in event_ids for e in self._events_by_id.get(str(i), ())]
             else:
                 candidates = [e for i in user_ids for e in self._events_by_user.get(i, ())]
-            self.last_event_search = {"index": "event id" if event_ids is not None else "user id",
-                                      "examined": len(candidates)}
-            entries = sorted((e for e in candidates if all(p(e) for p in predicates)),
-                             reverse=direction == "desc")
+            self.last_event_search = {
+                "index": "event id" if event_ids is not None else "user id",
+                "examined": len(candidates),
+            }
+            entries = sorted((e for e in candidates if all(p(e) for p in predicates)), reverse=direction == "desc")
             return paginate(entries, page, per_page)
         return self._scan_events(ranges, predicates, page, per_page, direction)
 
-    def _scan_events(self, ranges: list[dict], predicates: list, page: int, per_page: int,
-                     direction: str):
+    def _scan_events(self, ranges: list[dict], predicates: list, page: int, per_page: int, direction: str):
         """Walk the sorted index within the ``created_at`` bounds, only as far as the page
         and one more match: the cost grows with ``page × per_page``, not with the number
         of events. ``total`` is exact when the walk reached the last match; otherwise it
@@ -755,8 +801,7 @@ class HullSimulator(SimulatorServer):
             if matched > start:
                 chosen.append(entry)
         self.last_event_search = {"index": "created_at", "examined": examined}
-        pagination = {"page": page, "per_page": per_page,
-                      "pages": math.ceil(matched / per_page), "total": matched}
+        pagination = {"page": page, "per_page": per_page, "pages": math.ceil(matched / per_page), "total": matched}
         if not exact:
             pagination["total_relation"] = "gte"
         return chosen, pagination
@@ -790,6 +835,7 @@ class HullSimulator(SimulatorServer):
                 user = users.get(user_id)
                 found = seen[user_id] = user is not None and matches(user)
             return found
+
         return predicate
 
     def _event_clause_predicate(self, clause: dict):
@@ -820,8 +866,7 @@ class HullSimulator(SimulatorServer):
         if not isinstance(batch, list):
             raise HttpError(400, {"message": 'body must be {"batch": [...]}'})
         if len(batch) > FIREHOSE_MAX_BATCH:
-            raise HttpError(400, {"message": f"batch cannot contain more than "
-                                             f"{FIREHOSE_MAX_BATCH} messages"})
+            raise HttpError(400, {"message": f"batch cannot contain more than {FIREHOSE_MAX_BATCH} messages"})
         # Verify every message before applying any: a bad token rejects the whole batch.
         verified = [self._verify_message(index, message) for index, message in enumerate(batch)]
         with self.lock:
@@ -847,9 +892,14 @@ class HullSimulator(SimulatorServer):
         if not isinstance(token, str) or not token:
             raise invalid_token("missing headers.Hull-Access-Token")
         try:
-            claims = jwt.decode(token, self.connector_secret, algorithms=["HS256"],
-                                issuer=self.connector_id, leeway=60,
-                                options={"require": ["iss"], "verify_aud": False})
+            claims = jwt.decode(
+                token,
+                self.connector_secret,
+                algorithms=["HS256"],
+                issuer=self.connector_id,
+                leeway=60,
+                options={"require": ["iss"], "verify_aud": False},
+            )
         except jwt.PyJWTError as exc:
             raise invalid_token(str(exc)) from None
         as_user = claims.get("io.hull.asUser")
@@ -862,8 +912,7 @@ class HullSimulator(SimulatorServer):
             raise invalid("body must be an object")
         if message_type == "traits":
             for name, value in body.items():
-                if (isinstance(value, dict) and "operation" in value
-                        and value["operation"] not in TRAIT_OPERATIONS):
+                if isinstance(value, dict) and "operation" in value and value["operation"] not in TRAIT_OPERATIONS:
                     raise invalid(f"unknown operation for trait {name!r}")
         if message_type == "track" and not (isinstance(body.get("event"), str) and body["event"]):
             raise invalid("track body needs an event name")
@@ -874,9 +923,14 @@ class HullSimulator(SimulatorServer):
         message_type = message["type"]
         body = message.get("body")
         create = claims.get("io.hull.create", True) is not False
-        record = {"type": message_type, "claims": claims, "body": body,
-                  "timestamp": message.get("timestamp"), "request_id": message.get("requestId"),
-                  "user_id": None}
+        record = {
+            "type": message_type,
+            "claims": claims,
+            "body": body,
+            "timestamp": message.get("timestamp"),
+            "request_id": message.get("requestId"),
+            "user_id": None,
+        }
         if message_type == "traits":
             hull_id = record["user_id"] = self._resolve_user(claims, create)
             if hull_id is not None:
@@ -894,17 +948,22 @@ class HullSimulator(SimulatorServer):
             else:
                 if event_id is not None:
                     self._tracked_ids.add(event_id)
-                self.tracked_events.append({
-                    "user_id": record["user_id"], "as_user": claims["io.hull.asUser"],
-                    "event": body["event"], "event_id": event_id, "body": body,
-                    "timestamp": message.get("timestamp")})
+                self.tracked_events.append(
+                    {
+                        "user_id": record["user_id"],
+                        "as_user": claims["io.hull.asUser"],
+                        "event": body["event"],
+                        "event_id": event_id,
+                        "body": body,
+                        "timestamp": message.get("timestamp"),
+                    }
+                )
         # alias / unalias / incinerate are recorded only.
         self.firehose_messages.append(record)
 
     @staticmethod
     def _apply_trait(user: dict, name: str, value: Any) -> None:
-        key = name if name in TOP_LEVEL_ATTRIBUTES or name.startswith("traits_") \
-            else f"traits_{name}"
+        key = name if name in TOP_LEVEL_ATTRIBUTES or name.startswith("traits_") else f"traits_{name}"
         if isinstance(value, dict) and "operation" in value:
             operation, operand = value["operation"], value.get("value")
             current = user.get(key)
@@ -926,9 +985,11 @@ class HullSimulator(SimulatorServer):
         for candidate in (claims.get("sub"), as_user.get("id")):
             if candidate in self.users:
                 return self._merge_identity(candidate, as_user)
-        for value, index in ((as_user.get("external_id"), self._by_external_id),
-                             (as_user.get("email"), self._by_email),
-                             (as_user.get("anonymous_id"), self._by_anonymous_id)):
+        for value, index in (
+            (as_user.get("external_id"), self._by_external_id),
+            (as_user.get("email"), self._by_email),
+            (as_user.get("anonymous_id"), self._by_anonymous_id),
+        ):
             if value is None:
                 continue
             lookup = value.lower() if index is self._by_email else str(value)
@@ -1023,5 +1084,16 @@ class HullSimulator(SimulatorServer):
         return 200, {"token": self.user_token(as_user, **body)}
 
 
-_EVENT_FIELDS = frozenset({"event_id", "event", "created_at", "properties", "context", "user_id",
-                           "anonymous_id", "event_source", "event_type"})
+_EVENT_FIELDS = frozenset(
+    {
+        "event_id",
+        "event",
+        "created_at",
+        "properties",
+        "context",
+        "user_id",
+        "anonymous_id",
+        "event_source",
+        "event_type",
+    }
+)

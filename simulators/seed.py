@@ -20,21 +20,89 @@ from random import Random
 from ._server import HttpError, Request
 from .hull import HullSimulator, iso_seconds
 
-DEFAULT_SEGMENTS = (("seg-vip", "VIP"), ("seg-trial", "Trial"), ("seg-churn", "Churn Risk"),
-                    ("seg-other", "Not synced"))
+DEFAULT_SEGMENTS = (
+    ("seg-vip", "VIP"),
+    ("seg-trial", "Trial"),
+    ("seg-churn", "Churn Risk"),
+    ("seg-other", "Not synced"),
+)
 
-FIRST_NAMES = ("Ada", "Grace", "Alan", "Linus", "Margaret", "Ken", "Barbara", "Dennis", "Frances",
-               "Guido", "Hedy", "Edsger", "Radia", "Tim", "Katherine", "Niklaus", "Élodie", "José",
-               "Zoë", "Søren", "Mei", "Ravi", "Amara", "Yuki")
-LAST_NAMES = ("Lovelace", "Hopper", "Turing", "Torvalds", "Hamilton", "Thompson", "Liskov",
-              "Ritchie", "Allen", "van Rossum", "Lamarr", "Dijkstra", "Perlman", "Berners-Lee",
-              "Johnson", "Wirth", "Dubois", "García", "Nakamura", "Okafor")
+FIRST_NAMES = (
+    "Ada",
+    "Grace",
+    "Alan",
+    "Linus",
+    "Margaret",
+    "Ken",
+    "Barbara",
+    "Dennis",
+    "Frances",
+    "Guido",
+    "Hedy",
+    "Edsger",
+    "Radia",
+    "Tim",
+    "Katherine",
+    "Niklaus",
+    "Élodie",
+    "José",
+    "Zoë",
+    "Søren",
+    "Mei",
+    "Ravi",
+    "Amara",
+    "Yuki",
+)
+LAST_NAMES = (
+    "Lovelace",
+    "Hopper",
+    "Turing",
+    "Torvalds",
+    "Hamilton",
+    "Thompson",
+    "Liskov",
+    "Ritchie",
+    "Allen",
+    "van Rossum",
+    "Lamarr",
+    "Dijkstra",
+    "Perlman",
+    "Berners-Lee",
+    "Johnson",
+    "Wirth",
+    "Dubois",
+    "García",
+    "Nakamura",
+    "Okafor",
+)
 FREE_MAIL = ("gmail.com", "yahoo.com", "outlook.com", "proton.me")
-COMPANY_WORDS = ("Acme", "Globex", "Initech", "Umbrella", "Hooli", "Stark", "Wayne", "Tyrell",
-                 "Cyberdyne", "Soylent", "Wonka", "Gringotts", "Vandelay", "Pied Piper")
+COMPANY_WORDS = (
+    "Acme",
+    "Globex",
+    "Initech",
+    "Umbrella",
+    "Hooli",
+    "Stark",
+    "Wayne",
+    "Tyrell",
+    "Cyberdyne",
+    "Soylent",
+    "Wonka",
+    "Gringotts",
+    "Vandelay",
+    "Pied Piper",
+)
 PLANS = ("free", "starter", "pro", "business", "enterprise")
-TITLES = ("Banana Stand Owner", "CTO", "Head of Growth", "Engineer", "Founder", "VP Sales",
-          "Marketing Manager", "Data Analyst")
+TITLES = (
+    "Banana Stand Owner",
+    "CTO",
+    "Head of Growth",
+    "Engineer",
+    "Founder",
+    "VP Sales",
+    "Marketing Manager",
+    "Data Analyst",
+)
 LEAD_STATUSES = ("Potential", "Qualified", "Customer", "Bad Fit")
 TAGS = ("beta", "newsletter", "webinar", "partner", "high-intent", "churned-once", "referral")
 SOURCES = ("organic", "ads", "referral", "partner", "event")
@@ -48,8 +116,10 @@ TIMEZONES = ("America/New_York", "Europe/Paris", "Europe/Berlin", "Asia/Tokyo", 
 COLORS = ("red", "green", "blue", "purple", "orange")
 PAGES = ("/", "/pricing", "/features", "/blog/launch", "/docs/getting-started", "/signup")
 REFERRERS = ("https://google.com", "https://twitter.com", "https://news.ycombinator.com", None)
-USER_AGENTS = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 14_1) AppleWebKit/605.1.15 Safari/605.1.15",
-               "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/120.0 Safari/537.36")
+USER_AGENTS = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_1) AppleWebKit/605.1.15 Safari/605.1.15",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/120.0 Safari/537.36",
+)
 DAY = 86_400
 PROFILE_POOL_SIZE = 4096
 # Traits that must differ per user; every other trait comes from the profile pool.
@@ -79,7 +149,7 @@ def _trait_makers(rng: Random, now: int) -> list[tuple[str, Callable[[int], obje
 
     def tags(n):
         start = int(r() * len(TAGS))
-        return list(TAGS[start:start + 1 + int(r() * 3)])
+        return list(TAGS[start : start + 1 + int(r() * 3)])
 
     return [
         ("traits_plan", pick(PLANS)),
@@ -119,16 +189,30 @@ def _accounts(rng: Random, now: int, count: int) -> list[dict]:
         word = COMPANY_WORDS[k % len(COMPANY_WORDS)]
         name = f"{word} {k // len(COMPANY_WORDS) + 1}"
         domain = f"{word.lower().replace(' ', '')}{k}.example.com"
-        accounts.append({"id": f"{rng.getrandbits(96):024x}", "domain": domain, "name": name,
-                         "closeio/name": name, "clearbit/employees": 5 + int(rng.random() * 5000),
-                         "updated_at": iso_seconds(now - int(rng.random() * 90 * DAY))})
+        accounts.append(
+            {
+                "id": f"{rng.getrandbits(96):024x}",
+                "domain": domain,
+                "name": name,
+                "closeio/name": name,
+                "clearbit/employees": 5 + int(rng.random() * 5000),
+                "updated_at": iso_seconds(now - int(rng.random() * 90 * DAY)),
+            }
+        )
     return accounts
 
 
-def seed_synthetic(hull_sim: HullSimulator, n_users: int, *, seed: int = 0,
-                   segments=DEFAULT_SEGMENTS, attributes_per_user: int = 25,
-                   events_per_user: tuple[int, int] = (0, 3), users_per_tick: int = 150,
-                   first_number: int = 1) -> dict:
+def seed_synthetic(
+    hull_sim: HullSimulator,
+    n_users: int,
+    *,
+    seed: int = 0,
+    segments=DEFAULT_SEGMENTS,
+    attributes_per_user: int = 25,
+    events_per_user: tuple[int, int] = (0, 3),
+    users_per_tick: int = 150,
+    first_number: int = 1,
+) -> dict:
     """Add ``n_users`` users (external ids ``u-<first_number>``...) with segments and events.
 
     The simulator clock advances one second every ``users_per_tick`` users, so
@@ -148,13 +232,14 @@ def seed_synthetic(hull_sim: HullSimulator, n_users: int, *, seed: int = 0,
         makers = _trait_makers(rng, now)
         extra = attributes_per_user - len(makers)
         makers = makers[:attributes_per_user] + [
-            (f"traits_custom_{k}", lambda n, k=k: (n * 31 + k) % 1000)
-            for k in range(max(0, extra))]
+            (f"traits_custom_{k}", lambda n, k=k: (n * 31 + k) % 1000) for k in range(max(0, extra))
+        ]
         per_user = [(name, make) for name, make in makers if name in PER_USER_TRAITS]
-        profiles = [{name: make(p) for name, make in makers if name not in PER_USER_TRAITS}
-                    for p in range(max(1, min(n_users, PROFILE_POOL_SIZE)))]
-        memberships = [list(combo) for size in (1, 2, 3)
-                       for combo in combinations(segment_ids, size)] or [[]]
+        profiles = [
+            {name: make(p) for name, make in makers if name not in PER_USER_TRAITS}
+            for p in range(max(1, min(n_users, PROFILE_POOL_SIZE)))
+        ]
+        memberships = [list(combo) for size in (1, 2, 3) for combo in combinations(segment_ids, size)] or [[]]
         accounts = _accounts(rng, now, max(1, min(1000, n_users // 20)))
         first_indexed_at = hull_sim.now
         for offset in range(n_users):
@@ -169,13 +254,20 @@ def seed_synthetic(hull_sim: HullSimulator, n_users: int, *, seed: int = 0,
             email = f"{first.lower()}.{last.lower().replace(' ', '')}{n}@{domain}"
             created = now - int(r() * 3 * 365 * DAY)
             hull_id = f"{rng.getrandbits(96):024x}"
-            user = {"id": hull_id, "email": email, "external_id": f"u-{n}",
-                    "anonymous_ids": [f"web:{n}"], "name": f"{first} {last}",
-                    "first_name": first, "last_name": last, "domain": domain,
-                    "created_at": iso_seconds(created),
-                    "last_seen_at": iso_seconds(now - int(r() * 30 * DAY)),
-                    "segment_ids": list(memberships[int(r() * len(memberships))]),
-                    "account": account}
+            user = {
+                "id": hull_id,
+                "email": email,
+                "external_id": f"u-{n}",
+                "anonymous_ids": [f"web:{n}"],
+                "name": f"{first} {last}",
+                "first_name": first,
+                "last_name": last,
+                "domain": domain,
+                "created_at": iso_seconds(created),
+                "last_seen_at": iso_seconds(now - int(r() * 30 * DAY)),
+                "segment_ids": list(memberships[int(r() * len(memberships))]),
+                "account": account,
+            }
             user.update(profiles[int(r() * len(profiles))])
             for name, make in per_user:
                 user[name] = make(n)
@@ -184,11 +276,15 @@ def seed_synthetic(hull_sim: HullSimulator, n_users: int, *, seed: int = 0,
                 hull_sim.add_event(_event(rng, hull_id, n, now, created))
                 events_added += 1
         last_indexed_at = hull_sim.now
-    return {"users": n_users, "events": events_added, "segments": segment_ids,
-            "external_ids": [f"u-{first_number}", f"u-{first_number + n_users - 1}"],
-            "indexed_at_from": iso_seconds(first_indexed_at.timestamp()),
-            "indexed_at_to": iso_seconds(last_indexed_at.timestamp()),
-            "seconds": round(time.perf_counter() - started, 3)}
+    return {
+        "users": n_users,
+        "events": events_added,
+        "segments": segment_ids,
+        "external_ids": [f"u-{first_number}", f"u-{first_number + n_users - 1}"],
+        "indexed_at_from": iso_seconds(first_indexed_at.timestamp()),
+        "indexed_at_to": iso_seconds(last_indexed_at.timestamp()),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
 
 
 def _event(rng: Random, hull_id: str, n: int, now: int, created: int) -> dict:
@@ -198,21 +294,35 @@ def _event(rng: Random, hull_id: str, n: int, now: int, created: int) -> dict:
     page = PAGES[int(r() * len(PAGES))]
     url = f"https://example.com{page}"
     referrer = REFERRERS[int(r() * len(REFERRERS))]
-    context = {"page_url": url, "referrer_url": referrer,
-               "ip": f"10.{n % 256}.{(n >> 8) % 256}.{int(r() * 255)}",
-               "useragent": USER_AGENTS[n % len(USER_AGENTS)]}
+    context = {
+        "page_url": url,
+        "referrer_url": referrer,
+        "ip": f"10.{n % 256}.{(n >> 8) % 256}.{int(r() * 255)}",
+        "useragent": USER_AGENTS[n % len(USER_AGENTS)],
+    }
     if roll < 0.5:
         name, properties = "page", {"url": url, "referrer": referrer}
     elif roll < 0.8:
-        name, properties = "Order Completed", {
-            "order_id": f"o-{rng.getrandbits(32):08x}", "revenue": round(5 + r() * 495, 2),
-            "currency": "USD"}
+        name, properties = (
+            "Order Completed",
+            {"order_id": f"o-{rng.getrandbits(32):08x}", "revenue": round(5 + r() * 495, 2), "currency": "USD"},
+        )
     else:
-        name, properties = "Signed Up", {"plan": PLANS[int(r() * len(PLANS))],
-                                         "source": SOURCES[int(r() * len(SOURCES))]}
-    return {"event_id": f"{rng.getrandbits(128):032x}", "event": name, "created_at": at,
-            "properties": properties, "context": context, "user_id": hull_id,
-            "anonymous_id": f"web:{n}", "event_source": "track", "event_type": "track"}
+        name, properties = (
+            "Signed Up",
+            {"plan": PLANS[int(r() * len(PLANS))], "source": SOURCES[int(r() * len(SOURCES))]},
+        )
+    return {
+        "event_id": f"{rng.getrandbits(128):032x}",
+        "event": name,
+        "created_at": at,
+        "properties": properties,
+        "context": context,
+        "user_id": hull_id,
+        "anonymous_id": f"web:{n}",
+        "event_source": "track",
+        "event_type": "track",
+    }
 
 
 def _control_seed(hull_sim: HullSimulator, req: Request):

@@ -12,7 +12,13 @@ from cio_sync.runtime import SyncRuntime
 
 
 @task(name="send-deletions", cache_policy=NO_CACHE)
-def send_deletions_task(runtime: SyncRuntime, scope: str, flow_run_id: str | None, shard: Shard,
-                        approved_plan_id: int | None = None, decided_by: str = "") -> GuardResult:
+def send_deletions_task(
+    runtime: SyncRuntime,
+    scope: str,
+    flow_run_id: str | None,
+    shard: Shard,
+    approved_plan_id: int | None = None,
+    decided_by: str = "",
+) -> GuardResult:
     with scrubbed_errors():
         return settle_deletions(runtime, scope, flow_run_id, shard, approved_plan_id, decided_by)

@@ -51,8 +51,7 @@ def run_demo(users: int = 300, seed: int = 7) -> int:
     try:
         from simulators.demo import DemoScenario
     except ImportError:
-        print("cio-sync demo needs the simulators of a source checkout (git clone, then `make demo`).",
-              file=sys.stderr)
+        print("cio-sync demo needs the simulators of a source checkout (git clone, then `make demo`).", file=sys.stderr)
         return 2
     from flows.sync_users import sync_users
 
@@ -65,8 +64,11 @@ def run_demo(users: int = 300, seed: int = 7) -> int:
         print(demo.describe() + "\n")
 
         runs = []
-        for title, change in (("1st run", None), ("2nd run", demo.second_run_changes),
-                              ("3rd run", demo.third_run_changes)):
+        for title, change in (
+            ("1st run", None),
+            ("2nd run", demo.second_run_changes),
+            ("3rd run", demo.third_run_changes),
+        ):
             if change is not None:
                 print(change().message)
             started = time.perf_counter()
@@ -75,6 +77,8 @@ def run_demo(users: int = 300, seed: int = 7) -> int:
 
         print("\n" + _table(runs))
         print("\n" + demo.summary())
-        print("Watch these runs in the Prefect UI: run `prefect server start`, set PREFECT_API_URL as it "
-              "prints, and run `make demo` again (see README).")
+        print(
+            "Watch these runs in the Prefect UI: run `prefect server start`, set PREFECT_API_URL as it "
+            "prints, and run `make demo` again (see README)."
+        )
         return 0

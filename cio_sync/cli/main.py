@@ -27,8 +27,12 @@ def _say_if_starting_prefect(command: str) -> None:
     """A command that runs a flow without a Prefect server starts a temporary one first:
     say so, since it is most of a short command's time."""
     if command in _FLOW_COMMANDS and not os.environ.get("PREFECT_API_URL"):
-        print("No PREFECT_API_URL set: starting a temporary Prefect server for this command "
-              "(10-30 s on a small machine)...", file=sys.stderr, flush=True)
+        print(
+            "No PREFECT_API_URL set: starting a temporary Prefect server for this command "
+            "(10-30 s on a small machine)...",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _require_credentials(hull: bool = True, customerio: bool = True) -> None:
@@ -48,8 +52,12 @@ def cmd_sync_users(args) -> int:
     if bar is not None:
         progress.add_listener(bar)
     try:
-        summary = sync_users(dry_run=args.dry_run, max_pages=args.max_pages, migrate_ids=args.migrate_ids,
-                             approve_deletions=args.approve_deletions)
+        summary = sync_users(
+            dry_run=args.dry_run,
+            max_pages=args.max_pages,
+            migrate_ids=args.migrate_ids,
+            approve_deletions=args.approve_deletions,
+        )
     except SyncFailed as exc:
         if bar is not None:
             bar.close()  # end the bar's line before the message
@@ -97,9 +105,11 @@ def cmd_lease_show(args) -> int:
         print("no lease is held")
     for row in rows:
         state = "expired" if row.expired() else ("holder process gone" if row.process_gone() else "held")
-        print(f"{row.name:<24} {state:<20} until {row.expires_at.isoformat(timespec='seconds')}  "
-              f"renewed {row.renewed_at.isoformat(timespec='seconds') if row.renewed_at else '-'}\n"
-              f"    {row.holder}")
+        print(
+            f"{row.name:<24} {state:<20} until {row.expires_at.isoformat(timespec='seconds')}  "
+            f"renewed {row.renewed_at.isoformat(timespec='seconds') if row.renewed_at else '-'}\n"
+            f"    {row.holder}"
+        )
     return 0
 
 
@@ -175,8 +185,10 @@ def cmd_failed_list(args) -> int:
 
     failed_webhooks = count_by_status(engine)[FAILED]
     if failed_webhooks:
-        print(f"webhook inbox: {failed_webhooks} rows failed (their reasons are on the rows; "
-              "`cio-sync failed rerun --webhooks` sends them again)")
+        print(
+            f"webhook inbox: {failed_webhooks} rows failed (their reasons are on the rows; "
+            "`cio-sync failed rerun --webhooks` sends them again)"
+        )
     return 0
 
 
@@ -243,15 +255,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="decide and report, send nothing, change no state")
     p.add_argument("--max-pages", type=int, default=None, help="stop after this many pages")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
-    p.add_argument("--migrate-ids", action="store_true",
-                   help="user_id_mapping changed: move every person to its new id (on_id_change, merge by default)")
-    p.add_argument("--approve-deletions", action="store_true",
-                   help="delete the people of the deletion plan awaiting approval (see the `deletion-plan` "
-                        "artifact), even over max_deletions_per_run")
+    p.add_argument(
+        "--migrate-ids",
+        action="store_true",
+        help="user_id_mapping changed: move every person to its new id (on_id_change, merge by default)",
+    )
+    p.add_argument(
+        "--approve-deletions",
+        action="store_true",
+        help="delete the people of the deletion plan awaiting approval (see the `deletion-plan` "
+        "artifact), even over max_deletions_per_run",
+    )
     p.set_defaults(func=cmd_sync_users)
 
-    p = sub.add_parser("backfill-events", help="send the events of a past window once (the schedule never sends "
-                                               "events older than events_start)")
+    p = sub.add_parser(
+        "backfill-events",
+        help="send the events of a past window once (the schedule never sends events older than events_start)",
+    )
     p.add_argument("--since", required=True, help="start of the window, ISO 8601 (e.g. 2026-10-01T00:00:00Z)")
     p.add_argument("--until", default=None, help="end of the window, ISO 8601 (default: now)")
     p.add_argument("--dry-run", action="store_true", help="decide and count, send nothing, change no state")
@@ -276,8 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("webhook-server", help="serve the signed Customer.io webhook intake")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--insecure-no-signature", action="store_true",
-                   help="accept unsigned webhooks (only for trying things out)")
+    p.add_argument(
+        "--insecure-no-signature", action="store_true", help="accept unsigned webhooks (only for trying things out)"
+    )
     p.set_defaults(func=cmd_webhook_server)
 
     p = sub.add_parser("drain-webhooks", help="send stored webhooks to Hull once")
@@ -302,15 +323,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("setup", help="create the Prefect work pool and the shared Customer.io rate limit")
     p.add_argument("--work-pool", default="cio-sync", help="process work pool of prefect.yaml")
-    p.add_argument("--requests-per-second", type=float, default=100.0,
-                   help="Customer.io requests/s for all runs, shards and workers together")
+    p.add_argument(
+        "--requests-per-second",
+        type=float,
+        default=100.0,
+        help="Customer.io requests/s for all runs, shards and workers together",
+    )
     p.add_argument("--burst", type=int, default=None, help="requests allowed at once (default: a tenth of a second's)")
     p.set_defaults(func=cmd_setup)
 
     p = sub.add_parser("serve", help="run every deployment on its schedule in this process (no worker needed)")
     p.add_argument("--limit", type=int, default=None, help="at most this many runs at once")
-    p.add_argument("--replace", action="store_true",
-                   help="delete deployments of the same names made by `prefect deploy` (work pool) first")
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="delete deployments of the same names made by `prefect deploy` (work pool) first",
+    )
     p.set_defaults(func=cmd_serve)
     return parser
 

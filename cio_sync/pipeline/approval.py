@@ -33,19 +33,27 @@ def from_deployment() -> bool:
 
 
 def description(plan: dict, limit: int, rows: list[dict]) -> str:
-    listed = "\n".join(f"- `{r['cio_id']}` (Hull {r['hull_id']}{', ' + r['email'] if r.get('email') else ''})"
-                       for r in rows[:LISTED])
-    more = f"\n- ... and {len(rows) - LISTED} more (the `deletion-plan` artifact lists everyone)" if len(rows) > LISTED else ""
-    return (f"### Delete {plan['size']} people from Customer.io?\n\n"
-            f"This run would delete **{plan['size']}** people, more than `max_deletions_per_run` ({limit}). "
-            f"Nobody has been deleted. Deletion plan #{plan['id']}:\n\n{listed}{more}\n\n"
-            "Set **approve** to delete exactly these people (someone back in a synchronized segment by then "
-            "is kept); leave it off to keep them all. Outside the UI: "
-            f"`{APPROVE_COMMAND}`.")
+    listed = "\n".join(
+        f"- `{r['cio_id']}` (Hull {r['hull_id']}{', ' + r['email'] if r.get('email') else ''})" for r in rows[:LISTED]
+    )
+    more = (
+        f"\n- ... and {len(rows) - LISTED} more (the `deletion-plan` artifact lists everyone)"
+        if len(rows) > LISTED
+        else ""
+    )
+    return (
+        f"### Delete {plan['size']} people from Customer.io?\n\n"
+        f"This run would delete **{plan['size']}** people, more than `max_deletions_per_run` ({limit}). "
+        f"Nobody has been deleted. Deletion plan #{plan['id']}:\n\n{listed}{more}\n\n"
+        "Set **approve** to delete exactly these people (someone back in a synchronized segment by then "
+        "is kept); leave it off to keep them all. Outside the UI: "
+        f"`{APPROVE_COMMAND}`."
+    )
 
 
-def ask_for_approval(text: str, timeout_seconds: int, poll_seconds: int,
-                     keep_alive: Callable[[], None] | None = None) -> DeletionApproval | None:
+def ask_for_approval(
+    text: str, timeout_seconds: int, poll_seconds: int, keep_alive: Callable[[], None] | None = None
+) -> DeletionApproval | None:
     """Pauses this flow run until the form is submitted; None when nobody answered in time."""
     from prefect.exceptions import FlowPauseTimeout
     from prefect.flow_runs import pause_flow_run
@@ -53,6 +61,7 @@ def ask_for_approval(text: str, timeout_seconds: int, poll_seconds: int,
     stop = threading.Event()
     renewer = None
     if keep_alive is not None:
+
         def renew() -> None:
             while not stop.wait(30):
                 keep_alive()
@@ -60,8 +69,11 @@ def ask_for_approval(text: str, timeout_seconds: int, poll_seconds: int,
         renewer = threading.Thread(target=renew, name="lease-keep-alive", daemon=True)
         renewer.start()
     try:
-        answer = pause_flow_run(wait_for_input=DeletionApproval.with_initial_data(description=text, approve=False),
-                                timeout=timeout_seconds, poll_interval=poll_seconds)
+        answer = pause_flow_run(
+            wait_for_input=DeletionApproval.with_initial_data(description=text, approve=False),
+            timeout=timeout_seconds,
+            poll_interval=poll_seconds,
+        )
     except FlowPauseTimeout:
         return None
     finally:

@@ -48,8 +48,9 @@ from connectors.customerio_batch import (
 from connectors.http import AuthError, PermanentError, TransientError
 
 
-def user_entries(plan: UserPlan, owner: int, user_id_mapping: str, max_attributes: int,
-                 max_entry_bytes: int = MAX_ENTRY_BYTES) -> ItemEntries:
+def user_entries(
+    plan: UserPlan, owner: int, user_id_mapping: str, max_attributes: int, max_entry_bytes: int = MAX_ENTRY_BYTES
+) -> ItemEntries:
     """One user's entries, in the order v1 sends its calls (cio_sync/pipeline/push.py): a
     returning person's `unsuppress`; after an id change the old person's `delete`, or an
     empty identify of the new id and the `merge`; then the identify chunks."""
@@ -66,19 +67,27 @@ def user_entries(plan: UserPlan, owner: int, user_id_mapping: str, max_attribute
         labels.append(label)
 
     if plan.unsuppress_id is not None:
-        add(person_entry(v2_identifiers(plan.unsuppress_id, plan.unsuppress_mapping or user_id_mapping),
-                         "unsuppress"), "unsuppress")
+        add(
+            person_entry(v2_identifiers(plan.unsuppress_id, plan.unsuppress_mapping or user_id_mapping), "unsuppress"),
+            "unsuppress",
+        )
     if plan.previous_id is not None and plan.id_change is not None:
         previous = v2_identifiers(plan.previous_id, plan.previous_mapping or user_id_mapping)
         if plan.id_change == DELETE_OLD:
             add(person_entry(previous, "delete"), "delete_old")
         elif plan.id_change == MERGE:
-            add({"type": "person", "identifiers": target, "action": "identify", "attributes": {}},
-                "identify (the merge's primary)")
+            add(
+                {"type": "person", "identifiers": target, "action": "identify", "attributes": {}},
+                "identify (the merge's primary)",
+            )
             add(merge_entry(target, previous), "merge")
-    chunks = identify_encoded(target, identify_attributes(plan, max_attributes), max_entry_bytes,
-                              timestamp=plan.timestamp,
-                              update_only=plan.update_only or plan.action == UNSET_SEGMENTS)
+    chunks = identify_encoded(
+        target,
+        identify_attributes(plan, max_attributes),
+        max_entry_bytes,
+        timestamp=plan.timestamp,
+        update_only=plan.update_only or plan.action == UNSET_SEGMENTS,
+    )
     encoded.extend(chunks)
     labels.extend(f"identify {i + 1}/{len(chunks)}" for i in range(len(chunks)))
     return encode_item(encoded, labels, owner, max_entry_bytes)
@@ -101,8 +110,14 @@ class ItemResult:
             self.error_kind, self.error = kind, message
 
 
-def send_chains(client: CustomerIoClient, chains: list[list[BatchRequest]], results: list[ItemResult],
-                concurrency: int, calls: Counter | None = None, breaker: Breaker | None = None) -> None:
+def send_chains(
+    client: CustomerIoClient,
+    chains: list[list[BatchRequest]],
+    results: list[ItemResult],
+    concurrency: int,
+    calls: Counter | None = None,
+    breaker: Breaker | None = None,
+) -> None:
     """Sends every chain; fills `results` (indexed by entry owner). Raises AuthError at once
     on 401/403; raises CustomerIoUnavailable (with nothing else) when requests keep failing
     transiently (the phase's `breaker`, or one for this page), after marking the unsent items
@@ -211,8 +226,9 @@ def push_page_v2(
     same error kinds, same exceptions (AuthError; CustomerIoUnavailable carrying outcomes).
     `identify_calls`/`delete_calls` count accepted entries; `calls["batch"]` counts requests."""
     work = [p for p in plans if p.action in PUSHED_ACTIONS]
-    items = [user_entries(plan, i, user_id_mapping, max_attributes_per_call, max_entry_bytes)
-             for i, plan in enumerate(work)]
+    items = [
+        user_entries(plan, i, user_id_mapping, max_attributes_per_call, max_entry_bytes) for i, plan in enumerate(work)
+    ]
     results = [ItemResult() for _ in work]
     for item, result in zip(items, results):
         if item.rejected is not None:

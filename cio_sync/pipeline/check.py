@@ -27,19 +27,39 @@ def check_connection(settings: ConnectorSettings | None = None) -> list[Finding]
         return [Finding("error", str(exc))]
     findings: list[Finding] = []
     if cio_credentials.missing():
-        findings.append(Finding("error", "Please enter your Customer.io Site ID and API Key "
-                                         f"(missing: {', '.join(cio_credentials.missing())})."))
+        findings.append(
+            Finding(
+                "error",
+                f"Please enter your Customer.io Site ID and API Key (missing: {', '.join(cio_credentials.missing())}).",
+            )
+        )
     else:
         with CustomerIoClient.from_settings(cio_credentials, retry=QUICK) as cio:
             try:
                 region = cio.check_credentials()
-                findings.append(Finding("ok", f"Customer.io credentials accepted (region {region.get('region', '?')})."))
-                if region.get("region") and region["region"] != cio_credentials.region and not cio_credentials.track_url:
-                    findings.append(Finding("warning", f"The workspace is in region {region['region']!r} but "
-                                                       f"CUSTOMERIO_REGION is {cio_credentials.region!r}."))
+                findings.append(
+                    Finding("ok", f"Customer.io credentials accepted (region {region.get('region', '?')}).")
+                )
+                if (
+                    region.get("region")
+                    and region["region"] != cio_credentials.region
+                    and not cio_credentials.track_url
+                ):
+                    findings.append(
+                        Finding(
+                            "warning",
+                            f"The workspace is in region {region['region']!r} but "
+                            f"CUSTOMERIO_REGION is {cio_credentials.region!r}.",
+                        )
+                    )
             except AuthError:
-                findings.append(Finding("error", "Invalid Credentials: Verify Site ID and API Key in Settings "
-                                                 "(CUSTOMERIO_SITE_ID, CUSTOMERIO_API_KEY, CUSTOMERIO_REGION)."))
+                findings.append(
+                    Finding(
+                        "error",
+                        "Invalid Credentials: Verify Site ID and API Key in Settings "
+                        "(CUSTOMERIO_SITE_ID, CUSTOMERIO_API_KEY, CUSTOMERIO_REGION).",
+                    )
+                )
             except ApiError as exc:
                 findings.append(Finding("error", f"Error when trying to connect with Customer.io: {exc}"))
 
@@ -61,8 +81,13 @@ def check_connection(settings: ConnectorSettings | None = None) -> list[Finding]
                 findings.append(Finding("error", f"Error when trying to connect with Hull: {exc}"))
 
     if not settings.synchronized_segments:
-        findings.append(Finding("warning", "No users will be synchronized because you have not specified at "
-                                           "least one whitelisted segment in Settings (SYNCHRONIZED_SEGMENTS)."))
+        findings.append(
+            Finding(
+                "warning",
+                "No users will be synchronized because you have not specified at "
+                "least one whitelisted segment in Settings (SYNCHRONIZED_SEGMENTS).",
+            )
+        )
     return findings
 
 

@@ -85,12 +85,20 @@ class GuardResult:
 
 def plan_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The artifact's rows: who would be deleted, and why."""
-    return [{"Hull id": r["hull_id"], "Customer.io id": r["cio_id"], "email": r.get("email") or "",
-             "why": r["reason"]} for r in rows]
+    return [
+        {"Hull id": r["hull_id"], "Customer.io id": r["cio_id"], "email": r.get("email") or "", "why": r["reason"]}
+        for r in rows
+    ]
 
 
-def settle_deletions(runtime: SyncRuntime, scope: str, flow_run_id: str | None, shard: Shard = WHOLE,
-                     approved_plan_id: int | None = None, decided_by: str = "") -> GuardResult:
+def settle_deletions(
+    runtime: SyncRuntime,
+    scope: str,
+    flow_run_id: str | None,
+    shard: Shard = WHOLE,
+    approved_plan_id: int | None = None,
+    decided_by: str = "",
+) -> GuardResult:
     """Sends, holds for approval or ends this shard's planned deletes (see the module doc).
     Raises AuthError (Customer.io or Hull rejected the credentials) and ApiError (Hull could not
     be asked: nothing is sent, every delete stays planned)."""
@@ -112,8 +120,9 @@ def settle_deletions(runtime: SyncRuntime, scope: str, flow_run_id: str | None, 
         result.approved_plan = approved_plan_id
     to_send = list(approved)
     if len(rest) > result.limit:
-        result.plan = open_new_plan(engine, scope, plan_digest((r["hull_id"], r["cio_id"]) for r in rest),
-                                    [r["id"] for r in rest], flow_run_id)
+        result.plan = open_new_plan(
+            engine, scope, plan_digest((r["hull_id"], r["cio_id"]) for r in rest), [r["id"] for r in rest], flow_run_id
+        )
         result.plan_rows = rest
     else:
         to_send += rest
@@ -156,12 +165,21 @@ def _send(runtime: SyncRuntime, rows: list[dict[str, Any]], result: GuardResult)
     plans = [UserPlan(r["hull_id"], DELETE, "", None, None, r["cio_id"]) for r in rows]
     try:
         if settings.customerio_api == "v2_batch":
-            outcomes = push_page_v2(runtime.customerio, plans, user_id_mapping=settings.user_id_mapping,
-                                    max_attributes_per_call=settings.max_attributes_per_call,
-                                    concurrency=settings.push_concurrency, calls=result.calls)
+            outcomes = push_page_v2(
+                runtime.customerio,
+                plans,
+                user_id_mapping=settings.user_id_mapping,
+                max_attributes_per_call=settings.max_attributes_per_call,
+                concurrency=settings.push_concurrency,
+                calls=result.calls,
+            )
         else:
-            outcomes = push_page(runtime.customerio, plans, max_attributes_per_call=settings.max_attributes_per_call,
-                                 concurrency=settings.push_concurrency)
+            outcomes = push_page(
+                runtime.customerio,
+                plans,
+                max_attributes_per_call=settings.max_attributes_per_call,
+                concurrency=settings.push_concurrency,
+            )
     except CustomerIoUnavailable as stopped:
         outcomes = stopped.args[0]
     row_of = {r["hull_id"]: r for r in rows}
@@ -182,8 +200,9 @@ def _send(runtime: SyncRuntime, rows: list[dict[str, Any]], result: GuardResult)
         if not outcome.ok:
             result.errors.append(f"delete of user {outcome.plan.hull_id}: {outcome.error}")
     if done:
-        sent, error = write_back(runtime.hull, runtime.engine, settings.user_id_mapping,
-                                 hull_ids=[o.plan.hull_id for o in done])
+        sent, error = write_back(
+            runtime.hull, runtime.engine, settings.user_id_mapping, hull_ids=[o.plan.hull_id for o in done]
+        )
         result.writeback_sent += sent
         if error:  # the rows stay writeback_pending: the next run writes them back
             result.warnings.append(error)

@@ -179,8 +179,12 @@ def send_to_hull(
         counts.sent += mark_done(engine, worker_id, ids, now=now)
     if failed_transiently and counts.stopped is None:
         # Rows put back to pending wait for their backoff: the run ends after this batch.
-        counts.stopped = (f"Hull unavailable for {failed_transiently} webhooks (their firehose POSTs failed even "
-                          f"after retries); they are pending, retried with backoff by later runs: {last_error}")
+        counts.stopped = (
+            f"Hull unavailable for {failed_transiently} webhooks (their firehose POSTs failed even "
+            f"after retries); they are pending, retried with backoff by later runs: {last_error}"
+        )
     if given_up_total and counts.stopped:
-        counts.stopped += (f" ({given_up_total} of them given up after failing for {schedule.retry_for}: "
-                           "marked failed, `cio-sync failed rerun --webhooks` sends them again)")
+        counts.stopped += (
+            f" ({given_up_total} of them given up after failing for {schedule.retry_for}: "
+            "marked failed, `cio-sync failed rerun --webhooks` sends them again)"
+        )

@@ -30,4 +30,5 @@ def drain_settings(engine: Engine, user_id_mapping: str | None) -> ConnectorSett
     raise IdentityMismatch(
         f"drain-webhooks was given user_id_mapping {settings.user_id_mapping!r} ({source}) but sync-users sends "
         f"people as {recorded!r}: no webhook was sent, so none reaches Hull under the wrong identity. Set the "
-        "same user_id_mapping for both (or none on the drain, which then follows the sync).")
+        "same user_id_mapping for both (or none on the drain, which then follows the sync)."
+    )

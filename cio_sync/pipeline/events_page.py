@@ -53,8 +53,12 @@ from connectors.hull import MAX_PER_PAGE
 def events_query(runtime: SyncRuntime, cursor: Cursor, until: str | None = None) -> tuple[list[dict], list[dict]]:
     filters: list[dict] = [
         {"terms": {"event": sorted(runtime.settings.events_filter)}},
-        {"has_parent": {"parent_type": "user_report",
-                        "query": {"terms": {"segment_ids": sorted(runtime.whitelisted_segment_ids)}}}},
+        {
+            "has_parent": {
+                "parent_type": "user_report",
+                "query": {"terms": {"segment_ids": sorted(runtime.whitelisted_segment_ids)}},
+            }
+        },
     ]
     if until:
         filters.append({"range": {"created_at": {"lte": until}}})
@@ -64,12 +68,15 @@ def events_query(runtime: SyncRuntime, cursor: Cursor, until: str | None = None)
     # Hull's raw index documents carry their id in `_id`, connector-form ones in `event_id`:
     # excluding on one field only would let the other form repeat at the cursor's timestamp,
     # and more than a page of such events on one second would stall the walk.
-    return filters, [*seen_at_position(cursor, "created_at", "event_id"),
-                     *seen_at_position(cursor, "created_at", "_id")]
+    return filters, [
+        *seen_at_position(cursor, "created_at", "event_id"),
+        *seen_at_position(cursor, "created_at", "_id"),
+    ]
 
 
-def fetch_events_page(runtime: SyncRuntime, cursor: Cursor, per_page: int = MAX_PER_PAGE, shard: Shard = WHOLE,
-                      until: str | None = None):
+def fetch_events_page(
+    runtime: SyncRuntime, cursor: Cursor, per_page: int = MAX_PER_PAGE, shard: Shard = WHOLE, until: str | None = None
+):
     """The next page of events and the cursor past it. With a `shard`, only its users' events
     are returned; the cursor still moves past every event read, and pages holding none of the
     shard's events are read through (an empty result must mean the stream is exhausted).
@@ -77,7 +84,9 @@ def fetch_events_page(runtime: SyncRuntime, cursor: Cursor, per_page: int = MAX_
     while True:
         filters, must_not = events_query(runtime, cursor, until)
         data = runtime.hull.search_events(filters, page=1, per_page=per_page, must_not=must_not)["data"]
-        fresh = [e for e in data if not (e.get("created_at") == cursor.position and e.get("event_id") in cursor.seen_ids)]
+        fresh = [
+            e for e in data if not (e.get("created_at") == cursor.position and e.get("event_id") in cursor.seen_ids)
+        ]
         keyed = [e for e in fresh if e.get("created_at") and e.get("event_id")]
         next_cursor = cursor.advanced(keyed, "created_at", "event_id")
         own = fresh if shard.is_whole else [e for e in fresh if shard.owns_event(e)]
@@ -92,8 +101,9 @@ def describe_users(runtime: SyncRuntime, docs: list[dict[str, Any]]) -> dict[str
     user_ids = [d["id"] for d in docs if isinstance(d, dict) and isinstance(d.get("id"), str)]
     with runtime.engine.connect() as connection:
         rows = connection.execute(
-            select(user_state.c.hull_id, user_state.c.cio_id, user_state.c.created_at, user_state.c.deleted_at)
-            .where(user_state.c.hull_id.in_(user_ids))
+            select(user_state.c.hull_id, user_state.c.cio_id, user_state.c.created_at, user_state.c.deleted_at).where(
+                user_state.c.hull_id.in_(user_ids)
+            )
         ).all()
     live = {r.hull_id: r.cio_id for r in rows if r.created_at is not None and r.deleted_at is None}
     users: dict[str, EventUser] = {}
@@ -112,8 +122,13 @@ def describe_users(runtime: SyncRuntime, docs: list[dict[str, Any]]) -> dict[str
     return users
 
 
-def identify_first(runtime: SyncRuntime, docs: list[dict[str, Any]], users: dict[str, EventUser],
-                   flow_run_id: str | None, phase: Phase | None = None) -> SyncSummary | None:
+def identify_first(
+    runtime: SyncRuntime,
+    docs: list[dict[str, Any]],
+    users: dict[str, EventUser],
+    flow_run_id: str | None,
+    phase: Phase | None = None,
+) -> SyncSummary | None:
     """Runs the user rules for event users Customer.io does not know yet, before their events.
 
     A user and its first event (typically "Signed Up") usually appear in Hull together; when
@@ -124,8 +139,11 @@ def identify_first(runtime: SyncRuntime, docs: list[dict[str, Any]], users: dict
     the user unchanged), and a Customer.io outage raises `PageIncomplete` so the events
     cursor stays put. Returns None when there was nobody to identify.
     """
-    late = [d for d in docs if (u := users.get(str(d.get("id")))) is not None
-            and u.in_segments and u.has_mapped_id and not u.cio_id]
+    late = [
+        d
+        for d in docs
+        if (u := users.get(str(d.get("id")))) is not None and u.in_segments and u.has_mapped_id and not u.cio_id
+    ]
     if not late or runtime.dry_run:
         return None
     # No cursor: the stream name is never written, and no failed batch is filed (the next
@@ -159,7 +177,9 @@ def send_event(runtime: SyncRuntime, plan: EventPlan) -> tuple[str, str | None]:
 NOT_ATTEMPTED = "not attempted: Customer.io kept failing, the events phase stopped"
 
 
-def send_events(runtime: SyncRuntime, plans: list[EventPlan], breaker: Breaker | None = None) -> list[tuple[str, str | None]]:
+def send_events(
+    runtime: SyncRuntime, plans: list[EventPlan], breaker: Breaker | None = None
+) -> list[tuple[str, str | None]]:
     """Events of one user stay in order on one thread; users run in parallel. Once the
     `breaker` (the events phase's) is open, nothing more is sent: the rest are `retry`."""
     breaker = breaker or Breaker()
@@ -180,8 +200,9 @@ def send_events(runtime: SyncRuntime, plans: list[EventPlan], breaker: Breaker |
     return results
 
 
-def send_events_v2(runtime: SyncRuntime, plans: list[EventPlan], calls=None,
-                   breaker: Breaker | None = None) -> list[tuple[str, str | None]]:
+def send_events_v2(
+    runtime: SyncRuntime, plans: list[EventPlan], calls=None, breaker: Breaker | None = None
+) -> list[tuple[str, str | None]]:
     """v2_batch mode: person events go out packed in `POST /api/v2/batch` requests (one
     user's in order); anonymous events stay on v1, because a v2 entry needs a person identifier."""
     breaker = breaker or Breaker()
@@ -189,9 +210,12 @@ def send_events_v2(runtime: SyncRuntime, plans: list[EventPlan], calls=None,
     person = [i for i, plan in enumerate(plans) if plan.action == SEND]
     anonymous = [i for i, plan in enumerate(plans) if plan.action != SEND]
     batched = push_events_v2(
-        runtime.customerio, [(plans[i].target_id or "", plans[i].body or {}) for i in person],
-        user_id_mapping=runtime.settings.user_id_mapping, concurrency=runtime.settings.push_concurrency,
-        calls=calls, breaker=breaker,
+        runtime.customerio,
+        [(plans[i].target_id or "", plans[i].body or {}) for i in person],
+        user_id_mapping=runtime.settings.user_id_mapping,
+        concurrency=runtime.settings.push_concurrency,
+        calls=calls,
+        breaker=breaker,
     )
     for i, result in zip(person, batched):
         results[i] = result
@@ -202,9 +226,16 @@ def send_events_v2(runtime: SyncRuntime, plans: list[EventPlan], calls=None,
 
 
 def sync_events_page(
-    runtime: SyncRuntime, events: list[dict[str, Any]], next_cursor: Cursor | None, flow_run_id: str | None = None,
-    cursor_name: str | None = EVENTS_CURSOR, *, rerun: bool | None = None, not_after: datetime | None = None,
-    campaign_since: datetime | None = None, phase: Phase | None = None,
+    runtime: SyncRuntime,
+    events: list[dict[str, Any]],
+    next_cursor: Cursor | None,
+    flow_run_id: str | None = None,
+    cursor_name: str | None = EVENTS_CURSOR,
+    *,
+    rerun: bool | None = None,
+    not_after: datetime | None = None,
+    campaign_since: datetime | None = None,
+    phase: Phase | None = None,
 ) -> SyncSummary:
     """Decides, sends and records `events`; stores `next_cursor` under `cursor_name` in the same
     transaction (None: no cursor moves). `rerun` (default: no `next_cursor`): a rerun of a
@@ -294,8 +325,14 @@ def sync_events_page(
     with runtime.engine.begin() as connection:
         upsert(connection, event_state, rows, "hull_event_id")
         if retry_ids and not rerun:  # a rerun reports what is left, files nothing new
-            batch_id = phase.file_unsent(connection, "hull_event_ids", retry_ids, runtime.settings.snapshot(),
-                                         first_error or "unknown error", flow_run_id)
+            batch_id = phase.file_unsent(
+                connection,
+                "hull_event_ids",
+                retry_ids,
+                runtime.settings.snapshot(),
+                first_error or "unknown error",
+                flow_run_id,
+            )
             if batch_id is not None:  # a later page of the phase adds to the same batch
                 summary.failed_batches.append(batch_id)
         if next_cursor is not None and cursor_name:  # None: a rerun or a backfill, outside the stream
@@ -341,8 +378,14 @@ class EventsPage:
     last: bool = False
 
 
-def run_events_page(runtime: SyncRuntime, cursor: Cursor, window: EventsWindow, shard: Shard = WHOLE,
-                    flow_run_id: str | None = None, phase: Phase | None = None) -> EventsPage:
+def run_events_page(
+    runtime: SyncRuntime,
+    cursor: Cursor,
+    window: EventsWindow,
+    shard: Shard = WHOLE,
+    flow_run_id: str | None = None,
+    phase: Phase | None = None,
+) -> EventsPage:
     """Reads events after `cursor` until it holds `events_per_batch` not decided yet (Hull
     searches of 100), and decides, sends and records them together (the `sync-events-page`
     task's work: one Prefect task per page of up to `events_per_batch` events). Events all
@@ -360,9 +403,17 @@ def run_events_page(runtime: SyncRuntime, cursor: Cursor, window: EventsWindow, 
         batch.extend(fresh)
         end = not events or next_cursor == cursor  # the end (or events that cannot move the cursor)
         if batch and (len(batch) >= limit or end):
-            summary = sync_events_page(runtime, batch, window.to_store(next_cursor), flow_run_id, window.cursor_name,
-                                       rerun=False, not_after=window.not_after, campaign_since=window.campaign_since,
-                                       phase=phase)
+            summary = sync_events_page(
+                runtime,
+                batch,
+                window.to_store(next_cursor),
+                flow_run_id,
+                window.cursor_name,
+                rerun=False,
+                not_after=window.not_after,
+                campaign_since=window.campaign_since,
+                phase=phase,
+            )
             if handled:
                 summary.events["already_handled"] += handled
             return EventsPage(summary, next_cursor, last=end)

@@ -21,8 +21,7 @@ def users_query(cursor: Cursor, until: str | None = None) -> tuple[list[dict], l
     bound = [{"range": {"indexed_at": {"lte": until}}}] if until else []
     if not cursor.position:
         return bound, []
-    return ([{"range": {"indexed_at": {"gte": cursor.position}}}, *bound],
-            seen_at_position(cursor, "indexed_at", "id"))
+    return ([{"range": {"indexed_at": {"gte": cursor.position}}}, *bound], seen_at_position(cursor, "indexed_at", "id"))
 
 
 def walk_bound(hull: HullClient) -> str | None:
@@ -40,10 +39,16 @@ def seen_at_position(cursor: Cursor, time_field: str, id_field: str) -> list[dic
     re-indexed later must be found again."""
     if not cursor.seen_ids:
         return []
-    return [{"bool": {"filter": [
-        {"terms": {id_field: sorted(cursor.seen_ids)}},
-        {"range": {time_field: {"gte": cursor.position, "lte": cursor.position}}},
-    ]}}]
+    return [
+        {
+            "bool": {
+                "filter": [
+                    {"terms": {id_field: sorted(cursor.seen_ids)}},
+                    {"range": {time_field: {"gte": cursor.position, "lte": cursor.position}}},
+                ]
+            }
+        }
+    ]
 
 
 @dataclass
@@ -55,8 +60,9 @@ class UsersPage:
     remaining: int | None = None
 
 
-def fetch_users_page(hull: HullClient, cursor: Cursor, batch_size: int, shard: Shard = WHOLE,
-                     until: str | None = None) -> UsersPage:
+def fetch_users_page(
+    hull: HullClient, cursor: Cursor, batch_size: int, shard: Shard = WHOLE, until: str | None = None
+) -> UsersPage:
     """Up to `batch_size` users after `cursor`, the cursor just past them, and how many are left.
 
     With a `shard`, only that shard's users are returned. Hull cannot filter on a hash, so
@@ -117,8 +123,10 @@ class UserPagePrefetcher:
         if page is None:
             page = fetch_users_page(self.hull, cursor, self.batch_size, self.shard, self.until)
         if page.users:
-            self._ahead = (page.cursor, self._pool.submit(
-                fetch_users_page, self.hull, page.cursor, self.batch_size, self.shard, self.until))
+            self._ahead = (
+                page.cursor,
+                self._pool.submit(fetch_users_page, self.hull, page.cursor, self.batch_size, self.shard, self.until),
+            )
         return page
 
     def close(self) -> None:

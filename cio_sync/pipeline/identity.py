@@ -44,8 +44,10 @@ def check_id_mapping(runtime: SyncRuntime, stream: str, migrate_ids: bool) -> Id
         return IdMappingCheck()
     if not migrate_ids:
         raise IdMappingChanged(previous, current)
-    warning = (f"user_id_mapping changed from {previous!r} to {current!r}: migrating every id "
-               f"(on_id_change={runtime.settings.on_id_change}), reading every user again from the first")
+    warning = (
+        f"user_id_mapping changed from {previous!r} to {current!r}: migrating every id "
+        f"(on_id_change={runtime.settings.on_id_change}), reading every user again from the first"
+    )
     if runtime.dry_run:
         return IdMappingCheck(f"dry run: {warning}", walk_from_start=True)
     start_id_migration(runtime.engine, stream, previous, current)

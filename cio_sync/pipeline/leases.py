@@ -41,8 +41,14 @@ def flow_run_ended(flow_run_id: str) -> bool:
 
 def writer_lease(engine: Engine, scope: str, what: str, flow_run_id: str | None = None) -> Lease:
     settings = LeaseSettings()
-    return Lease(engine, scope, Holder.this_process(what, flow_run_id), timedelta(seconds=settings.lease_ttl_seconds),
-                 conflicts=scopes_overlap, holder_gone=flow_run_ended)
+    return Lease(
+        engine,
+        scope,
+        Holder.this_process(what, flow_run_id),
+        timedelta(seconds=settings.lease_ttl_seconds),
+        conflicts=scopes_overlap,
+        holder_gone=flow_run_ended,
+    )
 
 
 @contextmanager

@@ -30,8 +30,15 @@ class Phase:
     failed_batch_id: int | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def file_unsent(self, connection: Connection, ids_key: str, ids: list[str], settings: dict[str, Any], error: str,
-                    flow_run_id: str | None) -> int | None:
+    def file_unsent(
+        self,
+        connection: Connection,
+        ids_key: str,
+        ids: list[str],
+        settings: dict[str, Any],
+        error: str,
+        flow_run_id: str | None,
+    ) -> int | None:
         """Saves `ids` in the phase's failed batch (created on first use, in `connection`'s
         transaction). Returns the batch id when this call created it, else None."""
         with self._lock:

@@ -61,7 +61,8 @@ class SyncProgress:
             from prefect.artifacts import create_progress_artifact
 
             self.artifact_id = create_progress_artifact(
-                progress=0.0, key=self.ARTIFACT_KEY, description="sync-users: starting")
+                progress=0.0, key=self.ARTIFACT_KEY, description="sync-users: starting"
+            )
         except Exception as exc:  # no API reachable, or no run context
             self._warn(exc)
 
@@ -81,13 +82,18 @@ class SyncProgress:
 
     def _publish(self, final: bool = False) -> None:
         now = time.monotonic()
-        if self.artifact_id is not None and (final or now - self._artifact_updated_at >= self.ARTIFACT_INTERVAL_SECONDS):
+        if self.artifact_id is not None and (
+            final or now - self._artifact_updated_at >= self.ARTIFACT_INTERVAL_SECONDS
+        ):
             self._artifact_updated_at = now
             try:
                 from prefect.artifacts import update_progress_artifact
 
-                update_progress_artifact(self.artifact_id, percent(self.done, self.total),  # type: ignore[arg-type]
-                                         description=describe(self.done, self.total))
+                update_progress_artifact(
+                    self.artifact_id,  # type: ignore[arg-type]  # a sync call: an id, not a coroutine
+                    percent(self.done, self.total),
+                    description=describe(self.done, self.total),
+                )
             except Exception as exc:
                 self._warn(exc)
                 self.artifact_id = None  # stop trying: one warning, not one per page

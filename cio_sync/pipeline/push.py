@@ -61,8 +61,12 @@ def identifiers(identifier: str, user_id_mapping: str | None) -> dict[str, str]:
     return v2_identifiers(identifier, user_id_mapping or "external_id")
 
 
-def push_user(client: CustomerIoClient, plan: UserPlan, max_attributes_per_call: int,
-              after_identify: Callable[[UserPlan, UserOutcome], None] | None = None) -> UserOutcome:
+def push_user(
+    client: CustomerIoClient,
+    plan: UserPlan,
+    max_attributes_per_call: int,
+    after_identify: Callable[[UserPlan, UserOutcome], None] | None = None,
+) -> UserOutcome:
     outcome = UserOutcome(plan)
     target = plan.target_id
     assert target is not None, "only plans with an action are pushed"
@@ -152,5 +156,11 @@ def push_page(
     return outcomes
 
 
-__all__ = ["CONSECUTIVE_TRANSIENT_LIMIT", "PUSHED_ACTIONS", "CustomerIoUnavailable", "UserOutcome", "push_page",
-           "push_user"]
+__all__ = [
+    "CONSECUTIVE_TRANSIENT_LIMIT",
+    "PUSHED_ACTIONS",
+    "CustomerIoUnavailable",
+    "UserOutcome",
+    "push_page",
+    "push_user",
+]

@@ -46,7 +46,9 @@ def changed_settings(saved: dict[str, Any] | None, current: ConnectorSettings) -
     if not saved:
         return []
     now = current.snapshot()
-    return [f"{name}: {saved[name]!r} → {now[name]!r}" for name in sorted(now) if name in saved and saved[name] != now[name]]
+    return [
+        f"{name}: {saved[name]!r} → {now[name]!r}" for name in sorted(now) if name in saved and saved[name] != now[name]
+    ]
 
 
 class RerunOutcome(NamedTuple):
@@ -69,8 +71,12 @@ def rerun_batch(runtime: SyncRuntime, batch: dict[str, Any], run_id: str | None)
             return RerunOutcome(False, refused, summary, transient=False)
         if not runtime.settings.synchronized_segments:
             # Everyone would be skipped and the batch called resolved: keep it open instead.
-            return RerunOutcome(False, "synchronized_segments is empty, so nothing would be sent: set it and rerun",
-                                summary, transient=False)
+            return RerunOutcome(
+                False,
+                "synchronized_segments is empty, so nothing would be sent: set it and rerun",
+                summary,
+                transient=False,
+            )
         if batch["kind"] == USERS:
             wanted = [str(i) for i in batch["payload"]["hull_ids"]]
             users = runtime.hull.users_by_ids(wanted)
@@ -87,10 +93,15 @@ def rerun_batch(runtime: SyncRuntime, batch: dict[str, Any], run_id: str | None)
             return RerunOutcome(False, f"unknown batch kind {batch['kind']!r}", summary, transient=False)
         summary.merge(result)
         if unfound:
-            return RerunOutcome(False, (
-                f"{len(unfound)} of the batch's {len(wanted)} {batch['kind']} were not found in Hull, "
-                f"so the batch stays open: {', '.join(unfound[:10])}{' ...' if len(unfound) > 10 else ''}"),
-                summary, transient=False)
+            return RerunOutcome(
+                False,
+                (
+                    f"{len(unfound)} of the batch's {len(wanted)} {batch['kind']} were not found in Hull, "
+                    f"so the batch stays open: {', '.join(unfound[:10])}{' ...' if len(unfound) > 10 else ''}"
+                ),
+                summary,
+                transient=False,
+            )
         return RerunOutcome(left == 0, result.errors[0] if left else None, summary)
     except PageIncomplete as exc:
         summary.merge(exc.summary)
@@ -110,8 +121,10 @@ def owned_by(runtime: SyncRuntime, shard: Shard, batch: dict[str, Any]) -> bool:
     if batch["kind"] == USERS:
         return all(shard.owns(hull_id) for hull_id in payload.get("hull_ids") or [])
     users = event_user_ids(runtime.engine, payload.get("hull_event_ids") or [])
-    return all(shard.owns_event({"user_id": users.get(event_id), "event_id": event_id})
-               for event_id in payload.get("hull_event_ids") or [])
+    return all(
+        shard.owns_event({"user_id": users.get(event_id), "event_id": event_id})
+        for event_id in payload.get("hull_event_ids") or []
+    )
 
 
 def retry_failed_batches(runtime: SyncRuntime, run_id: str | None, shard: Shard = WHOLE) -> SyncSummary:
@@ -150,7 +163,8 @@ def retry_failed_batches(runtime: SyncRuntime, run_id: str | None, shard: Shard 
         summary.warnings.append(
             f"failed batches {waiting} are not retried automatically any more (retried "
             f"{limit} times, or failed permanently): see `cio-sync failed list`, fix the cause, "
-            "then `cio-sync failed rerun`.")
+            "then `cio-sync failed rerun`."
+        )
     return summary
 
 

@@ -37,9 +37,20 @@ class SyncSummary:
     def merge(self, other: SyncSummary) -> SyncSummary:
         self.pages += other.pages
         self.users_seen += other.users_seen
-        for name in ("decisions", "skip_reasons", "failed_users", "calls", "dropped_attributes",
-                     "removed_attributes", "id_changes", "events", "event_skip_reasons", "batch_retries",
-                     "segments_left_out", "deletions"):
+        for name in (
+            "decisions",
+            "skip_reasons",
+            "failed_users",
+            "calls",
+            "dropped_attributes",
+            "removed_attributes",
+            "id_changes",
+            "events",
+            "event_skip_reasons",
+            "batch_retries",
+            "segments_left_out",
+            "deletions",
+        ):
             getattr(self, name).update(getattr(other, name))
         self.writeback_sent += other.writeback_sent
         self.writeback_pending = other.writeback_pending or self.writeback_pending
@@ -91,8 +102,15 @@ class SyncSummary:
         rows += [{"metric": f"attribute removed: {k}", "value": v} for k, v in sorted(self.removed_attributes.items())]
         rows += [{"metric": f"failed batches retried: {k}", "value": v} for k, v in sorted(self.batch_retries.items())]
         if self.segments_left_out:
-            rows.append({"metric": "hull_segments shortened to the value limit: users", "value": self.segments_left_out["users"]})
-            rows.append({"metric": "hull_segments shortened: segments left out", "value": self.segments_left_out["segments"]})
+            rows.append(
+                {
+                    "metric": "hull_segments shortened to the value limit: users",
+                    "value": self.segments_left_out["users"],
+                }
+            )
+            rows.append(
+                {"metric": "hull_segments shortened: segments left out", "value": self.segments_left_out["segments"]}
+            )
         rows += [{"metric": f"deletions: {k}", "value": v} for k, v in sorted(self.deletions.items())]
         rows.append({"metric": "Hull write-backs sent", "value": self.writeback_sent})
         rows.append({"metric": "Hull write-backs pending", "value": self.writeback_pending})

@@ -45,8 +45,10 @@ def summarize_plans(plans: list[UserPlan], summary: SyncSummary) -> None:
         if plan.action == SKIP:
             summary.skip_reasons[plan.reason.split(":")[0]] += 1
             if plan.reason == "duplicate_id" and plan.mapped is not None:
-                summary.add_duplicate(f"Customer.io id {plan.mapped.cio_id!r}: Hull user {plan.hull_id} skipped, "
-                                      "another Hull user holds that id")
+                summary.add_duplicate(
+                    f"Customer.io id {plan.mapped.cio_id!r}: Hull user {plan.hull_id} skipped, "
+                    "another Hull user holds that id"
+                )
         if plan.mapped is not None and plan.action != SKIP:
             for name, _reason in plan.mapped.dropped:
                 summary.dropped_attributes[name] += 1
@@ -60,8 +62,12 @@ def summarize_plans(plans: list[UserPlan], summary: SyncSummary) -> None:
 
 
 def deletion_row(plan: UserPlan) -> dict[str, Any]:
-    return {"hull_id": plan.hull_id, "cio_id": plan.target_id, "reason": LEFT_SEGMENTS,
-            "email": (plan.mapped.email if plan.mapped is not None else None)}
+    return {
+        "hull_id": plan.hull_id,
+        "cio_id": plan.target_id,
+        "reason": LEFT_SEGMENTS,
+        "email": (plan.mapped.email if plan.mapped is not None else None),
+    }
 
 
 def outcome_row(outcome: UserOutcome, now) -> dict[str, Any]:
@@ -98,8 +104,13 @@ def outcome_row(outcome: UserOutcome, now) -> dict[str, Any]:
     if plan.action == INSERT and outcome.created:
         # Some chunks were accepted: the person exists and must be deletable later.
         assert plan.mapped is not None
-        row.update(cio_id=plan.target_id, cio_id_mapping=plan.target_mapping, created_at=now, deleted_at=None,
-                   attribute_names=tracked_names(plan.mapped.attributes))
+        row.update(
+            cio_id=plan.target_id,
+            cio_id_mapping=plan.target_mapping,
+            created_at=now,
+            deleted_at=None,
+            attribute_names=tracked_names(plan.mapped.attributes),
+        )
     elif outcome.moved:
         # The old person is gone (merged or deleted): from now on the person is the new id.
         row.update(cio_id=plan.target_id, cio_id_mapping=plan.target_mapping, writeback_pending=True)
@@ -134,8 +145,12 @@ def record_page(
             batch_id = (phase or Phase(USERS)).file_unsent(
                 # Only the work: a rerun applies the settings of its own day. The settings of now
                 # are kept only to tell, at rerun time, which of them changed since.
-                connection, "hull_ids", [o.plan.hull_id for o in retryable], runtime.settings.snapshot(),
-                next((o.error for o in retryable if o.error_kind == "transient"), retryable[0].error) or "unknown error",
+                connection,
+                "hull_ids",
+                [o.plan.hull_id for o in retryable],
+                runtime.settings.snapshot(),
+                next((o.error for o in retryable if o.error_kind == "transient"), retryable[0].error)
+                or "unknown error",
                 flow_run_id,
             )
             if batch_id is not None:  # a later page of the phase adds to the same batch
@@ -170,8 +185,14 @@ def sync_page(
     ids = [u["id"] for u in users if isinstance(u, dict) and isinstance(u.get("id"), str)]
     state = load_user_state(runtime.engine, ids)
     settings = runtime.settings
-    plans = plan_page(users, state, settings, runtime.segment_names, runtime.whitelisted_segment_ids,
-                      id_holders=lambda cio_ids: live_cio_id_holders(runtime.engine, cio_ids))
+    plans = plan_page(
+        users,
+        state,
+        settings,
+        runtime.segment_names,
+        runtime.whitelisted_segment_ids,
+        id_holders=lambda cio_ids: live_cio_id_holders(runtime.engine, cio_ids),
+    )
     summarize_plans(plans, summary)
     if runtime.dry_run:
         return summary
@@ -205,8 +226,10 @@ def sync_page(
         record_page(runtime, stopped.args[0], summary, cursor_name, next_cursor, flow_run_id, phase=phase, plans=plans)
         batch_id = phase.failed_batch_id if phase is not None else next(iter(summary.failed_batches), None)
         if next_cursor is not None and batch_id is not None:
-            where = (f"the unsent users of the page are saved in failed batch {batch_id}; "
-                     "the next scheduled run retries them first")
+            where = (
+                f"the unsent users of the page are saved in failed batch {batch_id}; "
+                "the next scheduled run retries them first"
+            )
         else:  # a rerun (its batch stays open), or the events phase identifying users (retried next run)
             where = "the unsent users are retried later"
         limit = breaker.limit if breaker is not None else CONSECUTIVE_TRANSIENT_LIMIT

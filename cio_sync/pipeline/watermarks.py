@@ -87,15 +87,20 @@ class EventsWindow:
         return cursor
 
 
-def events_start(engine: Engine, now: datetime, settings: ConnectorSettings, cursors: list[StoredCursor],
-                 dry_run: bool) -> str:
+def events_start(
+    engine: Engine, now: datetime, settings: ConnectorSettings, cursors: list[StoredCursor], dry_run: bool
+) -> str:
     """The installation's `events_start`, set on first use (not by a dry run, which only computes it)."""
     stored = read_meta(engine, EVENTS_START)
     if stored:
         return stored
     positions = [c.position for c in cursors if c.position and cursor_layout(c.name, EVENTS_CURSOR)]
-    value = events_start_for(now, timedelta(hours=settings.events_initial_lookback_hours), positions,
-                             timedelta(minutes=settings.events_overlap_minutes))
+    value = events_start_for(
+        now,
+        timedelta(hours=settings.events_initial_lookback_hours),
+        positions,
+        timedelta(minutes=settings.events_overlap_minutes),
+    )
     return value if dry_run else keep_meta(engine, EVENTS_START, value)
 
 
@@ -117,8 +122,9 @@ def resume_position(cursors: list[StoredCursor], name: str, cap: str) -> str | N
     return latest(own_position, earliest(*(earliest(c.position, cap) for c in last_layout)))
 
 
-def events_window(engine: Engine, settings: ConnectorSettings, shard: Shard, started: datetime,
-                  dry_run: bool = False) -> EventsWindow:
+def events_window(
+    engine: Engine, settings: ConnectorSettings, shard: Shard, started: datetime, dry_run: bool = False
+) -> EventsWindow:
     """The scheduled events walk of one run (or one shard's run) that started at `started`."""
     name = shard.cursor_name(EVENTS_CURSOR)
     cursors = list_cursors(engine)
@@ -128,8 +134,13 @@ def events_window(engine: Engine, settings: ConnectorSettings, shard: Shard, sta
     overlap = timedelta(minutes=settings.events_overlap_minutes)
     start = floor if resume is None else latest(floor, shift_position(resume, -overlap)) or floor
     own = any(c.name == name for c in cursors)
-    return EventsWindow(start=start, cursor_name=name, cap=cap, stored=read_cursor(engine, name) if own else None,
-                        not_after=started + timedelta(minutes=settings.events_future_tolerance_minutes))
+    return EventsWindow(
+        start=start,
+        cursor_name=name,
+        cap=cap,
+        stored=read_cursor(engine, name) if own else None,
+        not_after=started + timedelta(minutes=settings.events_future_tolerance_minutes),
+    )
 
 
 def backfill_window(since: str, until: str | None, started: datetime, settings: ConnectorSettings) -> EventsWindow:
@@ -140,7 +151,9 @@ def backfill_window(since: str, until: str | None, started: datetime, settings: 
     if end < begin:
         raise ValueError(f"--until ({until}) is before --since ({since})")
     return EventsWindow(
-        start=exact_position(begin), cursor_name=None, until=exact_position(end),
+        start=exact_position(begin),
+        cursor_name=None,
+        until=exact_position(end),
         not_after=started + timedelta(minutes=settings.events_future_tolerance_minutes),
         campaign_since=started - CAMPAIGN_TRIGGER_WINDOW,
     )

@@ -66,8 +66,9 @@ def write_back(
     return sent, None
 
 
-def _write_back_rows(hull: HullClient, engine: Engine, user_id_mapping: str,
-                     rows: list[dict[str, Any]]) -> tuple[int, str | None]:
+def _write_back_rows(
+    hull: HullClient, engine: Engine, user_id_mapping: str, rows: list[dict[str, Any]]
+) -> tuple[int, str | None]:
     if not rows:
         return 0, None
     messages = [hull.traits_message(hull_claims(r, user_id_mapping), traits_for(r), r["hull_id"]) for r in rows]

@@ -42,8 +42,9 @@ OPTIONAL_STATE_COLUMNS = ["state_suppressed", "state_unset"]
 REJECTED_COLUMN = "state_rejected_hash"  # optional in `state`: the hash Customer.io last rejected (400)
 
 
-def decide(page: pd.DataFrame, state: pd.DataFrame, on_segment_exit: str | bool,
-           update_only: bool = False) -> pd.DataFrame:
+def decide(
+    page: pd.DataFrame, state: pd.DataFrame, on_segment_exit: str | bool, update_only: bool = False
+) -> pd.DataFrame:
     """`page` has PAGE_COLUMNS (one row per user), `state` has STATE_COLUMNS and maybe
     OPTIONAL_STATE_COLUMNS (rows for known users only). `on_segment_exit` is one of
     SEGMENT_EXITS, or a bool for `enable_user_deletion`. Returns `page` with `action` and

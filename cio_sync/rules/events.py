@@ -73,13 +73,17 @@ def event_body(event: dict[str, Any], created_at: datetime, cio_event_id: str) -
         return None, "no_event_name"
     if byte_length(body["name"]) > MAX_EVENT_NAME_BYTES:
         return None, "name_too_long"
-    if len(json.dumps(body["data"], separators=(",", ":"), ensure_ascii=False, default=str).encode()) > MAX_EVENT_DATA_BYTES:
+    if (
+        len(json.dumps(body["data"], separators=(",", ":"), ensure_ascii=False, default=str).encode())
+        > MAX_EVENT_DATA_BYTES
+    ):
         return None, "data_too_large"
     return body, ""
 
 
-def plan_event(event: dict[str, Any], user: EventUser | None, settings: ConnectorSettings,
-               not_after: datetime | None = None) -> EventPlan:
+def plan_event(
+    event: dict[str, Any], user: EventUser | None, settings: ConnectorSettings, not_after: datetime | None = None
+) -> EventPlan:
     """What to do with one event. `not_after`: an event dated later (the run's start plus
     `events_future_tolerance_minutes`) is skipped as `future_timestamp`; the skip is recorded,
     so the event is decided once and never sent, even after its date has passed."""

@@ -26,25 +26,31 @@ def deletion_limit(configured: int | None, live_people: int) -> int:
     return max(MIN_DELETIONS_LIMIT, int(live_people * DELETIONS_FRACTION))
 
 
-def segments_problem(settings: ConnectorSettings, unknown: Iterable[str], hull_segments: Mapping[str, str]) -> str | None:
+def segments_problem(
+    settings: ConnectorSettings, unknown: Iterable[str], hull_segments: Mapping[str, str]
+) -> str | None:
     """Why a run with deletion on must not start: every user it reads would count as "not in
     segments" and be deleted. `hull_segments`: id → name of the segments Hull has."""
     if not settings.enable_user_deletion:
         return None
     if not settings.synchronized_segments:
-        return ("enable_user_deletion is on but synchronized_segments is empty, so every user would be "
-                "deleted from Customer.io: nothing was sent. Set SYNCHRONIZED_SEGMENTS (or the deployment "
-                "parameter), or turn enable_user_deletion off.")
+        return (
+            "enable_user_deletion is on but synchronized_segments is empty, so every user would be "
+            "deleted from Customer.io: nothing was sent. Set SYNCHRONIZED_SEGMENTS (or the deployment "
+            "parameter), or turn enable_user_deletion off."
+        )
     missing = list(unknown)
     if not missing:
         return None
     listed = sorted(hull_segments.items(), key=lambda item: item[1].lower())
     names = ", ".join(f"{name!r} ({segment_id})" for segment_id, name in listed[:SEGMENTS_LISTED])
     more = f" and {len(listed) - SEGMENTS_LISTED} more" if len(listed) > SEGMENTS_LISTED else ""
-    return (f"synchronized segment{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
-            f"{'do' if len(missing) > 1 else 'does'} not exist in Hull (renamed, misspelt, or missing from "
-            "this worker's settings?) and enable_user_deletion is on: nothing was sent, so that their users "
-            f"are not deleted. Segments in Hull: {names or 'none'}{more}.")
+    return (
+        f"synchronized segment{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+        f"{'do' if len(missing) > 1 else 'does'} not exist in Hull (renamed, misspelt, or missing from "
+        "this worker's settings?) and enable_user_deletion is on: nothing was sent, so that their users "
+        f"are not deleted. Segments in Hull: {names or 'none'}{more}."
+    )
 
 
 def plan_digest(pairs: Iterable[tuple[str, str]]) -> str:
@@ -54,8 +60,14 @@ def plan_digest(pairs: Iterable[tuple[str, str]]) -> str:
 
 
 def over_limit_message(count: int, limit: int, plan_id: int, from_deployment: bool) -> str:
-    how = ("approve it in the Prefect UI (the paused run's Resume form), or start a run with the parameter "
-           "approve_deletions=true" if from_deployment else f"run `{APPROVE_COMMAND}`")
-    return (f"{count} people would be deleted from Customer.io, more than max_deletions_per_run ({limit}): "
-            f"nobody was deleted. The list is deletion plan #{plan_id} (the `deletion-plan` artifact); "
-            f"to delete exactly those people, {how}.")
+    how = (
+        "approve it in the Prefect UI (the paused run's Resume form), or start a run with the parameter "
+        "approve_deletions=true"
+        if from_deployment
+        else f"run `{APPROVE_COMMAND}`"
+    )
+    return (
+        f"{count} people would be deleted from Customer.io, more than max_deletions_per_run ({limit}): "
+        f"nobody was deleted. The list is deletion plan #{plan_id} (the `deletion-plan` artifact); "
+        f"to delete exactly those people, {how}."
+    )

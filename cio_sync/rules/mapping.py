@@ -290,8 +290,16 @@ def _attribute_plan(hull_names: tuple[str, ...], max_name_length: int) -> tuple[
         if name in ("id", "email"):
             continue
         account_key = hull_name[len("account.") :] if hull_name.startswith("account.") else None
-        plan.append((hull_name, f"traits_{hull_name}", account_key, name, is_date_attribute(name),
-                     byte_length(name) > max_name_length))
+        plan.append(
+            (
+                hull_name,
+                f"traits_{hull_name}",
+                account_key,
+                name,
+                is_date_attribute(name),
+                byte_length(name) > max_name_length,
+            )
+        )
     return tuple(plan)
 
 

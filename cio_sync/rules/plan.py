@@ -86,8 +86,14 @@ def plan_page(
 
     page = pd.DataFrame(
         [
-            (m.hull_id, m.email is not None, bool(m.whitelisted_segment_ids), m.cio_id is not None,
-             m.id_error is None, m.attributes_hash)
+            (
+                m.hull_id,
+                m.email is not None,
+                bool(m.whitelisted_segment_ids),
+                m.cio_id is not None,
+                m.id_error is None,
+                m.attributes_hash,
+            )
             for _, m in mapped_users
         ],
         columns=PAGE_COLUMNS,
@@ -114,8 +120,11 @@ def plan_page(
     # Who holds an id is asked only for ids their user does not already hold in state (inserts,
     # id changes): an update under the user's own id is the usual case and needs no query.
     held = {hull_id: cio_id for hull_id, cio_id in zip(state["hull_id"], state["cio_id"])}
-    to_check = [m.cio_id for (_, m), a in zip(mapped_users, decided["action"])
-                if m.cio_id is not None and a in (INSERT, UPDATE) and held.get(m.hull_id) != m.cio_id]
+    to_check = [
+        m.cio_id
+        for (_, m), a in zip(mapped_users, decided["action"])
+        if m.cio_id is not None and a in (INSERT, UPDATE) and held.get(m.hull_id) != m.cio_id
+    ]
     decided = mark_duplicate_ids(decided, cio_ids, id_holders(to_check) if id_holders and to_check else {})
 
     columns = {c: state[c].tolist() for c in _PLAN_COLUMNS if c in state}
@@ -150,8 +159,9 @@ def plan_page(
     return plans
 
 
-def _identity_changes(plan: UserPlan, settings: ConnectorSettings, at: Callable[[str, int | None], Any],
-                      position: int | None) -> None:
+def _identity_changes(
+    plan: UserPlan, settings: ConnectorSettings, at: Callable[[str, int | None], Any], position: int | None
+) -> None:
     assert plan.mapped is not None
     # Rows from before per-row mappings were kept were sent under this run's mapping (a
     # change of mapping first marks them with the old one: cio_sync/store/identity.py).
@@ -200,5 +210,16 @@ def _missing(value: Any) -> bool:
     return value is None or value is pd.NaT or (isinstance(value, float) and value != value)
 
 
-__all__ = ["DELETE", "DELETE_OLD", "INSERT", "MERGE", "SKIP", "SUPPRESS", "UNSET_SEGMENTS", "UPDATE", "UserPlan",
-           "identify_attributes", "plan_page"]
+__all__ = [
+    "DELETE",
+    "DELETE_OLD",
+    "INSERT",
+    "MERGE",
+    "SKIP",
+    "SUPPRESS",
+    "UNSET_SEGMENTS",
+    "UPDATE",
+    "UserPlan",
+    "identify_attributes",
+    "plan_page",
+]

@@ -129,6 +129,6 @@ def cursor_layout(name: str, stream: str) -> int | None:
     if not name.startswith(prefix):
         return None
     try:
-        return int(name[len(prefix):].split("/")[1])
+        return int(name[len(prefix) :].split("/")[1])
     except (IndexError, ValueError):
         return None

@@ -77,4 +77,3 @@ def events_start_for(now: datetime, lookback: timedelta, existing_positions: lis
     if sane:
         start = min(start, parse_position(earliest(*sane) or "") - overlap)
     return format_position(start)
-

@@ -28,7 +28,8 @@ def plan_deletions(connection: Connection, rows: list[dict[str, Any]], flow_run_
         return
     now = utcnow()
     existing = {
-        r.hull_id: r for r in connection.execute(
+        r.hull_id: r
+        for r in connection.execute(
             select(planned_deletions.c.id, planned_deletions.c.hull_id, planned_deletions.c.cio_id)
             .where(planned_deletions.c.hull_id.in_([r["hull_id"] for r in rows]))
             .where(planned_deletions.c.status == PLANNED)
@@ -38,12 +39,30 @@ def plan_deletions(connection: Connection, rows: list[dict[str, Any]], flow_run_
     for row in rows:
         old = existing.get(row["hull_id"])
         if old is None:
-            new.append({**row, "action": DELETE, "status": PLANNED, "flow_run_id": flow_run_id, "attempts": 0,
-                        "planned_at": now, "updated_at": now})
+            new.append(
+                {
+                    **row,
+                    "action": DELETE,
+                    "status": PLANNED,
+                    "flow_run_id": flow_run_id,
+                    "attempts": 0,
+                    "planned_at": now,
+                    "updated_at": now,
+                }
+            )
         elif old.cio_id != row["cio_id"]:
-            connection.execute(update(planned_deletions).where(planned_deletions.c.id == old.id).values(
-                cio_id=row["cio_id"], email=row.get("email"), reason=row["reason"], plan_id=None,
-                flow_run_id=flow_run_id, updated_at=now))
+            connection.execute(
+                update(planned_deletions)
+                .where(planned_deletions.c.id == old.id)
+                .values(
+                    cio_id=row["cio_id"],
+                    email=row.get("email"),
+                    reason=row["reason"],
+                    plan_id=None,
+                    flow_run_id=flow_run_id,
+                    updated_at=now,
+                )
+            )
     if new:
         connection.execute(insert(planned_deletions), new)
 
@@ -63,9 +82,13 @@ def cancel_for_users(connection: Connection, hull_ids: Iterable[str], reason: st
 
 def planned(engine: Engine) -> list[dict[str, Any]]:
     with engine.connect() as connection:
-        rows = connection.execute(
-            select(planned_deletions).where(planned_deletions.c.status == PLANNED).order_by(planned_deletions.c.id)
-        ).mappings().all()
+        rows = (
+            connection.execute(
+                select(planned_deletions).where(planned_deletions.c.status == PLANNED).order_by(planned_deletions.c.id)
+            )
+            .mappings()
+            .all()
+        )
     return [dict(r) for r in rows]
 
 
@@ -85,24 +108,37 @@ def end_rows(engine: Engine, ids_and_reasons: dict[int, str], status: str) -> No
 
 def mark_sent(connection: Connection, ids: list[int]) -> None:
     if ids:
-        connection.execute(update(planned_deletions).where(planned_deletions.c.id.in_(ids)).values(
-            status=SENT, last_error=None, attempts=planned_deletions.c.attempts + 1, updated_at=utcnow()))
+        connection.execute(
+            update(planned_deletions)
+            .where(planned_deletions.c.id.in_(ids))
+            .values(status=SENT, last_error=None, attempts=planned_deletions.c.attempts + 1, updated_at=utcnow())
+        )
 
 
 def mark_attempt(connection: Connection, ids_and_errors: dict[int, str], status: str = PLANNED) -> None:
     """A failed send: `failed` for good (permanent), or still `planned` for the next run."""
     now = utcnow()
     for row_id, error in ids_and_errors.items():
-        connection.execute(update(planned_deletions).where(planned_deletions.c.id == row_id).values(
-            status=status, last_error=error, attempts=planned_deletions.c.attempts + 1, updated_at=now))
+        connection.execute(
+            update(planned_deletions)
+            .where(planned_deletions.c.id == row_id)
+            .values(status=status, last_error=error, attempts=planned_deletions.c.attempts + 1, updated_at=now)
+        )
 
 
 def open_plan(engine: Engine, scope: str) -> dict[str, Any] | None:
     with engine.connect() as connection:
-        row = connection.execute(
-            select(deletion_plans).where(deletion_plans.c.scope == scope).where(deletion_plans.c.status == OPEN)
-            .order_by(deletion_plans.c.id.desc()).limit(1)
-        ).mappings().first()
+        row = (
+            connection.execute(
+                select(deletion_plans)
+                .where(deletion_plans.c.scope == scope)
+                .where(deletion_plans.c.status == OPEN)
+                .order_by(deletion_plans.c.id.desc())
+                .limit(1)
+            )
+            .mappings()
+            .first()
+        )
     return _plan(row)
 
 
@@ -112,34 +148,56 @@ def get_plan(engine: Engine, plan_id: int) -> dict[str, Any] | None:
     return _plan(row)
 
 
-def open_new_plan(engine: Engine, scope: str, digest: str, row_ids: list[int], flow_run_id: str | None) -> dict[str, Any]:
+def open_new_plan(
+    engine: Engine, scope: str, digest: str, row_ids: list[int], flow_run_id: str | None
+) -> dict[str, Any]:
     """The plan of `row_ids`, awaiting approval. An open plan of the same scope with the same
     digest (the same people) is kept as it is; any other open plan of the scope is superseded."""
     now = utcnow()
     with engine.begin() as connection:
-        current = connection.execute(
-            select(deletion_plans).where(deletion_plans.c.scope == scope).where(deletion_plans.c.status == OPEN)
-        ).mappings().all()
+        current = (
+            connection.execute(
+                select(deletion_plans).where(deletion_plans.c.scope == scope).where(deletion_plans.c.status == OPEN)
+            )
+            .mappings()
+            .all()
+        )
         for plan in current:
             if plan["digest"] == digest:
                 return _plan(plan) or {}
         if current:
-            connection.execute(update(deletion_plans).where(deletion_plans.c.id.in_([p["id"] for p in current]))
-                               .values(status=SUPERSEDED, decided_at=now, decided_by="a newer plan"))
-        plan_id = connection.execute(insert(deletion_plans).values(
-            scope=scope, digest=digest, size=len(row_ids), status=OPEN, flow_run_id=flow_run_id, created_at=now,
-        )).inserted_primary_key[0]  # type: ignore[index]
+            connection.execute(
+                update(deletion_plans)
+                .where(deletion_plans.c.id.in_([p["id"] for p in current]))
+                .values(status=SUPERSEDED, decided_at=now, decided_by="a newer plan")
+            )
+        plan_id = connection.execute(
+            insert(deletion_plans).values(
+                scope=scope,
+                digest=digest,
+                size=len(row_ids),
+                status=OPEN,
+                flow_run_id=flow_run_id,
+                created_at=now,
+            )
+        ).inserted_primary_key[0]  # type: ignore[index]
         for start in range(0, len(row_ids), 500):
-            connection.execute(update(planned_deletions).where(planned_deletions.c.id.in_(row_ids[start : start + 500]))
-                               .values(plan_id=plan_id))
+            connection.execute(
+                update(planned_deletions)
+                .where(planned_deletions.c.id.in_(row_ids[start : start + 500]))
+                .values(plan_id=plan_id)
+            )
         row = connection.execute(select(deletion_plans).where(deletion_plans.c.id == plan_id)).mappings().one()
     return _plan(row) or {}
 
 
 def decide_plan(engine: Engine, plan_id: int, status: str, decided_by: str) -> None:
     with engine.begin() as connection:
-        connection.execute(update(deletion_plans).where(deletion_plans.c.id == plan_id).values(
-            status=status, decided_at=utcnow(), decided_by=decided_by[:255]))
+        connection.execute(
+            update(deletion_plans)
+            .where(deletion_plans.c.id == plan_id)
+            .values(status=status, decided_at=utcnow(), decided_by=decided_by[:255])
+        )
 
 
 def _plan(row: Any) -> dict[str, Any] | None:
@@ -153,8 +211,11 @@ def reject_plan(engine: Engine, plan_id: int, decided_by: str) -> int:
     planned again only when the users phase decides to delete them again)."""
     now = utcnow()
     with engine.begin() as connection:
-        connection.execute(update(deletion_plans).where(deletion_plans.c.id == plan_id).values(
-            status=REJECTED, decided_at=now, decided_by=decided_by[:255]))
+        connection.execute(
+            update(deletion_plans)
+            .where(deletion_plans.c.id == plan_id)
+            .values(status=REJECTED, decided_at=now, decided_by=decided_by[:255])
+        )
         return connection.execute(
             update(planned_deletions)
             .where(planned_deletions.c.plan_id == plan_id)

@@ -20,11 +20,13 @@ def decided_event_ids(engine: Engine, hull_event_ids: Iterable[str], statuses: t
     found: set[str] = set()
     with engine.connect() as connection:
         for start in range(0, len(ids), 500):
-            found.update(connection.execute(
-                select(event_state.c.hull_event_id)
-                .where(event_state.c.hull_event_id.in_(ids[start:start + 500]))
-                .where(event_state.c.status.in_(statuses))
-            ).scalars())
+            found.update(
+                connection.execute(
+                    select(event_state.c.hull_event_id)
+                    .where(event_state.c.hull_event_id.in_(ids[start : start + 500]))
+                    .where(event_state.c.status.in_(statuses))
+                ).scalars()
+            )
     return found
 
 
@@ -34,8 +36,13 @@ def event_user_ids(engine: Engine, hull_event_ids: Iterable[str]) -> dict[str, s
     found: dict[str, str | None] = {}
     with engine.connect() as connection:
         for start in range(0, len(ids), 500):
-            found.update(connection.execute(
-                select(event_state.c.hull_event_id, event_state.c.hull_user_id)
-                .where(event_state.c.hull_event_id.in_(ids[start:start + 500]))
-            ).tuples().all())
+            found.update(
+                connection.execute(
+                    select(event_state.c.hull_event_id, event_state.c.hull_user_id).where(
+                        event_state.c.hull_event_id.in_(ids[start : start + 500])
+                    )
+                )
+                .tuples()
+                .all()
+            )
     return found

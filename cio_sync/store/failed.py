@@ -18,8 +18,14 @@ def record_failed_batch(
     now = utcnow()
     batch_id: int = connection.execute(
         insert(failed_batches).values(
-            kind=kind, payload=payload, error=error, attempts=1, flow_run_id=flow_run_id,
-            status=OPEN, created_at=now, updated_at=now,
+            kind=kind,
+            payload=payload,
+            error=error,
+            attempts=1,
+            flow_run_id=flow_run_id,
+            status=OPEN,
+            created_at=now,
+            updated_at=now,
         )
     ).inserted_primary_key[0]  # type: ignore[index]
     return batch_id
@@ -40,7 +46,9 @@ def add_to_failed_batch(connection: Connection, batch_id: int, ids_key: str, ids
     )
 
 
-def list_failed_batches(engine: Engine, status: str | None = OPEN, ids: list[int] | None = None) -> list[dict[str, Any]]:
+def list_failed_batches(
+    engine: Engine, status: str | None = OPEN, ids: list[int] | None = None
+) -> list[dict[str, Any]]:
     query = select(failed_batches).order_by(failed_batches.c.id)
     if status:
         query = query.where(failed_batches.c.status == status)

@@ -24,8 +24,12 @@ def latest_stream_mapping(engine: Engine) -> str | None:
 
 def record_stream_mapping(engine: Engine, stream: str, user_id_mapping: str) -> None:
     with engine.begin() as connection:
-        upsert(connection, stream_identity,
-               [{"stream": stream, "user_id_mapping": user_id_mapping, "updated_at": utcnow()}], "stream")
+        upsert(
+            connection,
+            stream_identity,
+            [{"stream": stream, "user_id_mapping": user_id_mapping, "updated_at": utcnow()}],
+            "stream",
+        )
 
 
 def start_id_migration(engine: Engine, stream: str, old_mapping: str, new_mapping: str) -> None:
@@ -39,5 +43,9 @@ def start_id_migration(engine: Engine, stream: str, old_mapping: str, new_mappin
             update(user_state).where(user_state.c.cio_id_mapping.is_(None)).values(cio_id_mapping=old_mapping)
         )
         connection.execute(delete(sync_cursor).where(sync_cursor.c.name == stream))
-        upsert(connection, stream_identity,
-               [{"stream": stream, "user_id_mapping": new_mapping, "updated_at": utcnow()}], "stream")
+        upsert(
+            connection,
+            stream_identity,
+            [{"stream": stream, "user_id_mapping": new_mapping, "updated_at": utcnow()}],
+            "stream",
+        )

@@ -110,16 +110,29 @@ class LeaseRow:
 
     @classmethod
     def of(cls, row: Any) -> LeaseRow:
-        return cls(row.name, row.holder, as_utc(row.expires_at) or utcnow(), row.host, row.pid, row.process_start,
-                   row.flow_run_id, as_utc(row.acquired_at), as_utc(row.renewed_at))
+        return cls(
+            row.name,
+            row.holder,
+            as_utc(row.expires_at) or utcnow(),
+            row.host,
+            row.pid,
+            row.process_start,
+            row.flow_run_id,
+            as_utc(row.acquired_at),
+            as_utc(row.renewed_at),
+        )
 
     def expired(self, now: datetime | None = None) -> bool:
         return self.expires_at < (now or utcnow())
 
     def process_gone(self) -> bool:
         """The holder ran on this host and its process is gone."""
-        return (self.host is not None and self.pid is not None and self.host == _host_identity()
-                and not process_alive(self.pid, self.process_start))
+        return (
+            self.host is not None
+            and self.pid is not None
+            and self.host == _host_identity()
+            and not process_alive(self.pid, self.process_start)
+        )
 
 
 class LeaseHeld(Exception):
@@ -168,16 +181,30 @@ class Lease:
             now = utcnow()
             for row in self._conflicting([LeaseRow.of(r) for r in connection.execute(select(leases))]):
                 if row.expired(now) or (row.name, row.holder) in gone:
-                    connection.execute(delete(leases).where(
-                        and_(leases.c.name == row.name, leases.c.holder == row.holder)))
+                    connection.execute(
+                        delete(leases).where(and_(leases.c.name == row.name, leases.c.holder == row.holder))
+                    )
                 else:
                     raise LeaseHeld(self.name, row)
             holder = self.holder
-            upsert(connection, leases, [{
-                "name": self.name, "holder": holder.label, "expires_at": now + self.ttl, "host": holder.host,
-                "pid": holder.pid, "process_start": holder.process_start, "flow_run_id": holder.flow_run_id,
-                "acquired_at": now, "renewed_at": now,
-            }], "name")
+            upsert(
+                connection,
+                leases,
+                [
+                    {
+                        "name": self.name,
+                        "holder": holder.label,
+                        "expires_at": now + self.ttl,
+                        "host": holder.host,
+                        "pid": holder.pid,
+                        "process_start": holder.process_start,
+                        "flow_run_id": holder.flow_run_id,
+                        "acquired_at": now,
+                        "renewed_at": now,
+                    }
+                ],
+                "name",
+            )
         self.lost = None
 
     def renew(self) -> None:
@@ -193,12 +220,15 @@ class Lease:
         if not renewed:
             raise LeaseLost(
                 f"the lease {self.name!r} of {self.holder.label} was taken over by another run after it expired; "
-                "this run stopped writing")
+                "this run stopped writing"
+            )
 
     def release(self) -> None:
         self.stop_heartbeat()
         with self.engine.begin() as connection:
-            connection.execute(delete(leases).where(leases.c.name == self.name).where(leases.c.holder == self.holder.label))
+            connection.execute(
+                delete(leases).where(leases.c.name == self.name).where(leases.c.holder == self.holder.label)
+            )
 
     def check(self) -> None:
         """Raises LeaseLost if the heartbeat found the lease taken by another run."""
@@ -231,8 +261,11 @@ class Lease:
             return [LeaseRow.of(r) for r in connection.execute(select(leases))]
 
     def _conflicting(self, rows: list[LeaseRow]) -> list[LeaseRow]:
-        return [r for r in rows if self.conflicts(self.name, r.name)
-                and not (r.name == self.name and r.holder == self.holder.label)]
+        return [
+            r
+            for r in rows
+            if self.conflicts(self.name, r.name) and not (r.name == self.name and r.holder == self.holder.label)
+        ]
 
     def _gone(self, row: LeaseRow) -> bool:
         if row.process_gone():
@@ -288,8 +321,10 @@ class Heartbeat(threading.Thread):
                 return
             except Exception as exc:  # the database did not answer: try again next beat
                 if utcnow() - last_renewal > self.lease.ttl:
-                    self.lease.lost = LeaseLost(f"the lease {self.lease.name!r} could not be renewed for longer "
-                                                f"than its TTL ({exc}); this run stopped writing")
+                    self.lease.lost = LeaseLost(
+                        f"the lease {self.lease.name!r} could not be renewed for longer "
+                        f"than its TTL ({exc}); this run stopped writing"
+                    )
                     return
 
     def stop(self) -> None:

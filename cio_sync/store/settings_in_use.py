@@ -11,8 +11,12 @@ from cio_sync.store.db import settings_in_use, upsert, utcnow
 
 def record_setting(engine: Engine, name: str, value: Any, flow_run_id: str | None) -> None:
     with engine.begin() as connection:
-        upsert(connection, settings_in_use,
-               [{"name": name, "value": value, "flow_run_id": flow_run_id, "updated_at": utcnow()}], "name")
+        upsert(
+            connection,
+            settings_in_use,
+            [{"name": name, "value": value, "flow_run_id": flow_run_id, "updated_at": utcnow()}],
+            "name",
+        )
 
 
 def setting_in_use(engine: Engine, name: str) -> Any:

@@ -10,8 +10,18 @@ from sqlalchemy import Connection, Engine, bindparam, func, select, update
 
 from cio_sync.store.db import as_utc, upsert, user_state, utcnow
 
-STATE_FRAME_COLUMNS = ["hull_id", "cio_id", "attributes_hash", "created_at", "deleted_at",
-                       "segment_ids", "cio_id_mapping", "attribute_names", "suppressed_at", "rejected_hash"]
+STATE_FRAME_COLUMNS = [
+    "hull_id",
+    "cio_id",
+    "attributes_hash",
+    "created_at",
+    "deleted_at",
+    "segment_ids",
+    "cio_id_mapping",
+    "attribute_names",
+    "suppressed_at",
+    "rejected_hash",
+]
 
 
 def load_user_state(engine: Engine, hull_ids: Iterable[str]) -> pd.DataFrame:
@@ -43,8 +53,12 @@ def pending_writebacks(engine: Engine, limit: int, hull_ids: list[str] | None = 
     with engine.connect() as connection:
         rows = connection.execute(query.order_by(user_state.c.hull_id).limit(limit)).mappings().all()
     return [
-        {**row, "created_at": as_utc(row["created_at"]), "synced_at": as_utc(row["synced_at"]),
-         "deleted_at": as_utc(row["deleted_at"])}
+        {
+            **row,
+            "created_at": as_utc(row["created_at"]),
+            "synced_at": as_utc(row["synced_at"]),
+            "deleted_at": as_utc(row["deleted_at"]),
+        }
         for row in rows
     ]
 
@@ -61,9 +75,7 @@ def clear_writeback_pending(engine: Engine, rows: list[dict[str, Any]]) -> None:
     )
     with engine.begin() as connection:
         # One executemany instead of one statement (compiled and sent) per row.
-        connection.execute(
-            statement, [{"row_hull_id": r["hull_id"], "row_updated_at": r["updated_at"]} for r in rows]
-        )
+        connection.execute(statement, [{"row_hull_id": r["hull_id"], "row_updated_at": r["updated_at"]} for r in rows])
 
 
 def count_pending_writebacks(engine: Engine) -> int:
@@ -95,7 +107,8 @@ def count_live_people(engine: Engine) -> int:
     """People state says exist in Customer.io (created, not deleted)."""
     with engine.connect() as connection:
         return connection.execute(
-            select(func.count()).select_from(user_state)
+            select(func.count())
+            .select_from(user_state)
             .where(user_state.c.created_at.is_not(None))
             .where(user_state.c.deleted_at.is_(None))
         ).scalar_one()

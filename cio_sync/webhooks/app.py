@@ -90,8 +90,9 @@ def create_app(
         yield
         await run_in_threadpool(writer.close)  # after the last request: writes what is queued
 
-    app = FastAPI(title="Customer.io webhook intake", docs_url=None, redoc_url=None, openapi_url=None,
-                  lifespan=lifespan)
+    app = FastAPI(
+        title="Customer.io webhook intake", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+    )
     app.state.inbox_writer = writer
 
     @app.post(WEBHOOK_PATH)

@@ -121,8 +121,10 @@ def store_payloads(engine: Engine, items: Sequence[tuple[str, str]], now: dateti
     received_at = _now(now)
     rows: dict[str, dict[str, Any]] = {}
     for event_id, payload in items:
-        rows.setdefault(event_id, {"event_id": event_id, "payload": payload, "received_at": received_at,
-                                   "status": PENDING, "attempts": 0})
+        rows.setdefault(
+            event_id,
+            {"event_id": event_id, "payload": payload, "received_at": received_at, "status": PENDING, "attempts": 0},
+        )
     dialect_insert = postgresql.insert if is_postgres(engine) else sqlite.insert
     statement = (
         dialect_insert(webhook_inbox)
@@ -199,13 +201,17 @@ def claim_batch(
             # The SELECT locks the rows it returns until this transaction commits; another
             # drain claiming at the same moment skips locked rows instead of waiting for
             # them, so overlapping drains take disjoint rows without blocking each other.
-            ids = connection.execute(
-                select(webhook_inbox.c.id)
-                .where(claimable)
-                .order_by(webhook_inbox.c.id)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            ).scalars().all()
+            ids = (
+                connection.execute(
+                    select(webhook_inbox.c.id)
+                    .where(claimable)
+                    .order_by(webhook_inbox.c.id)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+                .scalars()
+                .all()
+            )
             if not ids:
                 return []
             rows = connection.execute(
@@ -216,9 +222,7 @@ def claim_batch(
             # writer at a time. The transaction's first statement is this write, so it takes
             # the write lock at once (as BEGIN IMMEDIATE would): two drains serialise here
             # and the second sees the first one's rows as no longer claimable.
-            oldest_claimable = (
-                select(webhook_inbox.c.id).where(claimable).order_by(webhook_inbox.c.id).limit(limit)
-            )
+            oldest_claimable = select(webhook_inbox.c.id).where(claimable).order_by(webhook_inbox.c.id).limit(limit)
             rows = connection.execute(
                 update(webhook_inbox)
                 .where(webhook_inbox.c.id.in_(oldest_claimable.scalar_subquery()), claimable)
@@ -236,16 +240,12 @@ def mark_done(engine: Engine, worker_id: str, ids: Iterable[int], now: datetime 
     return _settle(engine, worker_id, DONE, {None: ids} if ids else {}, now)
 
 
-def mark_ignored(
-    engine: Engine, worker_id: str, reasons: Mapping[int, str], now: datetime | None = None
-) -> int:
+def mark_ignored(engine: Engine, worker_id: str, reasons: Mapping[int, str], now: datetime | None = None) -> int:
     """Deliberately not sent; the reason is kept in `last_error`. Returns rows updated."""
     return _settle(engine, worker_id, IGNORED, _ids_by_reason(reasons), now)
 
 
-def mark_failed(
-    engine: Engine, worker_id: str, reasons: Mapping[int, str], now: datetime | None = None
-) -> int:
+def mark_failed(engine: Engine, worker_id: str, reasons: Mapping[int, str], now: datetime | None = None) -> int:
     """Cannot be sent as it is; the reason is kept in `last_error`. Returns rows updated."""
     return _settle(engine, worker_id, FAILED, _ids_by_reason(reasons), now)
 
@@ -314,9 +314,7 @@ def release_unattempted(engine: Engine, worker_id: str, ids: Iterable[int]) -> i
     if not ids:
         return 0
     statement = (
-        update(webhook_inbox)
-        .where(_held_by(worker_id, ids))
-        .values(status=PENDING, claimed_by=None, claimed_at=None)
+        update(webhook_inbox).where(_held_by(worker_id, ids)).values(status=PENDING, claimed_by=None, claimed_at=None)
     )
     with engine.begin() as connection:
         return connection.execute(statement).rowcount
@@ -392,8 +390,13 @@ def _settle(
     now = _now(now)
     with engine.begin() as connection:
         for reason, ids in ids_by_reason.items():
-            values = {"status": status, "processed_at": now, "next_attempt_at": None,
-                      "claimed_by": None, "claimed_at": None}
+            values = {
+                "status": status,
+                "processed_at": now,
+                "next_attempt_at": None,
+                "claimed_by": None,
+                "claimed_at": None,
+            }
             if reason is not None:
                 values["last_error"] = _trim(reason)
             statement = update(webhook_inbox).where(_held_by(worker_id, ids)).values(**values)
@@ -435,6 +438,7 @@ def requeue_failed(engine: Engine) -> int:
         return connection.execute(
             update(webhook_inbox)
             .where(webhook_inbox.c.status == FAILED)
-            .values(status=PENDING, attempts=0, next_attempt_at=None, first_failed_at=None,
-                    claimed_by=None, claimed_at=None)
+            .values(
+                status=PENDING, attempts=0, next_attempt_at=None, first_failed_at=None, claimed_by=None, claimed_at=None
+            )
         ).rowcount

@@ -95,8 +95,11 @@ class InboxWriter:
             if len(batch) == 1:
                 _settle(batch[0][2], exception=exc)
                 return
-            logger.warning("A batch of %d webhooks could not be stored (%s); storing them one by one",
-                           len(batch), type(exc).__name__)
+            logger.warning(
+                "A batch of %d webhooks could not be stored (%s); storing them one by one",
+                len(batch),
+                type(exc).__name__,
+            )
             for event_id, payload, future in batch:
                 try:
                     _settle(future, store_payload(self.engine, event_id, payload))

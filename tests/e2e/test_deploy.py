@@ -77,12 +77,17 @@ class Processes:
         self.log_dir = log_dir
         self.running: list[tuple[str, subprocess.Popen]] = []
 
-    def start(self, name: str, args: list[str], env: dict, cwd: Path | None = None,
-              capture_stdout: bool = False) -> subprocess.Popen:
+    def start(
+        self, name: str, args: list[str], env: dict, cwd: Path | None = None, capture_stdout: bool = False
+    ) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "wb")
         proc = subprocess.Popen(
-            args, env=env, cwd=cwd, start_new_session=True,
-            stdout=subprocess.PIPE if capture_stdout else log, stderr=log,
+            args,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            stdout=subprocess.PIPE if capture_stdout else log,
+            stderr=log,
         )
         self.running.append((name, proc))
         return proc
@@ -210,10 +215,21 @@ def copy_checkout(destination: Path) -> Path:
 
 def webhook_payload(event_id: str) -> dict:
     """An `email opened` reporting webhook for the seeded user u-1."""
-    return {"event_id": event_id, "object_type": "email", "metric": "opened", "timestamp": 1585254348,
-            "data": {"customer_id": "u-1", "identifiers": {"id": "u-1"}, "campaign_id": 9, "action_id": 36,
-                     "delivery_id": "RPILAgABcRhIBqSp7kiPekGBIeVh", "recipient": "u1@example.com",
-                     "subject": "Welcome"}}
+    return {
+        "event_id": event_id,
+        "object_type": "email",
+        "metric": "opened",
+        "timestamp": 1585254348,
+        "data": {
+            "customer_id": "u-1",
+            "identifiers": {"id": "u-1"},
+            "campaign_id": 9,
+            "action_id": 36,
+            "delivery_id": "RPILAgABcRhIBqSp7kiPekGBIeVh",
+            "recipient": "u1@example.com",
+            "subject": "Welcome",
+        },
+    }
 
 
 def worker_env(base: dict, hull_url: str, cio_url: str, state_url: str) -> dict:
@@ -222,8 +238,11 @@ def worker_env(base: dict, hull_url: str, cio_url: str, state_url: str) -> dict:
     return {
         **base,
         **CONNECTOR_SETTINGS,
-        **simulator_environment(RemoteHull(hull_url, "acme.hullapp.io", HULL_CONNECTOR_ID, HULL_SECRET),
-                                RemoteCustomerIo(cio_url, CIO_SITE_ID, CIO_API_KEY), state_url),
+        **simulator_environment(
+            RemoteHull(hull_url, "acme.hullapp.io", HULL_CONNECTOR_ID, HULL_SECRET),
+            RemoteCustomerIo(cio_url, CIO_SITE_ID, CIO_API_KEY),
+            state_url,
+        ),
     }
 
 
@@ -239,32 +258,38 @@ def test_deployments_run_on_workers_and_shards_match_the_unsharded_run(tmp_path)
     checkout = copy_checkout(tmp_path / "checkout")
     api_url = f"http://127.0.0.1:{free_port()}/api"
     base_env = {
-        key: value for key, value in os.environ.items()
-        if not key.startswith(("PREFECT_", "HULL_", "CUSTOMERIO_")) and key not in CONNECTOR_SETTINGS
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("PREFECT_", "HULL_", "CUSTOMERIO_"))
+        and key not in CONNECTOR_SETTINGS
         and key not in {"STATE_DATABASE_URL", "USER_ID_MAPPING", "ENABLE_USER_DELETION", "ANONYMOUS_EVENTS"}
     }
-    base_env.update({
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": api_url,
-        # Runs here start only when the test triggers them, never from a schedule.
-        "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_UI_ENABLED": "false",
-        "PREFECT_WORKER_QUERY_SECONDS": "1",  # pick up triggered runs within a second
-        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
-        # The flow-run processes import the copy, installed or not.
-        "PYTHONPATH": str(checkout),
-    })
+    base_env.update(
+        {
+            "PREFECT_HOME": str(tmp_path / "prefect-home"),
+            "PREFECT_API_URL": api_url,
+            # Runs here start only when the test triggers them, never from a schedule.
+            "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_UI_ENABLED": "false",
+            "PREFECT_WORKER_QUERY_SECONDS": "1",  # pick up triggered runs within a second
+            "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+            # The flow-run processes import the copy, installed or not.
+            "PYTHONPATH": str(checkout),
+        }
+    )
     try:
         server = processes.start(
-            "prefect-server", [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port",
-                               api_url.split(":")[-1].split("/")[0]],
-            base_env, cwd=tmp_path,
+            "prefect-server",
+            [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", api_url.split(":")[-1].split("/")[0]],
+            base_env,
+            cwd=tmp_path,
         )
         # The simulators start while the server boots (11-16 s).
-        urls = {name: start_simulator(processes, name, kind, base_env)
-                for name, kind in (("hull-a", "hull"), ("cio-a", "customerio"),
-                                   ("hull-b", "hull"), ("cio-b", "customerio"))}
+        urls = {
+            name: start_simulator(processes, name, kind, base_env)
+            for name, kind in (("hull-a", "hull"), ("cio-a", "customerio"), ("hull-b", "hull"), ("cio-b", "customerio"))
+        }
         for hull in ("hull-a", "hull-b"):  # identical data: same seed, same simulated clock
             response = requests.post(f"{urls[hull]}/_sim/seed", json=SEED, timeout=60)
             assert response.ok, response.text
@@ -277,13 +302,17 @@ def test_deployments_run_on_workers_and_shards_match_the_unsharded_run(tmp_path)
         with SyncPrefectClient(api_url) as client:
             deployments = {f"{client.read_flow(d.flow_id).name}/{d.name}": d for d in client.read_deployments()}
             assert set(deployments) == {
-                "sync-users/sync-users", "drain-webhooks/drain-webhooks", "check-connection/check-connection",
-                "rerun-failed-batches/rerun-failed-batches", "sync-users-sharded/sync-users-sharded",
+                "sync-users/sync-users",
+                "drain-webhooks/drain-webhooks",
+                "check-connection/check-connection",
+                "rerun-failed-batches/rerun-failed-batches",
+                "sync-users-sharded/sync-users-sharded",
                 "backfill-events/backfill-events",
                 "sync-users/sync-users-shard",
             }
-            intervals = {name: [s.schedule.interval.total_seconds() for s in d.schedules]
-                         for name, d in deployments.items()}
+            intervals = {
+                name: [s.schedule.interval.total_seconds() for s in d.schedules] for name, d in deployments.items()
+            }
             assert intervals["sync-users/sync-users"] == [300]
             assert intervals["drain-webhooks/drain-webhooks"] == [60]
             assert intervals["check-connection/check-connection"] == [1800]
@@ -303,22 +332,26 @@ def test_deployments_run_on_workers_and_shards_match_the_unsharded_run(tmp_path)
         assert inbox.store_payload(engine, webhook_id, json.dumps(webhook_payload(webhook_id))) == inbox.STORED
         engine.dispose()
         worker_a = processes.start(
-            "worker-a", [*PREFECT, "worker", "start", "--pool", "cio-sync", "--name", "worker-a"],
-            worker_env(base_env, urls["hull-a"], urls["cio-a"], state_a), cwd=tmp_path,
+            "worker-a",
+            [*PREFECT, "worker", "start", "--pool", "cio-sync", "--name", "worker-a"],
+            worker_env(base_env, urls["hull-a"], urls["cio-a"], state_a),
+            cwd=tmp_path,
         )
         sync_id = trigger("sync-users/sync-users", base_env, checkout)
         drain_id = trigger("drain-webhooks/drain-webhooks", base_env, checkout)
         with SyncPrefectClient(api_url) as client:
             runs = wait_for_runs(client, [sync_id, drain_id], processes)
-            assert {r.state.type.value for r in runs.values()} == {"COMPLETED"}, \
-                {r.name: r.state.message for r in runs.values()}
+            assert {r.state.type.value for r in runs.values()} == {"COMPLETED"}, {
+                r.name: r.state.message for r in runs.values()
+            }
             sync_artifacts = keyed_artifacts(client, sync_id)
             drain_artifacts = keyed_artifacts(client, drain_id)
             assert "sync-users-summary" in sync_artifacts
             assert "drain-webhooks-summary" in drain_artifacts
             sync_table = {row["metric"]: row["value"] for row in json.loads(sync_artifacts["sync-users-summary"].data)}
-            drain_table = {row["outcome"]: row["this run"]
-                           for row in json.loads(drain_artifacts["drain-webhooks-summary"].data)}
+            drain_table = {
+                row["outcome"]: row["this run"] for row in json.loads(drain_artifacts["drain-webhooks-summary"].data)
+            }
             # The first run ever created the shared budget itself (no `cio-sync setup` yet).
             limit = client.read_global_concurrency_limit_by_name("customerio-requests")
             assert (limit.limit, limit.slot_decay_per_second) == (10, 100.0)
@@ -332,8 +365,9 @@ def test_deployments_run_on_workers_and_shards_match_the_unsharded_run(tmp_path)
 
         # -- `cio-sync serve`: the same deployments from one process, no worker -------------
         env_a = worker_env(base_env, urls["hull-a"], urls["cio-a"], state_a)
-        refused = subprocess.run([*CIO_SYNC, "serve"], env=env_a, cwd=checkout, capture_output=True, text=True,
-                                 timeout=60)
+        refused = subprocess.run(
+            [*CIO_SYNC, "serve"], env=env_a, cwd=checkout, capture_output=True, text=True, timeout=60
+        )
         assert refused.returncode == 2 and "cio-sync serve --replace" in refused.stderr, refused.stderr
         serve = processes.start("cio-sync-serve", [*CIO_SYNC, "serve", "--replace"], env_a, cwd=checkout)
         deadline = time.monotonic() + 60
@@ -354,8 +388,11 @@ def test_deployments_run_on_workers_and_shards_match_the_unsharded_run(tmp_path)
             pytest.skip("no PostgreSQL server answers: the sharded part needs one")
         state_b, drop_state_b = fresh_postgres_database()
         try:
-            output = run([*CIO_SYNC, "setup", "--requests-per-second", str(BUDGET_PER_SECOND),
-                          "--burst", str(BUDGET_BURST)], base_env, checkout)
+            output = run(
+                [*CIO_SYNC, "setup", "--requests-per-second", str(BUDGET_PER_SECOND), "--burst", str(BUDGET_BURST)],
+                base_env,
+                checkout,
+            )
             assert "already there" in output  # the pool created above is kept as it is
             env_b = worker_env(base_env, urls["hull-b"], urls["cio-b"], state_b)
             # Once, before the workers: four shards starting together on an empty database
@@ -363,17 +400,25 @@ def test_deployments_run_on_workers_and_shards_match_the_unsharded_run(tmp_path)
             assert "latest schema" in run([*CIO_SYNC, "db", "upgrade"], env_b, checkout)
             # Three runs at most each: the parent and two shards cannot all land on one worker.
             workers_b = [
-                processes.start(name, [*PREFECT, "worker", "start", "--pool", "cio-sync", "--name", name,
-                                       "--limit", "3"], env_b, cwd=tmp_path)
+                processes.start(
+                    name,
+                    [*PREFECT, "worker", "start", "--pool", "cio-sync", "--name", name, "--limit", "3"],
+                    env_b,
+                    cwd=tmp_path,
+                )
                 for name in ("worker-b1", "worker-b2")
             ]
-            parent_id = trigger("sync-users-sharded/sync-users-sharded", base_env, checkout,
-                                "shard_count=4", "poll_interval_seconds=1")
+            parent_id = trigger(
+                "sync-users-sharded/sync-users-sharded", base_env, checkout, "shard_count=4", "poll_interval_seconds=1"
+            )
             with SyncPrefectClient(api_url) as client:
                 parent = wait_for_runs(client, [parent_id], processes)[parent_id]
                 assert parent.state.is_completed(), parent.state.message
-                children = [r for r in client.read_flow_runs()
-                            if r.deployment_id == deployments["sync-users/sync-users-shard"].id]
+                children = [
+                    r
+                    for r in client.read_flow_runs()
+                    if r.deployment_id == deployments["sync-users/sync-users-shard"].id
+                ]
                 assert sorted(r.parameters["shard_index"] for r in children) == [0, 1, 2, 3]
                 assert all(r.parameters["shard_count"] == 4 and r.state.is_completed() for r in children)
                 assert "sync-users-sharded-summary" in keyed_artifacts(client, parent_id)

@@ -39,8 +39,12 @@ def test_sigkill_mid_run_then_an_immediate_rerun_exits_0_and_converges(baseline,
     }
     env["PREFECT_API_URL"] = PREFECT_API_URL.value()  # the session's test server: no start-up wait
     process = subprocess.Popen(
-        [sys.executable, "-m", "cio_sync.cli.main", "sync-users"], cwd=REPO, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [sys.executable, "-m", "cio_sync.cli.main", "sync-users"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 120
@@ -62,8 +66,12 @@ def test_sigkill_mid_run_then_an_immediate_rerun_exits_0_and_converges(baseline,
     assert not left_behind.expired() and left_behind.pid == process.pid and left_behind.process_gone()
     cio_sim.faults.latency(0)
     rerun = subprocess.run(
-        [sys.executable, "-m", "cio_sync.cli.main", "sync-users"], cwd=REPO, env=env,
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "cio_sync.cli.main", "sync-users"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert rerun.returncode == 0, rerun.stderr
     assert customerio_state(cio_sim) == expected

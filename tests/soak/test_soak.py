@@ -81,12 +81,17 @@ class World:
     def add_user(self) -> None:
         n = self.users
         self.users += 1
-        self.hull.upsert_user({
-            "id": hull_id(n), "external_id": f"u-{n}", "email": f"user{n}@example.com",
-            "created_at": "2020-01-01T00:00:00Z",
-            "segment_ids": ["s-vip"] if is_loyal(n) else self.rng.choice(SEGMENT_CHOICES),
-            "traits_plan": self.rng.choice(["gold", "silver"]), "traits_coconuts": n,
-        })
+        self.hull.upsert_user(
+            {
+                "id": hull_id(n),
+                "external_id": f"u-{n}",
+                "email": f"user{n}@example.com",
+                "created_at": "2020-01-01T00:00:00Z",
+                "segment_ids": ["s-vip"] if is_loyal(n) else self.rng.choice(SEGMENT_CHOICES),
+                "traits_plan": self.rng.choice(["gold", "silver"]),
+                "traits_coconuts": n,
+            }
+        )
         self.mutations["users added"] += 1
         if is_loyal(n) and self.rng.random() < 0.5:
             self.add_event(n, "Signed Up")  # born with its user: the events phase identifies it first
@@ -94,8 +99,13 @@ class World:
     def add_event(self, n: int, name: str) -> None:
         event_id = f"ev-{self.events:06d}"
         self.events += 1
-        event = {"event_id": event_id, "event": name, "user_id": hull_id(n), "created_at": self.hull.now,
-                 "properties": {"url": f"https://example.com/{event_id}"} if name == "page" else {"k": event_id}}
+        event = {
+            "event_id": event_id,
+            "event": name,
+            "user_id": hull_id(n),
+            "created_at": self.hull.now,
+            "properties": {"url": f"https://example.com/{event_id}"} if name == "page" else {"k": event_id},
+        }
         if self.rng.random() < 0.3:
             self.hull.add_raw_event(event)  # Hull's raw index form: `_id` and a `props` list
             self.mutations["events added (raw form)"] += 1
@@ -140,12 +150,19 @@ class World:
         else:
             n = self.rng.randrange(0, self.users, 2)
             if self.rng.random() < 0.5:
-                payload = legacy_payload(self.rng.choice(["email_opened", "email_clicked", "email_delivered"]),
-                                         customer_id=f"u-{n}", email_address=f"user{n}@example.com")
+                payload = legacy_payload(
+                    self.rng.choice(["email_opened", "email_clicked", "email_delivered"]),
+                    customer_id=f"u-{n}",
+                    email_address=f"user{n}@example.com",
+                )
             else:
-                payload = reporting_payload("email", self.rng.choice(["opened", "clicked", "delivered"]),
-                                            customer_id=f"u-{n}", identifiers={"id": f"u-{n}"},
-                                            recipient=f"user{n}@example.com")
+                payload = reporting_payload(
+                    "email",
+                    self.rng.choice(["opened", "clicked", "delivered"]),
+                    customer_id=f"u-{n}",
+                    identifiers={"id": f"u-{n}"},
+                    recipient=f"user{n}@example.com",
+                )
             event_id, row = payload["event_id"], json.dumps(payload)
             self.webhook_ids.append(event_id)
             self.webhook_payloads[event_id] = row
@@ -238,8 +255,10 @@ def test_soak(sim_env, hull_sim, cio_sim, monkeypatch, tmp_path):
     weather = Weather([hull_sim, cio_sim])
     storm(hull_sim, seed=1)
     storm(cio_sim, seed=3)
-    threads = [threading.Thread(target=world.run, name="soak-hull-changes", daemon=True),
-               threading.Thread(target=weather.run, name="soak-weather", daemon=True)]
+    threads = [
+        threading.Thread(target=world.run, name="soak-hull-changes", daemon=True),
+        threading.Thread(target=weather.run, name="soak-weather", daemon=True),
+    ]
     for thread in threads:
         thread.start()
 
@@ -272,10 +291,17 @@ def test_soak(sim_env, hull_sim, cio_sim, monkeypatch, tmp_path):
         attempt(outcomes, "settle: drain-webhooks", lambda: drain_webhooks())
         attempt(outcomes, "settle: rerun-failed-batches", lambda: rerun_failed_batches(requeue_failed_webhooks=True))
         left = inbox.count_by_status(engine)
-        quiet = last is not None and not ({"insert", "update", "delete"} & set(last["decisions"])) \
+        quiet = (
+            last is not None
+            and not ({"insert", "update", "delete"} & set(last["decisions"]))
             and not last["events"].get("sent")
-        if (quiet and not list_failed_batches(engine) and left["pending"] + left["processing"] + left["failed"] == 0
-                and count_pending_writebacks(engine) == 0):
+        )
+        if (
+            quiet
+            and not list_failed_batches(engine)
+            and left["pending"] + left["processing"] + left["failed"] == 0
+            and count_pending_writebacks(engine) == 0
+        ):
             break
 
     # -- what must hold ------------------------------------------------------------------
@@ -284,8 +310,7 @@ def test_soak(sim_env, hull_sim, cio_sim, monkeypatch, tmp_path):
     users_lost = sorted(set(expected_people) - set(people))
     users_wrong = sorted(k for k in set(expected_people) & set(people) if people[k] != expected_people[k])
     users_extra = sorted(set(people) - set(expected_people))
-    unwritten = sorted(k for k in people
-                       if (hull_sim.find_user(external_id=k) or {}).get("traits_customerio/id") != k)
+    unwritten = sorted(k for k in people if (hull_sim.find_user(external_id=k) or {}).get("traits_customerio/id") != k)
 
     with hull_sim.lock:
         hull_events = [dict(e) for e in hull_sim.events]
@@ -317,10 +342,12 @@ def test_soak(sim_env, hull_sim, cio_sim, monkeypatch, tmp_path):
         **{f"spells of {k}": v for k, v in sorted(weather.spells.items())},
         "Customer.io requests": sum(cio_statuses.values()),
         "Customer.io requests failed on purpose (429/5xx/dropped)": sum(
-            v for k, v in cio_statuses.items() if k in ("429", "500", "502", "503", "None")),
+            v for k, v in cio_statuses.items() if k in ("429", "500", "502", "503", "None")
+        ),
         "Hull requests": sum(hull_statuses.values()),
         "Hull requests failed on purpose (429/5xx/dropped)": sum(
-            v for k, v in hull_statuses.items() if k in ("429", "500", "502", "503", "None")),
+            v for k, v in hull_statuses.items() if k in ("429", "500", "502", "503", "None")
+        ),
         "failed batches filed": failed_batches_filed,
         "failed batches still open": len(list_failed_batches(engine)),
         "Customer.io people": len(people),

@@ -53,21 +53,28 @@ def everything_shown_for(flow_run_id, _depth: int = 0) -> str:
         out.append(f"flow run {run.name} parameters={json.dumps(run.parameters, default=str)}")
         out.append(f"tags={run.tags} job_variables={json.dumps(run.job_variables, default=str)}")
         for state in client.read_flow_run_states(run_id):
-            out.append(f"state {state.type.value} {state.name} message={state.message!r} "
-                       f"details={state.state_details.model_dump_json()}")
+            out.append(
+                f"state {state.type.value} {state.name} message={state.message!r} "
+                f"details={state.state_details.model_dump_json()}"
+            )
             out.append(_stored_result(state))
         offset = 0
         while True:
-            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=PAGE,
-                                    offset=offset, sort=LogSort.TIMESTAMP_ASC)
+            logs = client.read_logs(
+                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])),
+                limit=PAGE,
+                offset=offset,
+                sort=LogSort.TIMESTAMP_ASC,
+            )
             out += [f"log {log.level} {log.name} {log.message}" for log in logs]
             if len(logs) < PAGE:
                 break
             offset += PAGE
         offset = 0
         while True:
-            task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),
-                                              limit=PAGE, offset=offset)
+            task_runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])), limit=PAGE, offset=offset
+            )
             for task_run in task_runs:
                 out.append(f"task run {task_run.name} inputs={task_run.task_inputs}")
                 for state in client.read_task_run_states(task_run.id):
@@ -81,15 +88,17 @@ def everything_shown_for(flow_run_id, _depth: int = 0) -> str:
             out.append(_stored_result_data(artifact.data))
         for run_input in client.filter_flow_run_input(run_id, key_prefix="", limit=1000, exclude_keys=set()):
             out.append(f"run input {run_input.key} {run_input.value}")
-        page = client.read_events(EventFilter(any_resource=EventAnyResourceFilter(id=[f"prefect.flow-run.{run_id}"])),
-                                  limit=50)
+        page = client.read_events(
+            EventFilter(any_resource=EventAnyResourceFilter(id=[f"prefect.flow-run.{run_id}"])), limit=50
+        )
         while True:
             out += [f"event {e.event} {dict(e.resource)} {json.dumps(e.payload, default=str)}" for e in page.events]
             if not page.next_page:
                 break
             page = client.read_events_page(page.next_page)
-        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])))
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id]))
+        )
     for child in children:
         if child.id != run_id and _depth < 3:
             out.append(everything_shown_for(child.id, _depth + 1))

@@ -17,24 +17,38 @@ def seed(hull, n_users: int = 120) -> None:
     hull.add_segment("s-other", "Other")
     for n in range(n_users):
         segments = [["s-vip"], ["s-trial"], ["s-other"], ["s-vip", "s-trial"]][n % 4]
-        hull.upsert_user({
-            "id": f"5bd329d5e2bcf3eeaf{n:06d}",
-            "email": f"user{n}@example.com",
-            "external_id": f"u-{n}",
-            "created_at": "2020-01-01T00:00:00Z",
-            "segment_ids": segments,
-            "traits_plan": ["gold", "silver"][n % 2],
-            "traits_coconuts": n,
-            "traits_last_order_at": "2026-11-01T12:00:00Z",
-        })
-        hull.add_event({
-            "event_id": f"ev-signup-{n}", "event": "Signed Up", "created_at": "2026-11-26T09:00:00Z",
-            "properties": {"plan": "gold", "n": n}, "context": {}, "user_id": f"5bd329d5e2bcf3eeaf{n:06d}",
-        })
-        hull.add_event({
-            "event_id": f"ev-page-{n}", "event": "page", "created_at": "2026-11-26T09:00:01Z",
-            "properties": {"url": f"https://example.com/p/{n}"}, "context": {}, "user_id": f"5bd329d5e2bcf3eeaf{n:06d}",
-        })
+        hull.upsert_user(
+            {
+                "id": f"5bd329d5e2bcf3eeaf{n:06d}",
+                "email": f"user{n}@example.com",
+                "external_id": f"u-{n}",
+                "created_at": "2020-01-01T00:00:00Z",
+                "segment_ids": segments,
+                "traits_plan": ["gold", "silver"][n % 2],
+                "traits_coconuts": n,
+                "traits_last_order_at": "2026-11-01T12:00:00Z",
+            }
+        )
+        hull.add_event(
+            {
+                "event_id": f"ev-signup-{n}",
+                "event": "Signed Up",
+                "created_at": "2026-11-26T09:00:00Z",
+                "properties": {"plan": "gold", "n": n},
+                "context": {},
+                "user_id": f"5bd329d5e2bcf3eeaf{n:06d}",
+            }
+        )
+        hull.add_event(
+            {
+                "event_id": f"ev-page-{n}",
+                "event": "page",
+                "created_at": "2026-11-26T09:00:01Z",
+                "properties": {"url": f"https://example.com/p/{n}"},
+                "context": {},
+                "user_id": f"5bd329d5e2bcf3eeaf{n:06d}",
+            }
+        )
         if n % 10 == 0:
             hull.advance(1)
 

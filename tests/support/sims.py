@@ -27,11 +27,11 @@ def point_env_at(monkeypatch, hull_sim, cio_sim, database_url) -> dict[str, str]
     is long: the simulators' data is dated 2026-11-26, and a run's `events_start` is the wall
     clock minus `events_initial_lookback_hours`; tests that are not about the lookback model an
     installation that enabled events long before that data."""
-    values = simulator_environment(hull_sim, cio_sim, database_url, RATE_LIMIT_PER_SECOND=0,
-                                   EVENTS_INITIAL_LOOKBACK_HOURS=LONG_AGO_LOOKBACK_HOURS)
+    values = simulator_environment(
+        hull_sim, cio_sim, database_url, RATE_LIMIT_PER_SECOND=0, EVENTS_INITIAL_LOOKBACK_HOURS=LONG_AGO_LOOKBACK_HOURS
+    )
     for key in list(os.environ):
-        if (key.startswith(("HULL_", "CUSTOMERIO_", "SYNC_LEASE_"))
-                or key.upper() in CONNECTOR_SETTING_NAMES):
+        if key.startswith(("HULL_", "CUSTOMERIO_", "SYNC_LEASE_")) or key.upper() in CONNECTOR_SETTING_NAMES:
             monkeypatch.delenv(key, raising=False)
     for key, value in values.items():
         monkeypatch.setenv(key, value)
@@ -50,18 +50,27 @@ def poison_v2_entry(cio_sim, person_id: str) -> None:
         cio_sim.faults.poison_batch_entry(id=person_id)
         return
     routes = cio_sim._routes._routes
-    index = next(i for i, (method, regex, _) in enumerate(routes)
-                 if method == "POST" and regex.pattern == r"/api/v2/batch")
+    index = next(
+        i for i, (method, regex, _) in enumerate(routes) if method == "POST" and regex.pattern == r"/api/v2/batch"
+    )
     method, regex, handler = routes[index]
 
     def batch(req, **params):
         body = req.json_or_none()
         entries = body.get("batch") if isinstance(body, dict) else None
         if isinstance(entries, list) and any(
-                isinstance(e, dict) and isinstance(e.get("identifiers"), dict)
-                and e["identifiers"].get("id") == person_id for e in entries):
-            return 400, {"errors": [{"reason": "malformed", "field": "batch",
-                                     "message": "the request is malformed (simulated: a poisoned entry)"}]}
+            isinstance(e, dict) and isinstance(e.get("identifiers"), dict) and e["identifiers"].get("id") == person_id
+            for e in entries
+        ):
+            return 400, {
+                "errors": [
+                    {
+                        "reason": "malformed",
+                        "field": "batch",
+                        "message": "the request is malformed (simulated: a poisoned entry)",
+                    }
+                ]
+            }
         return handler(req, **params)
 
     routes[index] = (method, regex, batch)

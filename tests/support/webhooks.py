@@ -41,21 +41,39 @@ def legacy_payload(event_type: str, event_id: str | None = None, **data) -> dict
         "template_id": "35",
     }
     base.update(data)
-    return {"event_id": event_id or new_event_id(), "event_type": event_type, "timestamp": 1585254348,
-            "data": {k: v for k, v in base.items() if v is not None}}
+    return {
+        "event_id": event_id or new_event_id(),
+        "event_type": event_type,
+        "timestamp": 1585254348,
+        "data": {k: v for k, v in base.items() if v is not None},
+    }
 
 
 def reporting_payload(object_type: str, metric: str, event_id: str | None = None, **data) -> dict:
     if object_type == "customer":
-        base = {"customer_id": "cust-1", "email_address": "jane@example.com",
-                "identifiers": {"id": "cust-1", "email": "jane@example.com", "cio_id": "d9c106000001"}}
+        base = {
+            "customer_id": "cust-1",
+            "email_address": "jane@example.com",
+            "identifiers": {"id": "cust-1", "email": "jane@example.com", "cio_id": "d9c106000001"},
+        }
     else:
-        base = {"customer_id": "cust-1", "identifiers": {"id": "cust-1"}, "campaign_id": 9, "action_id": 36,
-                "delivery_id": "RPILAgABcRhIBqSp7kiPekGBIeVh", "recipient": "jane@example.com",
-                "subject": "Welcome"}
+        base = {
+            "customer_id": "cust-1",
+            "identifiers": {"id": "cust-1"},
+            "campaign_id": 9,
+            "action_id": 36,
+            "delivery_id": "RPILAgABcRhIBqSp7kiPekGBIeVh",
+            "recipient": "jane@example.com",
+            "subject": "Welcome",
+        }
     base.update(data)
-    return {"event_id": event_id or new_event_id(), "object_type": object_type, "metric": metric,
-            "timestamp": 1585254348, "data": {k: v for k, v in base.items() if v is not None}}
+    return {
+        "event_id": event_id or new_event_id(),
+        "object_type": object_type,
+        "metric": metric,
+        "timestamp": 1585254348,
+        "data": {k: v for k, v in base.items() if v is not None},
+    }
 
 
 def signed_headers(body: bytes, key: str = SIGNING_KEY, timestamp: int | None = None) -> dict[str, str]:
@@ -77,8 +95,7 @@ def free_port() -> int:
 def running_server(app) -> Iterator[str]:
     """Serves `app` with uvicorn in a background thread; yields its base URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -35,8 +35,7 @@ def test_basic_auth_token_is_a_credential():
 def test_scrub_obj_walks_tables():
     redact.register("topsecret")
     table = [{"metric": "error", "value": "401 for topsecret"}, {"topsecret": ("x", "topsecret")}]
-    assert redact.scrub_obj(table) == [{"metric": "error", "value": f"401 for {REDACTED}"},
-                                       {REDACTED: ("x", REDACTED)}]
+    assert redact.scrub_obj(table) == [{"metric": "error", "value": f"401 for {REDACTED}"}, {REDACTED: ("x", REDACTED)}]
 
 
 class CustomError(Exception):

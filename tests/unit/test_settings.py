@@ -16,8 +16,16 @@ from cio_sync.settings import (
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    for key in ("CUSTOMERIO_REGION", "CUSTOMERIO_TRACK_URL", "SYNCHRONIZED_SEGMENTS", "HULL_API_URL",
-                "HULL_CONNECTOR_SECRET", "CUSTOMERIO_API_KEY", "CUSTOMERIO_SITE_ID", "CUSTOMERIO_WEBHOOK_SIGNING_KEY"):
+    for key in (
+        "CUSTOMERIO_REGION",
+        "CUSTOMERIO_TRACK_URL",
+        "SYNCHRONIZED_SEGMENTS",
+        "HULL_API_URL",
+        "HULL_CONNECTOR_SECRET",
+        "CUSTOMERIO_API_KEY",
+        "CUSTOMERIO_SITE_ID",
+        "CUSTOMERIO_WEBHOOK_SIGNING_KEY",
+    ):
         monkeypatch.delenv(key, raising=False)
 
 

@@ -30,8 +30,14 @@ def test_check_fails_on_bad_key_missing_segment_and_no_segments(sim_env, hull_si
 
 def test_missing_settings_are_named_before_anything_runs(monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(tmp_path)
-    for key in ("HULL_ORGANIZATION", "HULL_API_URL", "HULL_CONNECTOR_ID", "HULL_CONNECTOR_SECRET",
-                "CUSTOMERIO_SITE_ID", "CUSTOMERIO_API_KEY"):
+    for key in (
+        "HULL_ORGANIZATION",
+        "HULL_API_URL",
+        "HULL_CONNECTOR_ID",
+        "HULL_CONNECTOR_SECRET",
+        "CUSTOMERIO_SITE_ID",
+        "CUSTOMERIO_API_KEY",
+    ):
         monkeypatch.delenv(key, raising=False)
     assert main(["sync-users"]) == 2
     err = capsys.readouterr().err
@@ -48,8 +54,13 @@ def test_sync_users_migrate_ids_reaches_the_flow(monkeypatch, tmp_path, capsys):
     import flows.sync_users
 
     monkeypatch.chdir(tmp_path)
-    for key, value in {"HULL_ORGANIZATION": "acme.hullapp.io", "HULL_CONNECTOR_ID": "c", "HULL_CONNECTOR_SECRET": "s",
-                       "CUSTOMERIO_SITE_ID": "site", "CUSTOMERIO_API_KEY": "key"}.items():
+    for key, value in {
+        "HULL_ORGANIZATION": "acme.hullapp.io",
+        "HULL_CONNECTOR_ID": "c",
+        "HULL_CONNECTOR_SECRET": "s",
+        "CUSTOMERIO_SITE_ID": "site",
+        "CUSTOMERIO_API_KEY": "key",
+    }.items():
         monkeypatch.setenv(key, value)
     received = []
 
@@ -74,8 +85,12 @@ def test_lease_show_and_release(sim_env, capsys):
     engine = db.get_engine(sim_env["STATE_DATABASE_URL"])
     assert main(["lease", "show"]) == 0
     assert "no lease is held" in capsys.readouterr().out
-    Lease(engine, "users:all", Holder("sync-users on worker-7 pid 12 flow run abc", host="worker-7 ns", pid=12),
-          ttl=timedelta(minutes=1)).acquire()
+    Lease(
+        engine,
+        "users:all",
+        Holder("sync-users on worker-7 pid 12 flow run abc", host="worker-7 ns", pid=12),
+        ttl=timedelta(minutes=1),
+    ).acquire()
     assert main(["lease", "show"]) == 0
     out = capsys.readouterr().out
     assert "users:all" in out and "held" in out and "sync-users on worker-7 pid 12 flow run abc" in out

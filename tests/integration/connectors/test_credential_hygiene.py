@@ -57,13 +57,19 @@ def servers():
 def test_hull_headers_are_not_forwarded_to_another_host(servers):
     origin, other = servers
     target = f"http://localhost:{other.server_address[1]}/api/v1/users_segments"
-    with HullClient(f"http://127.0.0.1:{origin.server_address[1]}", "http://127.0.0.1:9/", "acme.hullapp.io",
-                    "connector-id", SECRET, retry=FAST) as hull:
+    with HullClient(
+        f"http://127.0.0.1:{origin.server_address[1]}",
+        "http://127.0.0.1:9/",
+        "acme.hullapp.io",
+        "connector-id",
+        SECRET,
+        retry=FAST,
+    ) as hull:
         hull.request("GET", f"/redirect?to={target}")
         # the same host keeps them (a redirect within Hull's own API)
         same = f"http://127.0.0.1:{origin.server_address[1]}/api/v1/other"
         hull.request("GET", f"/redirect?to={same}")
-    (_, forwarded), = other.seen
+    ((_, forwarded),) = other.seen
     assert "Hull-Access-Token" not in forwarded and "Hull-App-Id" not in forwarded
     assert SECRET not in json.dumps(forwarded)
     assert origin.seen[-1][1]["Hull-Access-Token"] == SECRET  # followed on the same host with it
@@ -74,7 +80,7 @@ def test_customerio_basic_auth_is_not_forwarded_to_another_host(servers):
     target = f"http://localhost:{other.server_address[1]}/api/v1/accounts/region"
     with CustomerIoClient(f"http://127.0.0.1:{origin.server_address[1]}", "site", API_KEY, retry=FAST) as cio:
         cio.request("GET", f"/redirect?to={target}")
-    (_, forwarded), = other.seen
+    ((_, forwarded),) = other.seen
     assert "Authorization" not in forwarded
     assert "Authorization" in origin.seen[0][1]
 
@@ -82,8 +88,14 @@ def test_customerio_basic_auth_is_not_forwarded_to_another_host(servers):
 @pytest.mark.parametrize("secret", [f" {SECRET}", f"{SECRET}\n", f"{SECRET}\r\nX-Injected: 1"])
 def test_a_header_that_cannot_be_sent_never_quotes_the_secret(servers, secret):
     origin, _ = servers
-    with HullClient(f"http://127.0.0.1:{origin.server_address[1]}", "http://127.0.0.1:9/", "acme.hullapp.io",
-                    "connector-id", secret, retry=FAST) as hull:  # as if it had bypassed the settings' check
+    with HullClient(
+        f"http://127.0.0.1:{origin.server_address[1]}",
+        "http://127.0.0.1:9/",
+        "acme.hullapp.io",
+        "connector-id",
+        secret,
+        retry=FAST,
+    ) as hull:  # as if it had bypassed the settings' check
         with pytest.raises(AuthError) as failure:
             hull.segments()
     text = f"{failure.value} {failure.value.args!r} {vars(failure.value)!r} {failure.value.__context__!r}"

@@ -90,8 +90,9 @@ def test_5_of_30_leaving_are_deleted_without_approval(sim_env, hull, cio_sim):
     assert {r.status for r in planned_rows(sim_env["STATE_DATABASE_URL"])} == {"sent"}
 
 
-def test_200_of_1000_leaving_wait_for_approval_and_the_cli_approves_exactly_them(sim_env, hull, cio_sim, monkeypatch,
-                                                                                 capsys):
+def test_200_of_1000_leaving_wait_for_approval_and_the_cli_approves_exactly_them(
+    sim_env, hull, cio_sim, monkeypatch, capsys
+):
     monkeypatch.setenv("SYNCHRONIZED_SEGMENTS", '["VIP"]')
     monkeypatch.setenv("ENABLE_USER_DELETION", "true")
     seed(hull, 1000)
@@ -148,8 +149,9 @@ def test_turning_deletion_off_cancels_what_was_planned(sim_env, hull, cio_sim, m
         sync_users(**SETTINGS)
     # No users overlap: re-reading users 0 and 1 would cancel their planned deletes in the page
     # (decided again without a delete) before the guard itself sees deletion is off.
-    summary = sync_users(synchronized_segments=["VIP"], enable_user_deletion=False, approve_deletions=True,
-                         users_overlap_seconds=0)
+    summary = sync_users(
+        synchronized_segments=["VIP"], enable_user_deletion=False, approve_deletions=True, users_overlap_seconds=0
+    )
     assert deletes(cio_sim) == []
     assert summary["deletions"] == {"not deleted: enable_user_deletion is off": 2}
     assert {r.status for r in planned_rows(sim_env["STATE_DATABASE_URL"])} == {"cancelled"}
@@ -191,8 +193,9 @@ def _wait_until_paused(flow_run_id, thread, timeout: float = 180):
     raise AssertionError("the run never paused")
 
 
-def test_a_deployment_run_pauses_and_deletes_the_plan_once_approved_through_the_api(sim_env, hull, cio_sim,
-                                                                                     monkeypatch):
+def test_a_deployment_run_pauses_and_deletes_the_plan_once_approved_through_the_api(
+    sim_env, hull, cio_sim, monkeypatch
+):
     from prefect import get_client
     from prefect.flow_runs import resume_flow_run
 

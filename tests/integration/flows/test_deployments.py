@@ -82,8 +82,13 @@ def test_serve_runs_the_same_deployments_on_the_same_schedules(prefect_yaml):
     from cio_sync.cli.serve import build_deployments
 
     served = {d.name: d for d in build_deployments()}
-    assert set(served) == {"sync-users", "drain-webhooks", "check-connection", "rerun-failed-batches",
-                           "backfill-events"}
+    assert set(served) == {
+        "sync-users",
+        "drain-webhooks",
+        "check-connection",
+        "rerun-failed-batches",
+        "backfill-events",
+    }
     for name, deployment in served.items():
         declared = deployments(prefect_yaml)[name]
         expected = [timedelta(seconds=s["interval"]) for s in declared.get("schedules") or []]

@@ -27,10 +27,14 @@ def test_drain_flow_sends_the_inbox_and_publishes_a_summary(prefect_harness, dra
 
     from flows.drain_webhooks import SUMMARY_ARTIFACT_KEY, drain_webhooks
 
-    payloads = [load_fixture("reporting-email-opened.json"), load_fixture("legacy-email-opened.json"),
-                legacy_payload("email_sent"), legacy_payload("email_bounced", failure_message="5.1.1"),
-                legacy_payload("email_opened", customer_id=None, email_address=None),  # no identity
-                reporting_payload("webhook", "sent")]  # another channel
+    payloads = [
+        load_fixture("reporting-email-opened.json"),
+        load_fixture("legacy-email-opened.json"),
+        legacy_payload("email_sent"),
+        legacy_payload("email_bounced", failure_message="5.1.1"),
+        legacy_payload("email_opened", customer_id=None, email_address=None),  # no identity
+        reporting_payload("webhook", "sent"),
+    ]  # another channel
     engine = get_engine(sqlite_url)
     for payload in payloads:
         inbox.store_payload(engine, payload["event_id"], json.dumps(payload))
@@ -39,20 +43,33 @@ def test_drain_flow_sends_the_inbox_and_publishes_a_summary(prefect_harness, dra
     summary = state.result()
 
     assert {k: summary[k] for k in ("batches", "sent", "ignored", "failed", "pending")} == {
-        "batches": 2, "sent": 4, "ignored": 1, "failed": 1, "pending": 0}
+        "batches": 2,
+        "sent": 4,
+        "ignored": 1,
+        "failed": 1,
+        "pending": 0,
+    }
     assert summary["inbox"] == {"pending": 0, "processing": 0, "done": 4, "ignored": 1, "failed": 1}
     assert len(hull_sim.tracked_events) == 4
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
             # This run's artifact only: other tests of the session publish under the same key.
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[SUMMARY_ARTIFACT_KEY]),
-                                           flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[SUMMARY_ARTIFACT_KEY]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+            )
         )
     assert artifacts, "the run published no summary artifact"
     table = artifacts[0].data if isinstance(artifacts[0].data, list) else json.loads(artifacts[0].data)
     rows = {row["outcome"]: (row["this run"], row["inbox total"]) for row in table}
-    assert rows == {"sent": (4, 4), "ignored": (1, 1), "failed": (1, 1), "pending": (0, 0),
-                    "of them waiting for a retry": ("", 0), "oldest pending (seconds since received)": ("", "-")}
+    assert rows == {
+        "sent": (4, 4),
+        "ignored": (1, 1),
+        "failed": (1, 1),
+        "pending": (0, 0),
+        "of them waiting for a retry": ("", 0),
+        "oldest pending (seconds since received)": ("", "-"),
+    }
     assert hull_sim.connector_secret not in json.dumps(table)
 
 

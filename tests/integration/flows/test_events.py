@@ -59,8 +59,9 @@ def hull(hull_sim):
 
 
 def add_event(hull, n: int, event_id: str, name: str = "Signed Up", created_at: str = at(1), **fields) -> dict:
-    return hull.add_event({"event_id": event_id, "event": name, "user_id": hull_id(n),
-                           "created_at": created_at, **fields})
+    return hull.add_event(
+        {"event_id": event_id, "event": name, "user_id": hull_id(n), "created_at": created_at, **fields}
+    )
 
 
 def event_posts(cio_sim) -> list[dict]:
@@ -92,14 +93,26 @@ def test_whitelisted_event_is_sent_once_with_its_body_and_ulid(sim_env, hull, ci
     summary = sync_users(**SETTINGS)
 
     expected_id = ulid_of("e-signup", at(2, 3))
-    assert cio_sim.events == [{"customer": "u-1", "anonymous_id": None, "name": "Signed Up", "type": "event",
-                               "timestamp": 1795687323, "id": expected_id,
-                               "data": {"plan": "gold", "seats": 3}}]
+    assert cio_sim.events == [
+        {
+            "customer": "u-1",
+            "anonymous_id": None,
+            "name": "Signed Up",
+            "type": "event",
+            "timestamp": 1795687323,
+            "id": expected_id,
+            "data": {"plan": "gold", "seats": 3},
+        }
+    ]
     assert [e["path"] for e in event_posts(cio_sim)] == ["/api/v1/customers/u-1/events"]
     assert summary["events"]["sent"] == 1 and summary["calls"]["event"] == 1
     row = event_rows(sim_env)["e-signup"]
     assert (row.status, row.cio_event_id, row.hull_user_id, row.event_name) == (
-        "sent", expected_id, hull_id(1), "Signed Up")
+        "sent",
+        expected_id,
+        hull_id(1),
+        "Signed Up",
+    )
     assert events_cursor(sim_env).position == at(2, 3)
 
 
@@ -129,12 +142,23 @@ def test_no_events_filter_sends_no_event(sim_env, hull, cio_sim):
 @sqlite_only
 def test_page_views_take_url_and_referrer_from_properties_else_from_context(sim_env, hull, cio_sim):
     hull.upsert_user(user(1))
-    add_event(hull, 1, "e-page-props", name="page", created_at=at(1),
-              properties={"url": "https://example.com/pricing", "referrer": "https://google.com"},
-              context={"page_url": "https://example.com/ignored", "referrer_url": "https://ignored.com"})
-    add_event(hull, 1, "e-page-context", name="page", created_at=at(2),
-              context={"page_url": "https://example.com/docs", "referrer_url": "https://bing.com",
-                       "ip": "1.2.3.4"})
+    add_event(
+        hull,
+        1,
+        "e-page-props",
+        name="page",
+        created_at=at(1),
+        properties={"url": "https://example.com/pricing", "referrer": "https://google.com"},
+        context={"page_url": "https://example.com/ignored", "referrer_url": "https://ignored.com"},
+    )
+    add_event(
+        hull,
+        1,
+        "e-page-context",
+        name="page",
+        created_at=at(2),
+        context={"page_url": "https://example.com/docs", "referrer_url": "https://bing.com", "ip": "1.2.3.4"},
+    )
 
     sync_users(**SETTINGS)
 
@@ -147,16 +171,30 @@ def test_page_views_take_url_and_referrer_from_properties_else_from_context(sim_
 @sqlite_only
 def test_raw_form_event_with_props_list_is_sent(sim_env, hull, cio_sim):
     hull.upsert_user(user(1))
-    stored = hull.add_raw_event({"event_id": "raw-1", "event": "page", "user_id": hull_id(1),
-                                 "created_at": at(3),
-                                 "properties": {"url": "https://example.com/raw", "referrer": "https://r.com"}})
+    stored = hull.add_raw_event(
+        {
+            "event_id": "raw-1",
+            "event": "page",
+            "user_id": hull_id(1),
+            "created_at": at(3),
+            "properties": {"url": "https://example.com/raw", "referrer": "https://r.com"},
+        }
+    )
     assert stored["_id"] == "raw-1" and "props" in stored and "event_id" not in stored
 
     summary = sync_users(**SETTINGS)
 
-    assert cio_sim.events == [{"customer": "u-1", "anonymous_id": None, "name": "https://example.com/raw",
-                               "type": "page", "timestamp": 1795687380, "id": ulid_of("raw-1", at(3)),
-                               "data": {"referrer": "https://r.com"}}]
+    assert cio_sim.events == [
+        {
+            "customer": "u-1",
+            "anonymous_id": None,
+            "name": "https://example.com/raw",
+            "type": "page",
+            "timestamp": 1795687380,
+            "id": ulid_of("raw-1", at(3)),
+            "data": {"referrer": "https://r.com"},
+        }
+    ]
     assert summary["events"]["sent"] == 1 and event_rows(sim_env)["raw-1"].status == "sent"
 
 
@@ -173,9 +211,17 @@ def test_event_of_user_without_mapped_id_follows_anonymous_events_setting(sim_en
         posts = event_posts(cio_sim)
         assert [p["path"] for p in posts] == ["/api/v1/events"]
         assert posts[0]["body"]["anonymous_id"] == "web:2" and posts[0]["body"]["id"] == ulid_of("e-anon", at(1))
-        assert cio_sim.events == [{"customer": None, "anonymous_id": "web:2", "name": "Signed Up",
-                                   "type": "event", "timestamp": 1795687260, "id": ulid_of("e-anon", at(1)),
-                                   "data": {"step": 1}}]
+        assert cio_sim.events == [
+            {
+                "customer": None,
+                "anonymous_id": "web:2",
+                "name": "Signed Up",
+                "type": "event",
+                "timestamp": 1795687260,
+                "id": ulid_of("e-anon", at(1)),
+                "data": {"step": 1},
+            }
+        ]
         assert summary["calls"]["anonymous_event"] == 1
     else:
         assert event_posts(cio_sim) == [] and cio_sim.events == []
@@ -235,7 +281,8 @@ def test_rerun_sends_nothing_new_even_when_the_events_cursor_is_lost(sim_env, hu
     cio_sim.clear_journal()
     second = sync_users(**SETTINGS)
     assert sorted(p["body"]["id"] for p in event_posts(cio_sim)) == sorted(
-        [ulid_of("e-3-same-second", at(2)), ulid_of("e-4-later", at(5))])
+        [ulid_of("e-3-same-second", at(2)), ulid_of("e-4-later", at(5))]
+    )
     assert second["events"]["sent"] == 2
 
     cio_sim.clear_journal()
@@ -268,8 +315,9 @@ def test_more_raw_events_on_one_second_than_a_page_are_all_sent_once(sim_env, hu
     for n in range(3):
         hull.upsert_user(user(n))
     for i in range(150):
-        hull.add_raw_event({"event_id": f"raw-{i:03d}", "event": "Signed Up", "user_id": hull_id(i % 3),
-                            "created_at": at(7)})
+        hull.add_raw_event(
+            {"event_id": f"raw-{i:03d}", "event": "Signed Up", "user_id": hull_id(i % 3), "created_at": at(7)}
+        )
 
     summary = sync_users(**SETTINGS)
 
@@ -281,8 +329,9 @@ def test_more_raw_events_on_one_second_than_a_page_are_all_sent_once(sim_env, hu
 
 def test_keyset_exclusion_names_both_event_id_fields():
     # Raw index documents carry their id in `_id`, not `event_id`: exclude on both.
-    runtime = SimpleNamespace(settings=ConnectorSettings.model_construct(events_filter=["page"]),
-                              whitelisted_segment_ids={"s-vip"})
+    runtime = SimpleNamespace(
+        settings=ConnectorSettings.model_construct(events_filter=["page"]), whitelisted_segment_ids={"s-vip"}
+    )
     _filters, must_not = events_query(runtime, Cursor(position=at(7), seen_ids={"raw-001"}))
     excluded_fields = {next(iter(clause["bool"]["filter"][0]["terms"])) for clause in must_not}
     assert excluded_fields == {"event_id", "_id"}
@@ -301,7 +350,9 @@ def test_events_of_a_user_go_out_after_that_user_identify_calls(sim_env, hull, c
 
     journal = cio_sim.journal()
     for n in (1, 2):
-        identify = [i for i, e in enumerate(journal) if e["method"] == "PUT" and e["path"] == f"/api/v1/customers/u-{n}"]
+        identify = [
+            i for i, e in enumerate(journal) if e["method"] == "PUT" and e["path"] == f"/api/v1/customers/u-{n}"
+        ]
         events = [i for i, e in enumerate(journal) if e["path"] == f"/api/v1/customers/u-{n}/events"]
         assert identify and events and max(identify) < min(events)
 

@@ -35,17 +35,28 @@ def seed(hull: HullSimulator) -> int:
     matched = 0
     for n in range(40):
         in_vip = n % 5 != 4
-        user = {"id": f"5bd329d5e2bcf3eeaf{n:06d}", "email": None if n == 7 else f"user{n}@example.com",
-                "external_id": None if n == 3 else f"u-{n}", "anonymous_ids": [f"web:{n}"],
-                "created_at": "2020-01-01T00:00:00Z", "segment_ids": ["s-vip"] if in_vip else ["s-other"]}
+        user = {
+            "id": f"5bd329d5e2bcf3eeaf{n:06d}",
+            "email": None if n == 7 else f"user{n}@example.com",
+            "external_id": None if n == 3 else f"u-{n}",
+            "anonymous_ids": [f"web:{n}"],
+            "created_at": "2020-01-01T00:00:00Z",
+            "segment_ids": ["s-vip"] if in_vip else ["s-other"],
+        }
         hull.upsert_user(user)
         for k in range(10):
             name = NAMES[(n + k) % 3]
-            hull.add_event({
-                "event_id": f"ev-{n:02d}-{k}", "event": name, "user_id": user["id"], "anonymous_id": f"web:{n}",
-                "created_at": f"2026-11-26T09:{k % 4:02d}:{(n * k) % 3:02d}Z",
-                "properties": {"url": f"https://example.com/{n}/{k}", "n": n, "k": k}, "context": {},
-            })
+            hull.add_event(
+                {
+                    "event_id": f"ev-{n:02d}-{k}",
+                    "event": name,
+                    "user_id": user["id"],
+                    "anonymous_id": f"web:{n}",
+                    "created_at": f"2026-11-26T09:{k % 4:02d}:{(n * k) % 3:02d}Z",
+                    "properties": {"url": f"https://example.com/{n}/{k}", "n": n, "k": k},
+                    "context": {},
+                }
+            )
             matched += in_vip and name != "Order Completed"
     return matched
 
@@ -81,8 +92,10 @@ def run(monkeypatch, tmp_path, api: str, events_per_batch: int | None) -> dict:
             )
         return {
             "matched": matched,
-            "events": sorted(repr((e["id"], e["customer"], e["anonymous_id"], e["name"], e["type"], e["timestamp"],
-                                   e["data"])) for e in cio.events),
+            "events": sorted(
+                repr((e["id"], e["customer"], e["anonymous_id"], e["name"], e["type"], e["timestamp"], e["data"]))
+                for e in cio.events
+            ),
             "people": {k: dict(v) for k, v in cio.people.items()},
             "rows": rows,
             "cursor": read_cursor(engine, EVENTS_CURSOR),

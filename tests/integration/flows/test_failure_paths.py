@@ -34,8 +34,15 @@ def add_events(hull, count: int, users: int) -> list[str]:
     ids = []
     for i in range(count):
         ids.append(f"ev-{i:04d}")
-        hull.add_event({"event_id": ids[-1], "event": "Signed Up", "user_id": hull_user(i % users)["id"],
-                        "created_at": at(i), "properties": {"i": i}})
+        hull.add_event(
+            {
+                "event_id": ids[-1],
+                "event": "Signed Up",
+                "user_id": hull_user(i % users)["id"],
+                "created_at": at(i),
+                "properties": {"i": i},
+            }
+        )
     return ids
 
 
@@ -97,8 +104,9 @@ def test_failures_spread_over_pages_make_one_failed_batch_per_phase(sim_env, hul
     failing = {50: "a", 150: "b", 210: "c"}
     for i in range(230):
         owner = 29 if i in failing else senders[i % len(senders)]
-        hull.add_event({"event_id": f"ev-{i:04d}", "event": "Signed Up", "user_id": hull_user(owner)["id"],
-                        "created_at": at(i)})
+        hull.add_event(
+            {"event_id": f"ev-{i:04d}", "event": "Signed Up", "user_id": hull_user(owner)["id"], "created_at": at(i)}
+        )
     cio_sim.faults.force("/customers/u-29/events", 503, method="POST")
 
     with pytest.raises(SyncFailed, match="could not be sent after retries"):
@@ -117,8 +125,15 @@ def test_failures_spread_over_pages_make_one_failed_batch_per_phase(sim_env, hul
 def test_a_raw_form_event_in_a_failed_batch_is_found_and_sent_on_rerun(sim_env, hull, cio_sim):
     hull.upsert_user(hull_user(1))
     # Only `_id`, as Hull's raw index stores it: no `event_id` field to find it by.
-    stored = hull.add_raw_event({"_id": "raw-77", "event": "Signed Up", "user_id": hull_user(1)["id"],
-                                 "created_at": at(5), "props": [{"field_name": "plan", "text_value": "gold"}]})
+    stored = hull.add_raw_event(
+        {
+            "_id": "raw-77",
+            "event": "Signed Up",
+            "user_id": hull_user(1)["id"],
+            "created_at": at(5),
+            "props": [{"field_name": "plan", "text_value": "gold"}],
+        }
+    )
     assert "event_id" not in stored
     cio_sim.faults.force("/events", 503, method="POST")
     with pytest.raises(SyncFailed, match="could not be sent after retries"):
@@ -131,7 +146,8 @@ def test_a_raw_form_event_in_a_failed_batch_is_found_and_sent_on_rerun(sim_env, 
 
     assert [row["result"] for row in result["batches"]] == ["resolved"]
     assert [(e["customer"], e["name"], e["data"], e["id"]) for e in cio_sim.events] == [
-        ("u-1", "Signed Up", {"plan": "gold"}, event_ulid("raw-77", parse_created_at(at(5))))]
+        ("u-1", "Signed Up", {"plan": "gold"}, event_ulid("raw-77", parse_created_at(at(5))))
+    ]
     assert open_batches(sim_env) == []
 
 
@@ -142,10 +158,16 @@ def test_a_rerun_that_cannot_find_an_item_in_hull_keeps_the_batch_open_with_that
     settings = ConnectorSettings(**SETTINGS).model_dump(mode="json")
     engine = db.get_engine(sim_env["STATE_DATABASE_URL"])
     with engine.begin() as connection:
-        record_failed_batch(connection, "events", {"hull_event_ids": ["ev-0000", "gone-1"], "settings": settings},
-                            "HTTP 503", None)
-        record_failed_batch(connection, "users", {"hull_ids": [hull_user(2)["id"], "5bd329d5e2bcf3eeafdeadbe"],
-                                                  "settings": settings}, "HTTP 503", None)
+        record_failed_batch(
+            connection, "events", {"hull_event_ids": ["ev-0000", "gone-1"], "settings": settings}, "HTTP 503", None
+        )
+        record_failed_batch(
+            connection,
+            "users",
+            {"hull_ids": [hull_user(2)["id"], "5bd329d5e2bcf3eeafdeadbe"], "settings": settings},
+            "HTTP 503",
+            None,
+        )
 
     with pytest.raises(RerunIncomplete):
         rerun_failed_batches(**SETTINGS)

@@ -18,10 +18,6 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 REPO = Path(__file__).resolve().parents[3]
 
 
-
-
-
-
 def test_random_429_5xx_and_dropped_connections_converge(baseline, sim_env, hull_sim, cio_sim):
     expected = baseline()
     seed(hull_sim)
@@ -77,8 +73,6 @@ def test_hull_firehose_down_during_write_back_loses_nothing(sim_env, hull_sim, c
     after = sync_users(**SETTINGS)
     assert after["writeback_sent"] == synced and after["writeback_pending"] == 0
     assert sum(1 for u in hull_sim.users.values() if u.get("traits_customerio/id")) == synced
-
-
 
 
 def test_events_failing_after_retries_go_to_a_failed_batch_and_rerun_once(baseline, sim_env, hull_sim, cio_sim):

@@ -66,8 +66,15 @@ def state_row(url: str, hull_id: str):
 
 def test_an_id_change_merges_the_old_person_into_the_new_one(sim_env, hull, cio_sim, api):
     hull.upsert_user(hull_user(1))
-    hull.add_event({"event_id": "ev-1", "event": "Signed Up", "created_at": "2026-11-26T09:00:00Z",
-                    "properties": {}, "user_id": hid(1)})
+    hull.add_event(
+        {
+            "event_id": "ev-1",
+            "event": "Signed Up",
+            "created_at": "2026-11-26T09:00:00Z",
+            "properties": {},
+            "user_id": hid(1),
+        }
+    )
     run(api, events_filter=["Signed Up"])
     assert [e["customer"] for e in cio_sim.events] == ["u-1"]
 
@@ -115,8 +122,7 @@ def test_an_id_change_with_ignore_keeps_the_original_behaviour(sim_env, hull, ci
 
 
 @pytest.mark.postgres
-def test_a_changed_user_id_mapping_is_refused_until_migrate_ids_then_merges_everyone(
-        sim_env, hull, cio_sim, api):
+def test_a_changed_user_id_mapping_is_refused_until_migrate_ids_then_merges_everyone(sim_env, hull, cio_sim, api):
     for n in range(3):
         hull.upsert_user(hull_user(n))
     hull.upsert_user(hull_user(3, segments=("s-other",)))  # never sent: nothing to move
@@ -246,8 +252,16 @@ def test_unset_segments_keeps_the_person_with_no_segments(sim_env, hull, cio_sim
 
 def test_anonymous_events_sent_before_the_identify_join_the_person(sim_env, hull, cio_sim, api):
     hull.upsert_user(hull_user(1, external_id=None, anonymous_ids=["web:old", "web:1"]))
-    hull.add_event({"event_id": "ev-anon", "event": "Signed Up", "created_at": "2026-11-26T09:00:00Z",
-                    "properties": {}, "user_id": hid(1), "anonymous_id": "web:1"})
+    hull.add_event(
+        {
+            "event_id": "ev-anon",
+            "event": "Signed Up",
+            "created_at": "2026-11-26T09:00:00Z",
+            "properties": {},
+            "user_id": hid(1),
+            "anonymous_id": "web:1",
+        }
+    )
     first = run(api, events_filter=["Signed Up"], anonymous_events=True)
     assert first["skip_reasons"] == {"no_id_value": 1} and first["calls"]["anonymous_event"] == 1
     assert cio_sim.events[0]["customer"] is None and cio_sim.events[0]["anonymous_id"] == "web:1"

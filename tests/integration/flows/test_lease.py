@@ -119,7 +119,9 @@ def test_a_dead_process_on_this_host_is_taken_over_at_once(database_url):
     nxt.release()
 
     # The same pid on another host says nothing about the holder: it keeps its lease.
-    Lease(engine, WHOLE_SCOPE, Holder("elsewhere", host=ELSEWHERE, pid=process.pid), ttl=timedelta(minutes=10)).acquire()
+    Lease(
+        engine, WHOLE_SCOPE, Holder("elsewhere", host=ELSEWHERE, pid=process.pid), ttl=timedelta(minutes=10)
+    ).acquire()
     with pytest.raises(LeaseHeld, match="elsewhere"):
         nxt.acquire()
 
@@ -197,8 +199,9 @@ def test_a_lease_of_a_flow_run_that_ended_is_taken_over_at_once(sim_env, vip, ci
         still_running = client.create_flow_run(ended, state=Running()).id
     engine = db.get_engine(sim_env["STATE_DATABASE_URL"])
 
-    Lease(engine, WHOLE_SCOPE, other_machine("a run on a lost worker", str(still_running)),
-          ttl=timedelta(minutes=10)).acquire()
+    Lease(
+        engine, WHOLE_SCOPE, other_machine("a run on a lost worker", str(still_running)), ttl=timedelta(minutes=10)
+    ).acquire()
     with pytest.raises(SyncFailed, match="a run on a lost worker"):
         sync_users(synchronized_segments=["VIP"])
 
@@ -217,8 +220,14 @@ def test_an_events_phase_longer_than_the_lease_ttl_keeps_its_lease(sim_env, vip,
     monkeypatch.setenv("SYNC_LEASE_TTL_SECONDS", "2")
     monkeypatch.setenv("SYNC_LEASE_HEARTBEAT_SECONDS", "0.1")
     for n in range(3):
-        vip.add_event({"event_id": f"e-{n}", "event": "Signed Up", "user_id": hull_user(n)["id"],
-                       "created_at": "2026-11-26T10:00:00Z"})
+        vip.add_event(
+            {
+                "event_id": f"e-{n}",
+                "event": "Signed Up",
+                "user_id": hull_user(n)["id"],
+                "created_at": "2026-11-26T10:00:00Z",
+            }
+        )
     engine = db.get_engine(sim_env["STATE_DATABASE_URL"])
     original, intruders = events_page.fetch_events_page, []
 
@@ -244,7 +253,8 @@ def test_an_events_phase_longer_than_the_lease_ttl_keeps_its_lease(sim_env, vip,
 @pytest.mark.postgres
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_rerun_of_failed_batches_started_during_a_sync_does_not_overwrite_newer_state(
-        sim_env, vip, cio_sim, monkeypatch, tmp_path):
+    sim_env, vip, cio_sim, monkeypatch, tmp_path
+):
     from prefect.settings import PREFECT_API_URL
 
     import cio_sync.pipeline.users_page as users_page
@@ -262,11 +272,24 @@ def test_a_rerun_of_failed_batches_started_during_a_sync_does_not_overwrite_newe
 
     def rerun_while_this_page_is_being_recorded(*args, **kwargs):
         if not reruns:
-            env = {**os.environ, **{k: v for k, v in sim_env.items() if isinstance(v, str)},
-                   "SYNCHRONIZED_SEGMENTS": '["VIP"]', "SYNCHRONIZED_ATTRIBUTES": '["plan"]',
-                   "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_HOME": str(tmp_path / "prefect-home")}
-            reruns.append(subprocess.run([sys.executable, "-m", "cio_sync.cli.main", "failed", "rerun"], cwd=REPO,
-                                         env=env, capture_output=True, text=True, timeout=300))
+            env = {
+                **os.environ,
+                **{k: v for k, v in sim_env.items() if isinstance(v, str)},
+                "SYNCHRONIZED_SEGMENTS": '["VIP"]',
+                "SYNCHRONIZED_ATTRIBUTES": '["plan"]',
+                "PREFECT_API_URL": PREFECT_API_URL.value(),
+                "PREFECT_HOME": str(tmp_path / "prefect-home"),
+            }
+            reruns.append(
+                subprocess.run(
+                    [sys.executable, "-m", "cio_sync.cli.main", "failed", "rerun"],
+                    cwd=REPO,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                )
+            )
         return original(*args, **kwargs)
 
     monkeypatch.setattr(users_page, "record_page", rerun_while_this_page_is_being_recorded)

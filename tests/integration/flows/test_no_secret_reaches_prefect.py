@@ -153,7 +153,7 @@ def test_the_search_finds_a_planted_secret(sim_env):
     APILogWorker.drain_all(timeout=30)
     text = everything_shown_for(state.state_details.flow_run_id)
     lines = text.splitlines()
-    assert f"parameters={{\"value\": \"{canary}\"}}" in text
+    assert f'parameters={{"value": "{canary}"}}' in text
     assert any(line.startswith("log ") and canary in line for line in lines)
     assert any(line.startswith("state FAILED") and canary in line for line in lines)
     assert any(line.startswith("artifact canary") and canary in line for line in lines)

@@ -54,8 +54,10 @@ def test_a_rerun_after_deletion_was_turned_off_deletes_nothing(sim_env, hull, ci
     result = rerun_failed_batches(**{**SETTINGS, "enable_user_deletion": False})
     assert [r["result"] for r in result["batches"]] == ["resolved"]
     # enable_user_deletion is an alias of on_segment_exit (issue 14): both are named.
-    assert result["settings_changed"] == [f"batch {batch['id']}: enable_user_deletion: True → False",
-                                          f"batch {batch['id']}: on_segment_exit: 'delete' → 'keep'"]
+    assert result["settings_changed"] == [
+        f"batch {batch['id']}: enable_user_deletion: True → False",
+        f"batch {batch['id']}: on_segment_exit: 'delete' → 'keep'",
+    ]
     assert result["summary"]["skip_reasons"] == {"not_in_segments": 2}
     assert [e for e in cio_sim.journal() if e["method"] == "DELETE"] == []
     with db.get_engine(url).connect() as connection:

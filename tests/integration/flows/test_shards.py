@@ -43,9 +43,12 @@ def run_reference(monkeypatch, tmp_path) -> tuple[dict, list, dict]:
     """One unsharded run on a second pair of simulators seeded the same way, with its own
     state database; returns the Customer.io state it produced and its summary. The caller
     points the environment back at its own simulators afterwards."""
-    with HullSimulator(organization="acme.hullapp.io", connector_id=HULL_CONNECTOR_ID,
-                       connector_secret=HULL_SECRET) as hull, \
-            CustomerIoSimulator(site_id=CIO_SITE_ID, api_key=CIO_API_KEY) as cio:
+    with (
+        HullSimulator(
+            organization="acme.hullapp.io", connector_id=HULL_CONNECTOR_ID, connector_secret=HULL_SECRET
+        ) as hull,
+        CustomerIoSimulator(site_id=CIO_SITE_ID, api_key=CIO_API_KEY) as cio,
+    ):
         seed(hull)
         point_env_at(monkeypatch, hull, cio, f"sqlite:///{tmp_path / 'reference.db'}")
         summary = sync_users(**SETTINGS)
@@ -53,8 +56,9 @@ def run_reference(monkeypatch, tmp_path) -> tuple[dict, list, dict]:
     return people, events, summary
 
 
-def test_four_shards_in_sequence_equal_one_unsharded_run(sim_env, hull_sim, cio_sim, database_url,
-                                                          monkeypatch, tmp_path):
+def test_four_shards_in_sequence_equal_one_unsharded_run(
+    sim_env, hull_sim, cio_sim, database_url, monkeypatch, tmp_path
+):
     seed(hull_sim)
     summaries = [sync_users(**SETTINGS, shard_count=4, shard_index=index) for index in range(4)]
     people, events = customerio_state(cio_sim)

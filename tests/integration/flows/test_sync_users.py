@@ -26,7 +26,9 @@ def hull(hull_sim):
 
 
 def cio_calls(cio_sim, method=None):
-    return [e for e in cio_sim.journal() if not e["path"].startswith("/_sim") and (method is None or e["method"] == method)]
+    return [
+        e for e in cio_sim.journal() if not e["path"].startswith("/_sim") and (method is None or e["method"] == method)
+    ]
 
 
 def state_rows(url):

@@ -64,7 +64,9 @@ def test_inserts_updates_and_deletes_go_through_the_batch_endpoint(sim_env, hull
     assert "u-2" not in cio_sim.people and "u-2" in cio_sim.deleted
     batch = [entry for e in cio_requests(cio_sim) for entry in e["body"]["batch"]]
     assert sorted((entry["action"], entry["identifiers"]["id"]) for entry in batch) == [
-        ("delete", "u-2"), ("identify", "u-1")]
+        ("delete", "u-2"),
+        ("identify", "u-1"),
+    ]
     rows = state_rows(sim_env["STATE_DATABASE_URL"])
     assert rows[user(2)["id"]].deleted_at is not None and rows[user(1)["id"]].last_error is None
 
@@ -87,8 +89,7 @@ def test_a_207_marks_exactly_the_rejected_user_failed(sim_env, hull, cio_sim):
     rows = state_rows(sim_env["STATE_DATABASE_URL"])
     failed = rows[user(9)["id"]]
     assert failed.synced_at is None and "cannot be longer than 1000 bytes" in failed.last_error
-    assert all(rows[user(n)["id"]].synced_at is not None and rows[user(n)["id"]].last_error is None
-               for n in range(4))
+    assert all(rows[user(n)["id"]].synced_at is not None and rows[user(n)["id"]].last_error is None for n in range(4))
     assert any("u-9" not in e and "1000 bytes" in e for e in summary["errors"])
 
 
@@ -111,10 +112,12 @@ def test_progress_follows_pages_to_100_percent(sim_env, hull, cio_sim):
     assert state.is_completed()
     assert seen == [(2, 5), (4, 5), (5, 5), (5, 5)]  # three pages, then the end of the walk
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=["sync-users-progress"]),
-            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
-        ))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["sync-users-progress"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+            )
+        )
     assert [a.data for a in artifacts] == [100.0]
 
 
@@ -129,7 +132,8 @@ def test_a_poisoned_entry_fails_alone_and_every_other_user_is_delivered(sim_env,
     assert set(cio_sim.people) == {f"u-{n}" for n in range(40) if n != 17}
     assert summary["failed_users"] == {"permanent": 1} and summary["failed_batches"] == []
     assert [e for e in summary["errors"] if "simulated: a poisoned entry" in e] == [
-        f"user {user(17)['id']}: " + rows_error(sim_env, 17)]
+        f"user {user(17)['id']}: " + rows_error(sim_env, 17)
+    ]
     rows = state_rows(sim_env["STATE_DATABASE_URL"])
     assert "simulated: a poisoned entry" in rows[user(17)["id"]].last_error
     assert rows[user(17)["id"]].created_at is None  # never reached Customer.io

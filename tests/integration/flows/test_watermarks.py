@@ -63,8 +63,9 @@ def engine(sim_env):
 
 
 def add_event(hull, n: int, event_id: str, created_at: str) -> None:
-    hull.add_event({"event_id": event_id, "event": "Signed Up", "user_id": hull_user(n)["id"],
-                    "created_at": created_at})
+    hull.add_event(
+        {"event_id": event_id, "event": "Signed Up", "user_id": hull_user(n)["id"], "created_at": created_at}
+    )
 
 
 def posted_event_ids(cio_sim) -> list[str]:
@@ -101,8 +102,8 @@ def test_a_late_event_inside_the_overlap_window_is_sent_once(sim_env, hull, cio_
     assert sync_users(**SETTINGS, events_overlap_minutes=0)["events"].get("sent", 0) == 0
     assert sync_users(**SETTINGS)["events"]["sent"] == 1
     assert sorted(e["id"] for e in cio_sim.events) == sorted(
-        ulid(i, t) for i, t in [("e-early", at(5)), ("e-last", at(30)), ("e-late", at(10)),
-                                ("e-late-again", at(20))])
+        ulid(i, t) for i, t in [("e-early", at(5)), ("e-last", at(30)), ("e-late", at(10)), ("e-late-again", at(20))]
+    )
 
 
 def test_a_future_dated_event_is_decided_once_and_does_not_stop_the_events_after_it(sim_env, hull, cio_sim, engine):
@@ -126,7 +127,8 @@ def test_a_future_dated_event_is_decided_once_and_does_not_stop_the_events_after
     assert second["events"]["sent"] == 2 and second["event_skip_reasons"] == {}  # decided once
     created = {e["event_id"]: e["created_at"] for e in hull.events}
     assert sorted(e["id"] for e in cio_sim.events) == sorted(
-        ulid(i, created[i]) for i in ("e-before", "e-soon", "e-after-1", "e-after-2"))
+        ulid(i, created[i]) for i in ("e-before", "e-soon", "e-after-1", "e-after-2")
+    )
     assert not is_after(read_cursor(engine, "events").position, format_position(datetime.now(timezone.utc)))
 
 
@@ -152,7 +154,8 @@ def test_a_first_run_over_three_years_of_history_sends_only_the_lookback(sim_env
 
 
 def test_a_backfill_sends_a_window_once_and_leaves_the_scheduled_cursor_where_it_was(
-        sim_env, hull, cio_sim, engine, monkeypatch, capsys):
+    sim_env, hull, cio_sim, engine, monkeypatch, capsys
+):
     monkeypatch.setenv("EVENTS_INITIAL_LOOKBACK_HOURS", "24")
     for key, value in (("SYNCHRONIZED_SEGMENTS", '["VIP"]'), ("EVENTS_FILTER", '["Signed Up"]')):
         monkeypatch.setenv(key, value)
@@ -232,7 +235,8 @@ def _decided(engine) -> set[str]:
 
 
 def test_a_user_that_becomes_searchable_late_or_changes_in_the_cursors_second_is_synced_by_the_next_run(
-        sim_env, hull, cio_sim):
+    sim_env, hull, cio_sim
+):
     settings = dict(synchronized_segments=["VIP"], synchronized_attributes=["plan"])
     for n in range(3):
         hull.upsert_user(hull_user(n))
@@ -258,8 +262,7 @@ def test_a_user_that_becomes_searchable_late_or_changes_in_the_cursors_second_is
     assert calls(cio_sim) == [] and set(again["decisions"]) <= {"skip"}
 
 
-def test_a_user_customerio_rejected_is_not_sent_again_unchanged_when_the_overlap_rereads_it(
-        sim_env, hull, cio_sim):
+def test_a_user_customerio_rejected_is_not_sent_again_unchanged_when_the_overlap_rereads_it(sim_env, hull, cio_sim):
     settings = dict(synchronized_segments=["VIP"], synchronized_attributes=["plan"])
     for n in range(2):
         hull.upsert_user(hull_user(n))
@@ -308,7 +311,6 @@ def test_batches_out_of_automatic_retries_or_failed_permanently_wait_for_a_perso
     summary = sync_users(**SETTINGS)
 
     assert summary["batch_retries"] == {"resolved": 1, "waiting_for_a_person": 2}
-    assert any(f"failed batches [{spent}, {permanent}] are not retried automatically" in w
-               for w in summary["warnings"])
+    assert any(f"failed batches [{spent}, {permanent}] are not retried automatically" in w for w in summary["warnings"])
     still_open = {b["id"]: b["attempts"] for b in list_failed_batches(engine)}
     assert still_open == {spent: 6, permanent: 2} and fresh not in still_open

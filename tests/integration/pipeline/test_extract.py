@@ -17,8 +17,9 @@ from tests.support.sims import HULL_CONNECTOR_ID, HULL_SECRET
 def seeded_hull(hull_sim):
     # 150 users per indexed_at second: ties cross every page boundary.
     seed_synthetic(hull_sim, 1234, events_per_user=(0, 0))
-    client = HullClient(f"{hull_sim.url}/api/v1", f"{hull_sim.url}/firehose", "acme.hullapp.io",
-                        HULL_CONNECTOR_ID, HULL_SECRET)
+    client = HullClient(
+        f"{hull_sim.url}/api/v1", f"{hull_sim.url}/firehose", "acme.hullapp.io", HULL_CONNECTOR_ID, HULL_SECRET
+    )
     yield hull_sim, client
     client.close()
 
@@ -99,7 +100,3 @@ def test_a_run_reads_up_to_what_hull_had_indexed_when_it_started(seeded_hull):
     assert len(first_page.users) + len(rest) == 1234 and touched not in rest
     # ...the next run does, from where this one stopped.
     assert [u["id"] for u in fetch_users_page(client, cursor, 500, until=walk_bound(client)).users] == [touched]
-
-
-
-

@@ -31,20 +31,16 @@ def test_assignment_does_not_depend_on_the_process():
     outputs = set()
     for seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
-        result = subprocess.run([sys.executable, "-c", script, *ids], env=env, capture_output=True,
-                                text=True, check=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+        result = subprocess.run(
+            [sys.executable, "-c", script, *ids],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+        )
         outputs.add(result.stdout.strip())
     assert outputs == {",".join(str(shard_of(i, 4)) for i in ids)}
-
-
-
-
-
-
-
-
-
-
 
 
 # -- the keyset walks, against the Hull simulator --------------------------------------------
@@ -54,8 +50,7 @@ def test_assignment_does_not_depend_on_the_process():
 def seeded_hull(hull_sim):
     # 150 users per indexed_at second: ties cross every page boundary of 100.
     seed_synthetic(hull_sim, 700, seed=3, events_per_user=(0, 3))
-    client = HullClient(hull_sim.api_url, hull_sim.firehose_url, hull_sim.organization,
-                        HULL_CONNECTOR_ID, HULL_SECRET)
+    client = HullClient(hull_sim.api_url, hull_sim.firehose_url, hull_sim.organization, HULL_CONNECTOR_ID, HULL_SECRET)
     yield hull_sim, client
     client.close()
 
@@ -137,12 +132,18 @@ def test_event_pages_without_own_events_are_read_through(hull_sim):
     for user in (other, mine):
         hull_sim.upsert_user(user)
     for n in range(40):
-        hull_sim.add_event({"event_id": f"e-other-{n:03d}", "event": "page", "user_id": other["id"],
-                            "created_at": "2026-11-20T10:00:00Z"})
-    hull_sim.add_event({"event_id": "e-mine", "event": "page", "user_id": mine["id"],
-                        "created_at": "2026-11-21T10:00:00Z"})
-    client = HullClient(hull_sim.api_url, hull_sim.firehose_url, hull_sim.organization,
-                        HULL_CONNECTOR_ID, HULL_SECRET)
+        hull_sim.add_event(
+            {
+                "event_id": f"e-other-{n:03d}",
+                "event": "page",
+                "user_id": other["id"],
+                "created_at": "2026-11-20T10:00:00Z",
+            }
+        )
+    hull_sim.add_event(
+        {"event_id": "e-mine", "event": "page", "user_id": mine["id"], "created_at": "2026-11-21T10:00:00Z"}
+    )
+    client = HullClient(hull_sim.api_url, hull_sim.firehose_url, hull_sim.organization, HULL_CONNECTOR_ID, HULL_SECRET)
     try:
         runtime = events_runtime(client, {"seg-a"})
         shard = Shard(shard_of(mine["id"], 2), 2)

@@ -83,13 +83,16 @@ def test_update_only_does_not_create(cio, http):
     assert cio.people["ghost"] == {"a": 1, "b": 2}
 
 
-@pytest.mark.parametrize("attributes, message", [
-    ({f"a{i}": i for i in range(301)}, "cannot identify more than 300 attributes in one request"),
-    ({"n" * 151: 1}, "attribute name cannot be longer than 150 bytes"),
-    ({"bio": "é" * 501}, "value for attribute 'bio' cannot be longer than 1000 bytes"),
-    ({"tags": ["x" * 300] * 4}, "value for attribute 'tags' cannot be longer than 1000 bytes"),
-    ({"_secret": 1}, "attribute name '_secret' is reserved"),
-])
+@pytest.mark.parametrize(
+    "attributes, message",
+    [
+        ({f"a{i}": i for i in range(301)}, "cannot identify more than 300 attributes in one request"),
+        ({"n" * 151: 1}, "attribute name cannot be longer than 150 bytes"),
+        ({"bio": "é" * 501}, "value for attribute 'bio' cannot be longer than 1000 bytes"),
+        ({"tags": ["x" * 300] * 4}, "value for attribute 'tags' cannot be longer than 1000 bytes"),
+        ({"_secret": 1}, "attribute name '_secret' is reserved"),
+    ],
+)
 def test_identify_limits_answer_400_with_customerio_messages(cio, http, attributes, message):
     response = http.put(customer_url(cio, "u-1"), json=attributes)
     assert response.status_code == 400
@@ -113,14 +116,12 @@ def test_identifier_longer_than_150_bytes_is_rejected(cio, http):
 
 def test_configurable_attribute_limit():
     with CustomerIoSimulator(max_attributes_per_request=30) as sim:
-        response = requests.put(customer_url(sim, "u"), json={f"a{i}": i for i in range(31)},
-                                auth=("site", "key"))
+        response = requests.put(customer_url(sim, "u"), json={f"a{i}": i for i in range(31)}, auth=("site", "key"))
     assert response.json() == {"meta": {"error": "cannot identify more than 30 attributes in one request"}}
 
 
 def test_invalid_json_is_400(cio, http):
-    response = http.put(customer_url(cio, "u-1"), data=b"{not json",
-                        headers={"Content-Type": "application/json"})
+    response = http.put(customer_url(cio, "u-1"), data=b"{not json", headers={"Content-Type": "application/json"})
     assert response.status_code == 400
     assert response.json() == {"meta": {"error": "invalid JSON"}}
 
@@ -137,17 +138,22 @@ def test_delete_then_identify_recreates(cio, http):
 
 
 def test_event_is_stored_and_deduplicated_on_ulid(cio, http):
-    event = {"name": "Order Completed", "id": ULID_A, "timestamp": 1700000000,
-             "data": {"revenue": 12.5}}
+    event = {"name": "Order Completed", "id": ULID_A, "timestamp": 1700000000, "data": {"revenue": 12.5}}
     assert http.post(customer_url(cio, "u-1", "/events"), json=event).status_code == 200
     assert http.post(customer_url(cio, "u-1", "/events"), json=event).status_code == 200
     lowercase_repeat = {**event, "id": ULID_A.lower()}
     assert http.post(customer_url(cio, "u-1", "/events"), json=lowercase_repeat).status_code == 200
     http.post(customer_url(cio, "u-1", "/events"), json={**event, "id": ULID_B})
     assert [e["id"] for e in cio.events] == [ULID_A, ULID_B]
-    assert cio.events[0] == {"customer": "u-1", "anonymous_id": None, "name": "Order Completed",
-                             "type": "event", "timestamp": 1700000000, "id": ULID_A,
-                             "data": {"revenue": 12.5}}
+    assert cio.events[0] == {
+        "customer": "u-1",
+        "anonymous_id": None,
+        "name": "Order Completed",
+        "type": "event",
+        "timestamp": 1700000000,
+        "id": ULID_A,
+        "data": {"revenue": 12.5},
+    }
     assert cio.counts["duplicate_events"] == 2
 
 
@@ -157,16 +163,18 @@ def test_events_without_id_are_never_deduplicated(cio, http):
     assert len(cio.events) == 2
 
 
-@pytest.mark.parametrize("event, message", [
-    ({}, "event name is required"),
-    ({"name": "x" * 101}, "event name cannot be longer than 100 bytes"),
-    ({"name": "e", "data": {"blob": "x" * 100_000}}, "event data cannot be longer than 100000 bytes"),
-    ({"name": "e", "type": "track"}, "type must be one of event, page, screen"),
-    ({"name": "e", "id": "not-a-ulid"}, "event id must be a valid ULID"),
-    ({"name": "e", "id": "81E4C8BES586H0A5PFK1ARB9JW"}, "event id must be a valid ULID"),
-    ({"name": "e", "timestamp": "2026-11-26T10:00:00Z"},
-     "timestamp must be a unix timestamp in seconds"),
-])
+@pytest.mark.parametrize(
+    "event, message",
+    [
+        ({}, "event name is required"),
+        ({"name": "x" * 101}, "event name cannot be longer than 100 bytes"),
+        ({"name": "e", "data": {"blob": "x" * 100_000}}, "event data cannot be longer than 100000 bytes"),
+        ({"name": "e", "type": "track"}, "type must be one of event, page, screen"),
+        ({"name": "e", "id": "not-a-ulid"}, "event id must be a valid ULID"),
+        ({"name": "e", "id": "81E4C8BES586H0A5PFK1ARB9JW"}, "event id must be a valid ULID"),
+        ({"name": "e", "timestamp": "2026-11-26T10:00:00Z"}, "timestamp must be a unix timestamp in seconds"),
+    ],
+)
 def test_invalid_events_are_400(cio, http, event, message):
     response = http.post(customer_url(cio, "u-1", "/events"), json=event)
     assert response.status_code == 400
@@ -177,13 +185,27 @@ def test_invalid_events_are_400(cio, http, event, message):
 def test_anonymous_events(cio, http):
     missing = http.post(f"{cio.url}/api/v1/events", json={"name": "page", "type": "page"})
     assert missing.status_code == 400
-    ok = http.post(f"{cio.url}/api/v1/events",
-                   json={"name": "https://x.com/pricing", "type": "page", "anonymous_id": "web:16",
-                         "data": {"referrer": "https://google.com"}})
+    ok = http.post(
+        f"{cio.url}/api/v1/events",
+        json={
+            "name": "https://x.com/pricing",
+            "type": "page",
+            "anonymous_id": "web:16",
+            "data": {"referrer": "https://google.com"},
+        },
+    )
     assert ok.status_code == 200
-    assert cio.events == [{"customer": None, "anonymous_id": "web:16",
-                           "name": "https://x.com/pricing", "type": "page", "timestamp": None,
-                           "id": None, "data": {"referrer": "https://google.com"}}]
+    assert cio.events == [
+        {
+            "customer": None,
+            "anonymous_id": "web:16",
+            "name": "https://x.com/pricing",
+            "type": "page",
+            "timestamp": None,
+            "id": None,
+            "data": {"referrer": "https://google.com"},
+        }
+    ]
 
 
 def test_original_connector_bug_path_is_404(cio, http):
@@ -197,18 +219,36 @@ def test_original_connector_bug_path_is_404(cio, http):
 
 def test_batch_applies_valid_entries_and_reports_invalid_ones(cio, http):
     batch = [
-        {"type": "person", "identifiers": {"id": "42"}, "action": "identify",
-         "attributes": {"first_name": "Jane"}},
+        {"type": "person", "identifiers": {"id": "42"}, "action": "identify", "attributes": {"first_name": "Jane"}},
         {"type": "person", "identifiers": {"id": "42", "email": "j@x.com"}, "action": "identify"},
-        {"type": "person", "identifiers": {"id": "42"}, "action": "event", "id": ULID_A,
-         "name": "purchase", "attributes": {"price": 29.99}},
-        {"type": "person", "identifiers": {"email": "j@x.com"}, "action": "identify",
-         "attributes": {"bio": "x" * 1001}},
-        {"type": "person", "identifiers": {"cio_id": "a1"}, "action": "page",
-         "name": "https://example.com/pricing", "attributes": {"referrer": "https://example.com"}},
+        {
+            "type": "person",
+            "identifiers": {"id": "42"},
+            "action": "event",
+            "id": ULID_A,
+            "name": "purchase",
+            "attributes": {"price": 29.99},
+        },
+        {
+            "type": "person",
+            "identifiers": {"email": "j@x.com"},
+            "action": "identify",
+            "attributes": {"bio": "x" * 1001},
+        },
+        {
+            "type": "person",
+            "identifiers": {"cio_id": "a1"},
+            "action": "page",
+            "name": "https://example.com/pricing",
+            "attributes": {"referrer": "https://example.com"},
+        },
         {"type": "person", "identifiers": {"id": "7"}, "action": "merge"},
-        {"type": "person", "identifiers": {"id": "8"}, "action": "identify",
-         "attributes": {f"a{i}": "x" * 200 for i in range(170)}},
+        {
+            "type": "person",
+            "identifiers": {"id": "8"},
+            "action": "identify",
+            "attributes": {f"a{i}": "x" * 200 for i in range(170)},
+        },
         {"type": "person", "identifiers": {"id": "9"}, "action": "delete"},
     ]
     response = http.post(f"{cio.url}/api/v2/batch", json={"batch": batch})
@@ -222,22 +262,21 @@ def test_batch_applies_valid_entries_and_reports_invalid_ones(cio, http):
     assert cio.people == {"42": {"first_name": "Jane"}}
     assert [(e["customer"], e["type"], e["data"]) for e in cio.events] == [
         ("42", "event", {"price": 29.99}),
-        ("cio_a1", "page", {"referrer": "https://example.com"})]
+        ("cio_a1", "page", {"referrer": "https://example.com"}),
+    ]
     assert "9" in cio.deleted
 
 
 def test_batch_all_valid_is_200_and_dedupes_with_v1(cio, http):
     http.post(customer_url(cio, "u-1", "/events"), json={"name": "e", "id": ULID_A})
-    entry = {"type": "person", "identifiers": {"id": "u-1"}, "action": "event", "id": ULID_A,
-             "name": "e"}
+    entry = {"type": "person", "identifiers": {"id": "u-1"}, "action": "event", "id": ULID_A, "name": "e"}
     response = http.post(f"{cio.url}/api/v2/batch", json={"batch": [entry]})
     assert (response.status_code, response.json()) == (200, {})
     assert len(cio.events) == 1
 
 
 def test_batch_over_500kb_is_rejected_whole(cio, http):
-    entry = {"type": "person", "identifiers": {"id": "1"}, "action": "identify",
-             "attributes": {"a": "x" * 900}}
+    entry = {"type": "person", "identifiers": {"id": "1"}, "action": "identify", "attributes": {"a": "x" * 900}}
     batch = [entry] * 600  # ~570 KB
     assert len(json.dumps({"batch": batch})) > 500 * 1024
     response = http.post(f"{cio.url}/api/v2/batch", json={"batch": batch})
@@ -265,8 +304,7 @@ def test_fail_next_then_recover(cio, http):
 
 
 def test_fail_next_with_path_filter_and_custom_body(cio, http):
-    cio.faults.fail_next(1, status=429, body={"meta": {"error": "slow down"}},
-                         path_contains="a b/c")
+    cio.faults.fail_next(1, status=429, body={"meta": {"error": "slow down"}}, path_contains="a b/c")
     assert http.put(customer_url(cio, "other"), json={}).status_code == 200
     response = http.put(customer_url(cio, "a b/c"), json={})
     assert (response.status_code, response.json()) == (429, {"meta": {"error": "slow down"}})
@@ -321,8 +359,7 @@ def test_latency_delays_answers(cio, http):
 
 
 def test_faults_driven_over_http(cio, http):
-    ops = [{"op": "fail_next", "n": 1, "status": 500},
-           {"op": "error_rate", "rate": 0.0, "statuses": [503]}]
+    ops = [{"op": "fail_next", "n": 1, "status": 500}, {"op": "error_rate", "rate": 0.0, "statuses": [503]}]
     for op in ops:
         assert http.post(f"{cio.url}/_sim/faults", json=op).status_code == 200
     assert http.get(f"{cio.url}/auth").status_code == 500
@@ -339,7 +376,9 @@ def test_journal_records_requests_but_not_control_calls(cio, http):
     http.get(f"{cio.url}/_sim/state")
     entries = http.get(f"{cio.url}/_sim/journal").json()
     assert [(e["method"], e["path"], e["status"]) for e in entries] == [
-        ("PUT", "/api/v1/customers/a%20b", 200), ("GET", "/auth", 200)]
+        ("PUT", "/api/v1/customers/a%20b", 200),
+        ("GET", "/auth", 200),
+    ]
     assert entries[0]["body"] == {"x": 1} and entries[0]["host"] == "track.customer.io"
     assert entries[1]["query"] == "check=1"
     assert http.get(f"{cio.url}/_sim/journal?since=1").json() == entries[1:]

@@ -34,8 +34,9 @@ def hull(server):
 @pytest.fixture
 def http():
     with requests.Session() as session:
-        session.headers.update({"Hull-App-Id": CONNECTOR_ID, "Hull-Access-Token": SECRET,
-                                "Hull-Organization": "acme.hullapp.io"})
+        session.headers.update(
+            {"Hull-App-Id": CONNECTOR_ID, "Hull-Access-Token": SECRET, "Hull-Organization": "acme.hullapp.io"}
+        )
         yield session
 
 
@@ -60,19 +61,31 @@ def firehose(hull, http, messages, **kwargs):
 
 def traits_message(as_user, body, secret=SECRET, issuer=CONNECTOR_ID, **claims):
     token = sign_user_token(issuer, secret, as_user, **claims)
-    return {"type": "traits", "headers": {"Hull-Access-Token": token}, "body": body,
-            "timestamp": "2026-11-26T10:05:00Z"}
+    return {
+        "type": "traits",
+        "headers": {"Hull-Access-Token": token},
+        "body": body,
+        "timestamp": "2026-11-26T10:05:00Z",
+    }
 
 
 # -- auth and segments ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("headers", [{}, {"Hull-App-Id": CONNECTOR_ID, "Hull-Access-Token": "no"},
-                                     {"Hull-App-Id": "0" * 24, "Hull-Access-Token": SECRET}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Hull-App-Id": CONNECTOR_ID, "Hull-Access-Token": "no"},
+        {"Hull-App-Id": "0" * 24, "Hull-Access-Token": SECRET},
+    ],
+)
 def test_rest_and_firehose_reject_bad_credentials(hull, headers):
-    for method, url in (("GET", f"{hull.api_url}/users_segments"),
-                        ("POST", f"{hull.api_url}/search/user_reports"),
-                        ("POST", hull.firehose_url)):
+    for method, url in (
+        ("GET", f"{hull.api_url}/users_segments"),
+        ("POST", f"{hull.api_url}/search/user_reports"),
+        ("POST", hull.firehose_url),
+    ):
         response = requests.request(method, url, json={"batch": []}, headers=headers)
         assert response.status_code == 401
         assert response.json() == {"message": "Invalid credentials"}
@@ -87,9 +100,14 @@ def test_segments_are_paginated_with_user_counts(hull, http):
     last = http.get(f"{hull.api_url}/users_segments", params={"page": 2, "per_page": 3}).json()
     assert [s["id"] for s in first] == ["seg-0", "seg-1", "seg-2"]
     assert [s["id"] for s in last] == ["seg-3", "seg-4"]  # shorter page: the last one
-    assert first[1] == {"id": "seg-1", "name": "Segment 1", "type": "users_segment",
-                        "created_at": "2026-11-26T10:00:00Z", "updated_at": "2026-11-26T10:00:00Z",
-                        "stats": {"users": 2}}
+    assert first[1] == {
+        "id": "seg-1",
+        "name": "Segment 1",
+        "type": "users_segment",
+        "created_at": "2026-11-26T10:00:00Z",
+        "updated_at": "2026-11-26T10:00:00Z",
+        "stats": {"users": 2},
+    }
     too_big = http.get(f"{hull.api_url}/users_segments", params={"per_page": 201})
     assert too_big.status_code == 400
 
@@ -135,6 +153,7 @@ def test_search_range_filters_compare_as_datetimes(hull, http):
     for second in range(4):
         hull.upsert_user({"id": hid(second)})
         hull.advance(1)
+
     # Stored at 10:00:00 .. 10:00:03.
     def ids(query):
         response = search_users(hull, http, query)
@@ -147,8 +166,9 @@ def test_search_range_filters_compare_as_datetimes(hull, http):
     assert ids(since("gte", "2026-11-26T11:00:01+01:00")) == [1, 2, 3]
     assert ids(since("lt", "2026-11-26T10:00:01Z")) == [0]
     assert ids(since("lte", "2026-11-26T10:00:01Z")) == [0, 1]
-    both = {"bool": {"filter": [{"range": {"indexed_at": {"gt": "2026-11-26T10:00:00Z",
-                                                          "lt": "2026-11-26T10:00:03Z"}}}]}}
+    both = {
+        "bool": {"filter": [{"range": {"indexed_at": {"gt": "2026-11-26T10:00:00Z", "lt": "2026-11-26T10:00:03Z"}}}]}
+    }
     assert ids(both) == [1, 2]
     assert ids({"match_all": {}}) == [0, 1, 2, 3]
     assert ids(None) == [0, 1, 2, 3]
@@ -160,15 +180,23 @@ def test_search_terms_filters(hull, http):
     hull.upsert_user({"id": hid(1), "segment_ids": ["vip"]})
     hull.upsert_user({"id": hid(2), "segment_ids": ["trial", "vip"]})
     hull.upsert_user({"id": hid(3), "segment_ids": []})
-    by_ids = search_users(hull, http, {"bool": {"filter": [
-        {"terms": {"id": [hid(3), hid(1), "missing"]}}]}}).json()
+    by_ids = search_users(hull, http, {"bool": {"filter": [{"terms": {"id": [hid(3), hid(1), "missing"]}}]}}).json()
     assert [u["id"] for u in by_ids["data"]] == [hid(1), hid(3)]
-    by_segment = search_users(hull, http, {"bool": {"filter": [
-        {"terms": {"segment_ids": ["trial"]}}]}}).json()
+    by_segment = search_users(hull, http, {"bool": {"filter": [{"terms": {"segment_ids": ["trial"]}}]}}).json()
     assert [u["id"] for u in by_segment["data"]] == [hid(2)]
-    combined = search_users(hull, http, {"bool": {"filter": [
-        {"terms": {"segment_ids": ["vip"]}}, {"terms": {"id": [hid(2), hid(3)]}},
-        {"range": {"indexed_at": {"gte": "2026-11-26T10:00:00Z"}}}]}}).json()
+    combined = search_users(
+        hull,
+        http,
+        {
+            "bool": {
+                "filter": [
+                    {"terms": {"segment_ids": ["vip"]}},
+                    {"terms": {"id": [hid(2), hid(3)]}},
+                    {"range": {"indexed_at": {"gte": "2026-11-26T10:00:00Z"}}},
+                ]
+            }
+        },
+    ).json()
     assert [u["id"] for u in combined["data"]] == [hid(2)]
     unsupported = search_users(hull, http, {"bool": {"should": []}})
     assert unsupported.status_code == 400
@@ -202,8 +230,12 @@ def test_keyset_walk_with_must_not_on_seen_ids(hull, http):
     seed_synthetic(hull, 700, seed=4, users_per_tick=150, events_per_user=(0, 0))
     seen, watermark, seen_at_watermark = [], None, set()
     while True:
-        query = {"bool": {"filter": [{"range": {"indexed_at": {"gte": watermark}}}] if watermark else [],
-                          "must_not": [{"terms": {"id": sorted(seen_at_watermark)}}]}}
+        query = {
+            "bool": {
+                "filter": [{"range": {"indexed_at": {"gte": watermark}}}] if watermark else [],
+                "must_not": [{"terms": {"id": sorted(seen_at_watermark)}}],
+            }
+        }
         page = search_users(hull, http, query, per_page=100).json()["data"]
         if not page:
             break
@@ -222,9 +254,18 @@ def test_must_not_accepts_any_supported_clause(hull, http):
     hull.upsert_user({"id": hid(3), "segment_ids": ["vip", "trial"]})
     query = {"bool": {"must_not": [{"terms": {"segment_ids": ["trial"]}}]}}
     assert [u["id"] for u in search_users(hull, http, query).json()["data"]] == [hid(1)]
-    nested = {"bool": {"must_not": {"bool": {"filter": [
-        {"terms": {"segment_ids": ["vip"]}},
-        {"range": {"indexed_at": {"lt": "2026-11-26T10:00:05Z"}}}]}}}}
+    nested = {
+        "bool": {
+            "must_not": {
+                "bool": {
+                    "filter": [
+                        {"terms": {"segment_ids": ["vip"]}},
+                        {"range": {"indexed_at": {"lt": "2026-11-26T10:00:05Z"}}},
+                    ]
+                }
+            }
+        }
+    }
     assert [u["id"] for u in search_users(hull, http, nested).json()["data"]] == [hid(2), hid(3)]
 
 
@@ -249,25 +290,47 @@ def test_seeded_users_look_like_hull_user_reports(hull):
 
 
 def events_query(*filters, page=1, per_page=100):
-    return {"query": {"bool": {"filter": list(filters)}}, "sort": {"created_at": "asc"},
-            "raw": True, "page": page, "per_page": per_page}
+    return {
+        "query": {"bool": {"filter": list(filters)}},
+        "sort": {"created_at": "asc"},
+        "raw": True,
+        "page": page,
+        "per_page": per_page,
+    }
 
 
 def test_event_search_filters_and_both_event_forms(hull, http):
     hull.upsert_user({"id": hid(1), "segment_ids": ["vip"]})
     hull.upsert_user({"id": hid(2)})
-    hull.add_event({"event_id": "e-b", "event": "Signed Up", "user_id": hid(1),
-                    "created_at": "2026-11-26T10:00:05Z", "properties": {"plan": "pro"}})
-    hull.add_event({"event_id": "e-a", "event": "page", "user_id": hid(1),
-                    "created_at": "2026-11-26T10:00:05Z",
-                    "properties": {"url": "https://x.com/pricing", "referrer": None}})
-    hull.add_raw_event({"event_id": "e-c", "event": "page", "user_id": hid(1),
-                        "created_at": "2026-11-26T10:00:09Z",
-                        "properties": {"url": "https://x.com/", "count": 2, "ok": True}})
-    hull.add_event({"event_id": "e-d", "event": "page", "user_id": hid(2),
-                    "created_at": "2026-11-26T10:00:01Z"})
-    parent = {"has_parent": {"parent_type": "user_report",
-                             "query": {"terms": {"id": [hid(1)]}}}}
+    hull.add_event(
+        {
+            "event_id": "e-b",
+            "event": "Signed Up",
+            "user_id": hid(1),
+            "created_at": "2026-11-26T10:00:05Z",
+            "properties": {"plan": "pro"},
+        }
+    )
+    hull.add_event(
+        {
+            "event_id": "e-a",
+            "event": "page",
+            "user_id": hid(1),
+            "created_at": "2026-11-26T10:00:05Z",
+            "properties": {"url": "https://x.com/pricing", "referrer": None},
+        }
+    )
+    hull.add_raw_event(
+        {
+            "event_id": "e-c",
+            "event": "page",
+            "user_id": hid(1),
+            "created_at": "2026-11-26T10:00:09Z",
+            "properties": {"url": "https://x.com/", "count": 2, "ok": True},
+        }
+    )
+    hull.add_event({"event_id": "e-d", "event": "page", "user_id": hid(2), "created_at": "2026-11-26T10:00:01Z"})
+    parent = {"has_parent": {"parent_type": "user_report", "query": {"terms": {"id": [hid(1)]}}}}
     response = http.post(f"{hull.api_url}/search/events", json=events_query(parent)).json()
     assert [e.get("event_id") or e.get("_id") for e in response["data"]] == ["e-a", "e-b", "e-c"]
     assert response["pagination"]["total"] == 3
@@ -275,17 +338,22 @@ def test_event_search_filters_and_both_event_forms(hull, http):
     assert normal["properties"] == {"url": "https://x.com/pricing", "referrer": None}
     assert normal["event_source"] == "track" and normal["context"] == {}
     assert "event_id" not in raw and "properties" not in raw
-    assert raw["props"][0] == {"field_name": "url", "text_value": "https://x.com/",
-                               "num_value": None, "bool_value": None, "date_value": None}
+    assert raw["props"][0] == {
+        "field_name": "url",
+        "text_value": "https://x.com/",
+        "num_value": None,
+        "bool_value": None,
+        "date_value": None,
+    }
     assert raw["props"][1]["num_value"] == 2 and raw["props"][2]["bool_value"] is True
 
-    pages_only = events_query(parent, {"terms": {"event": ["page"]}},
-                              {"range": {"created_at": {"gt": "2026-11-26T10:00:05Z"}}})
+    pages_only = events_query(
+        parent, {"terms": {"event": ["page"]}}, {"range": {"created_at": {"gt": "2026-11-26T10:00:05Z"}}}
+    )
     response = http.post(f"{hull.api_url}/search/events", json=pages_only).json()
     assert [e["_id"] for e in response["data"]] == ["e-c"]
 
-    by_segment = {"has_parent": {"parent_type": "user_report",
-                                 "query": {"terms": {"segment_ids": ["vip"]}}}}
+    by_segment = {"has_parent": {"parent_type": "user_report", "query": {"terms": {"segment_ids": ["vip"]}}}}
     response = http.post(f"{hull.api_url}/search/events", json=events_query(by_segment)).json()
     assert response["pagination"]["total"] == 3
     everything = http.post(f"{hull.api_url}/search/events", json=events_query()).json()
@@ -295,8 +363,11 @@ def test_event_search_filters_and_both_event_forms(hull, http):
     assert window.status_code == 400
 
     # Terms filter the field they name: `event_id` never matches a raw event's `_id`.
-    not_seen = {"query": {"bool": {"filter": [parent], "must_not": [
-        {"terms": {"event_id": ["e-a", "e-c"]}}]}}, "page": 1, "per_page": 10}
+    not_seen = {
+        "query": {"bool": {"filter": [parent], "must_not": [{"terms": {"event_id": ["e-a", "e-c"]}}]}},
+        "page": 1,
+        "per_page": 10,
+    }
     response = http.post(f"{hull.api_url}/search/events", json=not_seen).json()
     assert [e.get("event_id") or e.get("_id") for e in response["data"]] == ["e-b", "e-c"]
     not_seen["query"]["bool"]["must_not"].append({"terms": {"_id": ["e-a", "e-c"]}})
@@ -308,18 +379,23 @@ def test_event_search_filters_and_both_event_forms(hull, http):
 
 
 def test_firehose_applies_valid_traits_and_bumps_indexed_at(hull, http):
-    hull.upsert_user({"id": hid(1), "external_id": "u-1", "email": "darth@example.com",
-                      "traits_customerio/id": "old"})
+    hull.upsert_user({"id": hid(1), "external_id": "u-1", "email": "darth@example.com", "traits_customerio/id": "old"})
     hull.advance(60)
     messages = [
-        traits_message({"external_id": "u-1"}, {"customerio/id": "u-1",
-                                                "customerio/synced_at": "2026-11-26T10:01:00Z",
-                                                "customerio/deleted_at": None}),
-        traits_message({"email": "DARTH@example.com"},
-                       {"customerio/created_at": {"operation": "setIfNull", "value": "first"}}),
-        traits_message({"id": hid(1)},
-                       {"customerio/created_at": {"operation": "setIfNull", "value": "second"},
-                        "traits_coconuts": {"operation": "set", "value": 4}}),
+        traits_message(
+            {"external_id": "u-1"},
+            {"customerio/id": "u-1", "customerio/synced_at": "2026-11-26T10:01:00Z", "customerio/deleted_at": None},
+        ),
+        traits_message(
+            {"email": "DARTH@example.com"}, {"customerio/created_at": {"operation": "setIfNull", "value": "first"}}
+        ),
+        traits_message(
+            {"id": hid(1)},
+            {
+                "customerio/created_at": {"operation": "setIfNull", "value": "second"},
+                "traits_coconuts": {"operation": "set", "value": 4},
+            },
+        ),
     ]
     response = firehose(hull, http, messages)
     assert response.status_code == 204
@@ -336,8 +412,14 @@ def test_firehose_applies_valid_traits_and_bumps_indexed_at(hull, http):
 
 
 def test_firehose_creates_unknown_users_unless_told_not_to(hull, http):
-    firehose(hull, http, [traits_message({"external_id": "new-1", "email": "n@x.com"}, {"a": 1}),
-                          traits_message({"external_id": "new-2"}, {"a": 2}, create=False)])
+    firehose(
+        hull,
+        http,
+        [
+            traits_message({"external_id": "new-1", "email": "n@x.com"}, {"a": 1}),
+            traits_message({"external_id": "new-2"}, {"a": 2}, create=False),
+        ],
+    )
     created = hull.find_user(external_id="new-1")
     assert created["traits_a"] == 1 and created["email"] == "n@x.com" and len(created["id"]) == 24
     assert hull.find_user(external_id="new-2") is None
@@ -346,16 +428,21 @@ def test_firehose_creates_unknown_users_unless_told_not_to(hull, http):
 def test_firehose_rejects_whole_batch_on_bad_token(hull, http):
     hull.upsert_user({"id": hid(1), "external_id": "u-1"})
     good = traits_message({"external_id": "u-1"}, {"a": 1})
-    for bad in (traits_message({"external_id": "u-1"}, {"a": 2}, secret="wrong" * 8),
-                traits_message({"external_id": "u-1"}, {"a": 2}, issuer="f" * 24),
-                traits_message({}, {"a": 2}),
-                traits_message({"external_id": "u-1"}, {"a": 2}, **{"io.hull.subjectType": "account"}),
-                {**good, "headers": {}}):
+    for bad in (
+        traits_message({"external_id": "u-1"}, {"a": 2}, secret="wrong" * 8),
+        traits_message({"external_id": "u-1"}, {"a": 2}, issuer="f" * 24),
+        traits_message({}, {"a": 2}),
+        traits_message({"external_id": "u-1"}, {"a": 2}, **{"io.hull.subjectType": "account"}),
+        {**good, "headers": {}},
+    ):
         response = firehose(hull, http, [good, bad])
         assert response.status_code == 400
         assert response.json()["message"].startswith("invalid token")
-    unsigned = jwt.encode({"iss": CONNECTOR_ID, "io.hull.asUser": {"id": hid(1)},
-                           "io.hull.subjectType": "user"}, "x" * 64, algorithm="HS512")
+    unsigned = jwt.encode(
+        {"iss": CONNECTOR_ID, "io.hull.asUser": {"id": hid(1)}, "io.hull.subjectType": "user"},
+        "x" * 64,
+        algorithm="HS512",
+    )
     response = firehose(hull, http, [{**good, "headers": {"Hull-Access-Token": unsigned}}])
     assert response.status_code == 400
     assert "traits_a" not in hull.user(hid(1)) and hull.firehose_messages == []
@@ -373,15 +460,21 @@ def test_firehose_track_is_deduplicated_on_event_id(hull, http):
     token = sign_user_token(CONNECTOR_ID, SECRET, {"external_id": "u-1"})
 
     def track(event_id):
-        return {"type": "track", "headers": {"Hull-Access-Token": token},
-                "body": {"event": "Email Opened", "event_id": event_id,
-                         "properties": {"email_subject": "hello"}, "source": "customerio"}}
+        return {
+            "type": "track",
+            "headers": {"Hull-Access-Token": token},
+            "body": {
+                "event": "Email Opened",
+                "event_id": event_id,
+                "properties": {"email_subject": "hello"},
+                "source": "customerio",
+            },
+        }
 
     first = track("01E4C8BES586H0A5PFK1ARB9JW")
     assert firehose(hull, http, [first, first]).status_code == 204
     assert firehose(hull, http, [first, track("01E4C8BES586H0A5PFK1ARB9JX")]).status_code == 204
-    assert [e["event_id"] for e in hull.tracked_events] == [
-        "01E4C8BES586H0A5PFK1ARB9JW", "01E4C8BES586H0A5PFK1ARB9JX"]
+    assert [e["event_id"] for e in hull.tracked_events] == ["01E4C8BES586H0A5PFK1ARB9JW", "01E4C8BES586H0A5PFK1ARB9JX"]
     assert hull.tracked_events[0]["body"]["properties"] == {"email_subject": "hello"}
     assert len(hull.firehose_messages) == 4
     assert sum(bool(m.get("duplicate")) for m in hull.firehose_messages) == 2
@@ -406,13 +499,15 @@ def test_faults_apply_to_hull_too(hull, http):
 def test_seeding_and_state_over_http(hull, http):
     sim = hull.url + "/_sim"
     assert http.post(f"{sim}/segments", json=[{"id": "vip", "name": "VIP"}]).status_code == 200
-    users = {"users": [{"id": hid(1), "email": "a@x.com", "segment_ids": ["vip"]},
-                       {"id": hid(2), "external_id": "u-2"}]}
+    users = {
+        "users": [{"id": hid(1), "email": "a@x.com", "segment_ids": ["vip"]}, {"id": hid(2), "external_id": "u-2"}]
+    }
     assert http.post(f"{sim}/users", json=users).json()["upserted"] == 2
     assert http.post(f"{sim}/users", json={"email": "no-id"}).status_code == 400
     assert http.post(f"{sim}/advance", json={"seconds": 90}).json() == {"now": "2026-11-26T10:01:30Z"}
-    http.post(f"{sim}/events", json=[{"event": "page", "user_id": hid(1)},
-                                     {"event": "page", "user_id": hid(2), "raw": True}])
+    http.post(
+        f"{sim}/events", json=[{"event": "page", "user_id": hid(1)}, {"event": "page", "user_id": hid(2), "raw": True}]
+    )
     token = http.post(f"{sim}/token", json={"as_user": {"id": hid(2)}, "sub": hid(2)}).json()["token"]
     claims = jwt.decode(token, SECRET, algorithms=["HS256"], issuer=CONNECTOR_ID)
     assert claims["sub"] == hid(2)
@@ -430,10 +525,25 @@ def test_seeding_and_state_over_http(hull, http):
 def test_module_entry_point_serves_until_sigterm():
     root = Path(__file__).resolve().parents[3]
     process = subprocess.Popen(
-        [sys.executable, "-m", "simulators", "hull", "--port", "0", "--connector-id", CONNECTOR_ID,
-         "--connector-secret", SECRET, "--seed-users", "10"],
-        cwd=root, stdout=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(root)})
+        [
+            sys.executable,
+            "-m",
+            "simulators",
+            "hull",
+            "--port",
+            "0",
+            "--connector-id",
+            CONNECTOR_ID,
+            "--connector-secret",
+            SECRET,
+            "--seed-users",
+            "10",
+        ],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
     try:
         line = process.stdout.readline().strip()
         assert line.startswith("ready http://127.0.0.1:")
@@ -451,9 +561,9 @@ def test_module_entry_point_serves_until_sigterm():
 def test_sort_variants(hull, http):
     for n in (2, 1):
         hull.upsert_user({"id": hid(n)})
+
     def ids(sort):
-        response = http.post(f"{hull.api_url}/search/user_reports",
-                             json={"sort": sort, "page": 1, "per_page": 10})
+        response = http.post(f"{hull.api_url}/search/user_reports", json={"sort": sort, "page": 1, "per_page": 10})
         return response.json()["data"] if response.ok else response.status_code
 
     assert [u["id"] for u in ids([{"indexed_at": "asc"}, {"id": "asc"}])] == [hid(1), hid(2)]

@@ -51,8 +51,7 @@ def event(sim, http, identifier, name, ulid=None):
 
 
 def merge(sim, http, primary, secondary):
-    return http.post(f"{sim.url}/api/v1/merge_customers",
-                     json={"primary": primary, "secondary": secondary})
+    return http.post(f"{sim.url}/api/v1/merge_customers", json={"primary": primary, "secondary": secondary})
 
 
 def batch(sim, http, *entries):
@@ -78,8 +77,15 @@ def test_merge_fills_the_primary_moves_events_and_deletes_the_secondary(cio, htt
     assert "u-2" in cio.deleted
     assert [e["name"] for e in cio.events_for("u-1")] == ["one", "two"]
     assert cio.events_for("u-2") == []
-    assert cio.merges == [{"primary": {"id": "u-1"}, "secondary": {"id": "u-2"}, "applied": True,
-                           "primary_key": "u-1", "secondary_key": "u-2"}]
+    assert cio.merges == [
+        {
+            "primary": {"id": "u-1"},
+            "secondary": {"id": "u-2"},
+            "applied": True,
+            "primary_key": "u-1",
+            "secondary_key": "u-2",
+        }
+    ]
     assert cio.counts["merge"] == 1
     # Any later call for the secondary's id makes a new person: the merge removed it.
     identify(cio, http, "u-2", plan="again")
@@ -94,12 +100,15 @@ def test_merge_by_email_and_cio_id(cio, http):
     assert cio.deleted == {"cio_abc"}
 
 
-@pytest.mark.parametrize("primary, secondary", [
-    ({"id": "ghost"}, {"id": "u-2"}),  # documented: the primary must already exist
-    ({"id": "u-1"}, {"id": "ghost"}),  # undocumented: an unknown secondary changes nothing
-    ({"id": "u-1"}, {"id": "u-1"}),
-    ({"id": "u-1"}, {"email": "a@x.com"}),  # the same person by another identifier
-])
+@pytest.mark.parametrize(
+    "primary, secondary",
+    [
+        ({"id": "ghost"}, {"id": "u-2"}),  # documented: the primary must already exist
+        ({"id": "u-1"}, {"id": "ghost"}),  # undocumented: an unknown secondary changes nothing
+        ({"id": "u-1"}, {"id": "u-1"}),
+        ({"id": "u-1"}, {"email": "a@x.com"}),  # the same person by another identifier
+    ],
+)
 def test_merge_that_cannot_apply_is_a_200_no_op(cio, http, primary, secondary):
     identify(cio, http, "u-1", email="a@x.com", plan="pro")
     identify(cio, http, "u-2", plan="free", seats=2)
@@ -109,15 +118,18 @@ def test_merge_that_cannot_apply_is_a_200_no_op(cio, http, primary, secondary):
     assert cio.merges[-1]["applied"] is False
 
 
-@pytest.mark.parametrize("body", [
-    {"primary": {"id": "u-1"}},
-    {"secondary": {"id": "u-2"}},
-    {"primary": {"id": "u-1", "email": "a@x.com"}, "secondary": {"id": "u-2"}},
-    {"primary": {"id": "u-1"}, "secondary": {"phone": "+14155552671"}},
-    {"primary": {"id": ""}, "secondary": {"id": "u-2"}},
-    {"primary": "u-1", "secondary": {"id": "u-2"}},
-    {"primary": {"id": "u-1"}, "secondary": {"id": "x" * 151}},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"primary": {"id": "u-1"}},
+        {"secondary": {"id": "u-2"}},
+        {"primary": {"id": "u-1", "email": "a@x.com"}, "secondary": {"id": "u-2"}},
+        {"primary": {"id": "u-1"}, "secondary": {"phone": "+14155552671"}},
+        {"primary": {"id": ""}, "secondary": {"id": "u-2"}},
+        {"primary": "u-1", "secondary": {"id": "u-2"}},
+        {"primary": {"id": "u-1"}, "secondary": {"id": "x" * 151}},
+    ],
+)
 def test_malformed_merge_is_400(cio, http, body):
     identify(cio, http, "u-1", a=1)
     identify(cio, http, "u-2", b=2)
@@ -202,15 +214,24 @@ def test_update_only_never_creates_and_never_undoes_a_delete(cio, http):
 
 
 def test_anonymous_id_links_earlier_anonymous_events_to_the_person(cio, http):
-    for name, anonymous_id, ulid in (("visit", "web:1", ULID_A), ("visit", "web:2", ULID_B),
-                                     ("pricing", "web:1", ULID_C)):
-        assert http.post(f"{cio.url}/api/v1/events",
-                         json={"name": name, "anonymous_id": anonymous_id, "id": ulid}).status_code == 200
+    for name, anonymous_id, ulid in (
+        ("visit", "web:1", ULID_A),
+        ("visit", "web:2", ULID_B),
+        ("pricing", "web:1", ULID_C),
+    ):
+        assert (
+            http.post(
+                f"{cio.url}/api/v1/events", json={"name": name, "anonymous_id": anonymous_id, "id": ulid}
+            ).status_code
+            == 200
+        )
     assert cio.events_for("u-1") == []
     identify(cio, http, "u-1", email="a@x.com", anonymous_id="web:1")
     linked = cio.events_for("u-1")
     assert [(e["name"], e["anonymous_id"], e["customer"]) for e in linked] == [
-        ("visit", "web:1", "u-1"), ("pricing", "web:1", "u-1")]
+        ("visit", "web:1", "u-1"),
+        ("pricing", "web:1", "u-1"),
+    ]
     assert [e["customer"] for e in cio.events if e["anonymous_id"] == "web:2"] == [None]
     assert cio.people["u-1"]["anonymous_id"] == "web:1"  # the attribute itself is kept
     state = http.get(f"{cio.url}/_sim/state").json()
@@ -244,7 +265,8 @@ def test_batch_person_actions(cio, http):
     identify(cio, http, "u-2", plan="free", seats=2)
     event(cio, http, "u-2", "two", ULID_A)
     response = batch(
-        cio, http,
+        cio,
+        http,
         person("u-1", "identify", attributes={"city": "", "_update": True}),
         person("ghost", "identify", attributes={"a": 1, "_update": True}),
         {"type": "person", "action": "merge", "primary": {"id": "u-1"}, "secondary": {"id": "u-2"}},
@@ -257,8 +279,7 @@ def test_batch_person_actions(cio, http):
         person("u-1", "identify", timestamp=1_700_000_000, attributes={"plan": "late"}),
     )
     assert (response.status_code, response.json()) == (200, {})
-    assert cio.people == {"u-1": {"email": "a@x.com", "plan": "late", "seats": 2},
-                          "u-4": {"y": 1}}
+    assert cio.people == {"u-1": {"email": "a@x.com", "plan": "late", "seats": 2}, "u-4": {"y": 1}}
     assert cio.deleted == {"u-2", "u-3"} and cio.suppressed == {"u-3"}
     assert [e["customer"] for e in cio.events] == ["u-1"]
     assert cio.updated_at == {"u-1": 1_700_000_000}  # applied: no later stamp on `plan`
@@ -266,20 +287,23 @@ def test_batch_person_actions(cio, http):
 
 
 def test_batch_timestamp_orders_updates(cio, http):
-    response = batch(cio, http,
-                     person("u-1", "identify", timestamp=200, attributes={"plan": "new"}),
-                     person("u-1", "identify", timestamp=100, attributes={"plan": "old", "a": 1}),
-                     person("u-1", "identify", attributes={"_timestamp": 150, "plan": "mid"}))
+    response = batch(
+        cio,
+        http,
+        person("u-1", "identify", timestamp=200, attributes={"plan": "new"}),
+        person("u-1", "identify", timestamp=100, attributes={"plan": "old", "a": 1}),
+        person("u-1", "identify", attributes={"_timestamp": 150, "plan": "mid"}),
+    )
     assert response.status_code == 200
     assert cio.people["u-1"] == {"plan": "new", "a": 1}
 
 
 def test_batch_invalid_person_actions_are_207_entries(cio, http):
     response = batch(
-        cio, http,
+        cio,
+        http,
         {"type": "person", "action": "merge", "primary": {"id": "u-1"}},
-        {"type": "person", "action": "merge", "primary": {"id": "u-1", "email": "a@x.com"},
-         "secondary": {"id": "u-2"}},
+        {"type": "person", "action": "merge", "primary": {"id": "u-1", "email": "a@x.com"}, "secondary": {"id": "u-2"}},
         {"type": "person", "action": "suppress", "identifiers": {"id": "u-1", "email": "a@x.com"}},
         person("u-1", "identify", timestamp="now", attributes={"a": 1}),
         person("u-1", "unsuppress"),
@@ -288,7 +312,11 @@ def test_batch_invalid_person_actions_are_207_entries(cio, http):
     assert response.status_code == 207
     errors = response.json()["errors"]
     assert [(e["batch_index"], e["field"]) for e in errors] == [
-        (0, "secondary"), (1, "primary"), (2, "identifiers"), (3, "timestamp")]
+        (0, "secondary"),
+        (1, "primary"),
+        (2, "identifiers"),
+        (3, "timestamp"),
+    ]
     assert cio.people == {"u-1": {"a": 1}}
 
 
@@ -323,20 +351,27 @@ def test_a_poisoned_entry_makes_its_whole_request_400(cio, http):
 
 
 def test_poison_over_http_by_email_matches_merge_sides_and_clears(cio, http):
-    assert http.post(f"{cio.url}/_sim/faults", json={
-        "op": "poison_batch_entry", "email": "bad@x.com", "status": 400,
-        "body": {"errors": [{"reason": "custom"}]}}).status_code == 200
+    assert (
+        http.post(
+            f"{cio.url}/_sim/faults",
+            json={
+                "op": "poison_batch_entry",
+                "email": "bad@x.com",
+                "status": 400,
+                "body": {"errors": [{"reason": "custom"}]},
+            },
+        ).status_code
+        == 200
+    )
     described = http.get(f"{cio.url}/_sim/faults").json()["poisoned_batch_entries"]
     assert described == [{"email": "bad@x.com", "status": 400}]
-    merge_entry = {"type": "person", "action": "merge", "primary": {"id": "u-1"},
-                   "secondary": {"email": "bad@x.com"}}
+    merge_entry = {"type": "person", "action": "merge", "primary": {"id": "u-1"}, "secondary": {"email": "bad@x.com"}}
     response = batch(cio, http, person("u-1", "identify", attributes={"a": 1}), merge_entry)
     assert (response.status_code, response.json()) == (400, {"errors": [{"reason": "custom"}]})
     assert http.post(f"{cio.url}/_sim/faults", json={"op": "poison_batch_entry"}).status_code == 400
     assert http.post(f"{cio.url}/_sim/faults", json={"op": "clear"}).status_code == 200
     assert batch(cio, http, person("u-1", "identify", attributes={"a": 1}), merge_entry).status_code == 200
     cio.faults.poison_batch_entry(cio_id="abc")
-    assert batch(cio, http, {"type": "person", "identifiers": {"cio_id": "abc"},
-                             "action": "delete"}).status_code == 400
+    assert batch(cio, http, {"type": "person", "identifiers": {"cio_id": "abc"}, "action": "delete"}).status_code == 400
     cio.reset()  # reset clears every fault, poison included
     assert cio.faults.describe()["poisoned_batch_entries"] == []

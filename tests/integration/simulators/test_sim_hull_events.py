@@ -44,8 +44,13 @@ def iso(seconds: float) -> str:
 
 
 def search(hull, http, filters=(), must_not=(), page=1, per_page=100, sort="asc"):
-    body = {"query": {"bool": {"filter": list(filters), "must_not": list(must_not)}},
-            "sort": {"created_at": sort}, "raw": True, "page": page, "per_page": per_page}
+    body = {
+        "query": {"bool": {"filter": list(filters), "must_not": list(must_not)}},
+        "sort": {"created_at": sort},
+        "raw": True,
+        "page": page,
+        "per_page": per_page,
+    }
     response = http.post(f"{hull.api_url}/search/events", json=body)
     assert response.status_code == 200, response.text
     return response.json()
@@ -61,12 +66,25 @@ def event_id(event: dict) -> str:
 def test_id_lookup_filters_the_field_it_names(hull, http):
     hull.upsert_user({"id": hid(1)})
     hull.add_event({"event_id": "e-1", "event": "page", "user_id": hid(1), "created_at": iso(1)})
-    hull.add_raw_event({"event_id": "e-2", "event": "page", "user_id": hid(1), "created_at": iso(2),
-                        "properties": {"url": "https://x.com/"}})
+    hull.add_raw_event(
+        {
+            "event_id": "e-2",
+            "event": "page",
+            "user_id": hid(1),
+            "created_at": iso(2),
+            "properties": {"url": "https://x.com/"},
+        }
+    )
     # Raw form as stored documents look (`_id` + `props`), seeded over HTTP.
-    raw = {"_id": "e-3", "event": "Signed Up", "user_id": hid(1), "created_at": iso(3),
-           "props": [{"field_name": "plan", "text_value": "pro", "num_value": None,
-                      "bool_value": None, "date_value": None}]}
+    raw = {
+        "_id": "e-3",
+        "event": "Signed Up",
+        "user_id": hid(1),
+        "created_at": iso(3),
+        "props": [
+            {"field_name": "plan", "text_value": "pro", "num_value": None, "bool_value": None, "date_value": None}
+        ],
+    }
     assert http.post(f"{hull.url}/_sim/events", json=[raw]).status_code == 200
 
     ids = ["e-1", "e-2", "e-3", "e-404"]
@@ -81,8 +99,11 @@ def test_id_lookup_filters_the_field_it_names(hull, http):
     assert search(hull, http, [{"term": {"_id": "e-1"}}])["data"] == []
     assert search(hull, http, [{"term": {"_id": {"value": "e-3"}}}])["pagination"]["total"] == 1
     # Combined with other clauses, every clause still holds.
-    both = search(hull, http, [{"terms": {"_id": ids}}, {"terms": {"event": ["page"]}},
-                               {"range": {"created_at": {"gte": iso(2)}}}])
+    both = search(
+        hull,
+        http,
+        [{"terms": {"_id": ids}}, {"terms": {"event": ["page"]}}, {"range": {"created_at": {"gte": iso(2)}}}],
+    )
     assert [e["_id"] for e in both["data"]] == ["e-2"]
 
 
@@ -105,11 +126,11 @@ def test_events_added_between_searches_are_found_in_order(hull, http):
     assert [event_id(e) for e in search(hull, http)["data"]] == ["e-3", "e-5"]
     hull.add_event({"event_id": "e-4", "event": "page", "user_id": hid(1), "created_at": iso(4)})
     for n in range(100, 180):  # more than a few at once: merged by one sort
-        hull.add_event({"event_id": f"e-{n}", "event": "page", "user_id": hid(1),
-                        "created_at": iso(200 - n)})
+        hull.add_event({"event_id": f"e-{n}", "event": "page", "user_id": hid(1), "created_at": iso(200 - n)})
     found = search(hull, http, per_page=100)["data"]
     assert [(e["created_at"], e["event_id"]) for e in found] == sorted(
-        (e["created_at"], e["event_id"]) for e in hull.events)
+        (e["created_at"], e["event_id"]) for e in hull.events
+    )
     assert [e["event_id"] for e in found[:4]] == ["e-3", "e-4", "e-5", "e-179"] and len(found) == 83
 
 
@@ -121,8 +142,12 @@ def seed_events(hull, rng: random.Random, users=30, events=500, seconds=40):
     for n in range(users):
         hull.upsert_user({"id": hid(n), "segment_ids": rng.sample(segments, rng.randint(0, 2))})
     for k in range(events):
-        event = {"event_id": f"e-{k:04d}", "event": rng.choice(["page", "Signed Up", "Order"]),
-                 "user_id": hid(rng.randrange(users)), "created_at": iso(rng.randrange(seconds))}
+        event = {
+            "event_id": f"e-{k:04d}",
+            "event": rng.choice(["page", "Signed Up", "Order"]),
+            "user_id": hid(rng.randrange(users)),
+            "created_at": iso(rng.randrange(seconds)),
+        }
         (hull.add_raw_event if k % 3 == 0 else hull.add_event)(event)
 
 
@@ -155,8 +180,9 @@ def test_searches_match_a_brute_force_reference(hull, http):
         direction = rng.choice(["asc", "asc", "desc"])
         filters = [{"terms": {"event": names}}]
         if segment:
-            filters.append({"has_parent": {"parent_type": "user_report",
-                                           "query": {"terms": {"segment_ids": [segment]}}}})
+            filters.append(
+                {"has_parent": {"parent_type": "user_report", "query": {"terms": {"segment_ids": [segment]}}}}
+            )
         excluded, must_not = {}, []
         if since:
             filters.append({"range": {"created_at": {"gte": since}}})
@@ -164,14 +190,20 @@ def test_searches_match_a_brute_force_reference(hull, http):
             for field in ("event_id", "_id"):
                 excluded[field] = [e[field] for e in at_since if field in e and rng.random() < 0.5]
                 if excluded[field]:
-                    must_not.append({"bool": {"filter": [
-                        {"terms": {field: excluded[field]}},
-                        {"range": {"created_at": {"gte": since, "lte": since}}}]}})
+                    must_not.append(
+                        {
+                            "bool": {
+                                "filter": [
+                                    {"terms": {field: excluded[field]}},
+                                    {"range": {"created_at": {"gte": since, "lte": since}}},
+                                ]
+                            }
+                        }
+                    )
         expected = reference(hull, names, segment, since, excluded, direction)
         got, page, per_page = [], 1, rng.choice([10, 40, 100])
         while True:
-            answer = search(hull, http, filters, must_not, page=page, per_page=per_page,
-                            sort=direction)
+            answer = search(hull, http, filters, must_not, page=page, per_page=per_page, sort=direction)
             got += [event_id(e) for e in answer["data"]]
             pagination = answer["pagination"]
             if pagination.get("total_relation") == "gte":  # more than this page: a lower bound
@@ -193,8 +225,7 @@ def test_keyset_walk_reads_each_event_once_at_a_cost_bounded_by_the_page(hull, h
     hull.upsert_user({"id": hid(1), "segment_ids": ["vip"]})
     ties, per_page = 30, 10
     for k in range(3000):
-        event = {"event_id": f"e-{k:05d}", "event": "page", "user_id": hid(1),
-                 "created_at": iso(k // ties)}
+        event = {"event_id": f"e-{k:05d}", "event": "page", "user_id": hid(1), "created_at": iso(k // ties)}
         (hull.add_raw_event if k % 4 == 0 else hull.add_event)(event)
     parent = {"has_parent": {"parent_type": "user_report", "query": {"terms": {"segment_ids": ["vip"]}}}}
     cursor, seen_at_cursor, walked, most_examined = None, {"event_id": [], "_id": []}, [], 0
@@ -202,9 +233,15 @@ def test_keyset_walk_reads_each_event_once_at_a_cost_bounded_by_the_page(hull, h
         filters, must_not = [parent, {"terms": {"event": ["page"]}}], []
         if cursor:
             filters.append({"range": {"created_at": {"gte": cursor}}})
-            must_not = [{"bool": {"filter": [{"terms": {field: ids}},
-                                             {"range": {"created_at": {"gte": cursor, "lte": cursor}}}]}}
-                        for field, ids in seen_at_cursor.items() if ids]
+            must_not = [
+                {
+                    "bool": {
+                        "filter": [{"terms": {field: ids}}, {"range": {"created_at": {"gte": cursor, "lte": cursor}}}]
+                    }
+                }
+                for field, ids in seen_at_cursor.items()
+                if ids
+            ]
         data = search(hull, http, filters, must_not, per_page=per_page)["data"]
         most_examined = max(most_examined, hull.last_event_search["examined"])
         assert hull.last_event_search["index"] == "created_at"
@@ -223,12 +260,10 @@ def test_keyset_walk_reads_each_event_once_at_a_cost_bounded_by_the_page(hull, h
 def test_large_results_stop_one_past_the_page(hull, http):
     hull.upsert_user({"id": hid(1)})
     for k in range(12_000):
-        hull.add_event({"event_id": f"e-{k:05d}", "event": "page", "user_id": hid(1),
-                        "created_at": iso(k // 50)})
+        hull.add_event({"event_id": f"e-{k:05d}", "event": "page", "user_id": hid(1), "created_at": iso(k // 50)})
     first = search(hull, http, per_page=100)
     assert [event_id(e) for e in first["data"]] == [f"e-{k:05d}" for k in range(100)]
-    assert first["pagination"] == {"page": 1, "per_page": 100, "pages": 2, "total": 101,
-                                   "total_relation": "gte"}
+    assert first["pagination"] == {"page": 1, "per_page": 100, "pages": 2, "total": 101, "total_relation": "gte"}
     assert hull.last_event_search["examined"] == 101
     tenth = search(hull, http, page=10, per_page=100)
     assert event_id(tenth["data"][0]) == "e-00900" and tenth["pagination"]["pages"] == 11

@@ -38,11 +38,12 @@ def test_no_simulator_module_imports_the_connector():
 
 
 def test_seed_route_is_there_whichever_module_is_imported_first():
-    code = ("from simulators.hull import HullSimulator\n"
-            "import requests\n"
-            "with HullSimulator() as sim:\n"
-            "    r = requests.post(sim.url + '/_sim/seed', json={'n_users': 3})\n"
-            "    print(r.status_code, r.json()['users'], len(sim.users))\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True,
-                         text=True, timeout=60)
+    code = (
+        "from simulators.hull import HullSimulator\n"
+        "import requests\n"
+        "with HullSimulator() as sim:\n"
+        "    r = requests.post(sim.url + '/_sim/seed', json={'n_users': 3})\n"
+        "    print(r.status_code, r.json()['users'], len(sim.users))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["200", "3", "3"], out.stderr

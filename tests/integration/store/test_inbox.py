@@ -101,8 +101,11 @@ def test_outcomes_are_recorded_with_their_reason(database_url):
     assert inbox.mark_done(engine, "w", [done.id]) == 1
     assert inbox.mark_ignored(engine, "w", {ignored.id: "sms messages are not mapped"}) == 1
     assert inbox.mark_failed(engine, "w", {failed.id: "no identity"}) == 1
-    for event_id, status, error in [("evt-0000", "done", None), ("evt-0001", "ignored", "sms messages are not mapped"),
-                                     ("evt-0002", "failed", "no identity")]:
+    for event_id, status, error in [
+        ("evt-0000", "done", None),
+        ("evt-0001", "ignored", "sms messages are not mapped"),
+        ("evt-0002", "failed", "no identity"),
+    ]:
         row = _row(engine, event_id)
         assert (row["status"], row["last_error"], row["claimed_by"]) == (status, error, None)
         assert row["processed_at"] is not None
@@ -116,17 +119,23 @@ def test_backoff_doubles_from_the_base_up_to_the_cap():
 
 
 def test_schedule_defaults_come_from_webhook_settings(monkeypatch):
-    for name in ("WEBHOOK_RETRY_BASE_SECONDS", "WEBHOOK_RETRY_MAX_SECONDS", "WEBHOOK_RETRY_HOURS",
-                 "WEBHOOK_MAX_ATTEMPTS"):
+    for name in (
+        "WEBHOOK_RETRY_BASE_SECONDS",
+        "WEBHOOK_RETRY_MAX_SECONDS",
+        "WEBHOOK_RETRY_HOURS",
+        "WEBHOOK_MAX_ATTEMPTS",
+    ):
         monkeypatch.delenv(name, raising=False)
     assert RetrySchedule.from_settings(WebhookSettings(_env_file=None)) == RetrySchedule(
-        base_seconds=30, max_seconds=3600, retry_for=timedelta(hours=24), max_attempts=None)
+        base_seconds=30, max_seconds=3600, retry_for=timedelta(hours=24), max_attempts=None
+    )
     monkeypatch.setenv("WEBHOOK_RETRY_BASE_SECONDS", "5")
     monkeypatch.setenv("WEBHOOK_RETRY_MAX_SECONDS", "600")
     monkeypatch.setenv("WEBHOOK_RETRY_HOURS", "72")
     monkeypatch.setenv("WEBHOOK_MAX_ATTEMPTS", "40")
     assert RetrySchedule.from_settings(WebhookSettings(_env_file=None)) == RetrySchedule(
-        base_seconds=5, max_seconds=600, retry_for=timedelta(hours=72), max_attempts=40)
+        base_seconds=5, max_seconds=600, retry_for=timedelta(hours=72), max_attempts=40
+    )
 
 
 def test_a_failed_attempt_waits_its_backoff_before_it_is_claimed_again(database_url):
@@ -139,7 +148,11 @@ def test_a_failed_attempt_waits_its_backoff_before_it_is_claimed_again(database_
         assert row.attempts == attempt - 1
         assert inbox.release_for_retry(engine, "w", [row.id], f"Hull 503 #{attempt}", now=now) == (1, 0)
         stored = _row(engine, "evt-0000")
-        assert (stored["status"], stored["attempts"], stored["last_error"]) == ("pending", attempt, f"Hull 503 #{attempt}")
+        assert (stored["status"], stored["attempts"], stored["last_error"]) == (
+            "pending",
+            attempt,
+            f"Hull 503 #{attempt}",
+        )
         assert stored["next_attempt_at"] == now + timedelta(seconds=delay)
         assert stored["first_failed_at"] == t0  # the retry window starts at the first failure
         assert stored["processed_at"] is None
@@ -234,7 +247,11 @@ def test_requeue_failed_gives_a_fresh_window_and_makes_rows_due_at_once(database
     assert inbox.requeue_failed(engine) == 1
     stored = _row(engine, "evt-0000")
     assert (stored["status"], stored["attempts"], stored["next_attempt_at"], stored["first_failed_at"]) == (
-        "pending", 0, None, None)
+        "pending",
+        0,
+        None,
+        None,
+    )
     assert stored["last_error"] == "503"
     assert len(inbox.claim_batch(engine, "w", 1)) == 1
 
@@ -243,9 +260,14 @@ def test_backlog_counts_what_is_owed_to_hull_and_how_old_it_is(database_url):
     engine = get_engine(database_url)
     now = utcnow()
     assert inbox.backlog(engine, now=now) == {
-        "pending": 0, "retrying": 0, "oldest_pending_age_seconds": None, "failed": 0}
-    for n, age in enumerate([timedelta(hours=2), timedelta(minutes=5), timedelta(minutes=1), timedelta(days=3),
-                             timedelta(seconds=10)]):
+        "pending": 0,
+        "retrying": 0,
+        "oldest_pending_age_seconds": None,
+        "failed": 0,
+    }
+    for n, age in enumerate(
+        [timedelta(hours=2), timedelta(minutes=5), timedelta(minutes=1), timedelta(days=3), timedelta(seconds=10)]
+    ):
         inbox.store_payload(engine, f"evt-{n}", "{}", now=now - age)
     # evt-0 (2 h old) fails once and waits; evt-3 (3 days old) is done; evt-1 is failed;
     # evt-2 is being processed; evt-4 has not been tried.
@@ -254,14 +276,24 @@ def test_backlog_counts_what_is_owed_to_hull_and_how_old_it_is(database_url):
     inbox.mark_failed(engine, "w", {rows["evt-1"].id: "no identity"}, now=now)
     inbox.mark_done(engine, "w", [rows["evt-3"].id], now=now)
     assert inbox.backlog(engine, now=now) == {
-        "pending": 3, "retrying": 1, "oldest_pending_age_seconds": 7200, "failed": 1}
+        "pending": 3,
+        "retrying": 1,
+        "oldest_pending_age_seconds": 7200,
+        "failed": 1,
+    }
     assert inbox.backlog(engine, now=now + MINUTE)["oldest_pending_age_seconds"] == 7260
 
 
 @pytest.mark.parametrize(
     "body",
-    [b'{"event_id": "X"}', "Zoë <zoe@example.com>".encode(), b"\xff\xfe not utf-8", b"nul \x00 inside",
-     inbox.ENCODED_PREFIX.encode() + b"AAAA", b""],
+    [
+        b'{"event_id": "X"}',
+        "Zoë <zoe@example.com>".encode(),
+        b"\xff\xfe not utf-8",
+        b"nul \x00 inside",
+        inbox.ENCODED_PREFIX.encode() + b"AAAA",
+        b"",
+    ],
     ids=["json", "utf8-text", "not-utf8", "nul", "prefix-lookalike", "empty"],
 )
 def test_any_body_is_stored_and_given_back_byte_for_byte(database_url, body):

@@ -14,8 +14,17 @@ pytestmark = pytest.mark.postgres  # the store layer: SQLite and PostgreSQL
 
 REPO = Path(__file__).resolve().parents[3]
 
-TABLES = {"user_state", "sync_cursor", "event_state", "webhook_inbox", "failed_batches", "leases", "alembic_version",
-          "stream_identity", "sync_meta"}
+TABLES = {
+    "user_state",
+    "sync_cursor",
+    "event_state",
+    "webhook_inbox",
+    "failed_batches",
+    "leases",
+    "alembic_version",
+    "stream_identity",
+    "sync_meta",
+}
 
 
 def test_upgrade_creates_every_table_and_is_idempotent(database_url):
@@ -36,8 +45,9 @@ def test_processes_starting_together_on_an_empty_database(backend, tmp_path):
         url, cleanup = fresh_postgres_database()
     try:
         code = "import sys; from cio_sync.store import db; db.upgrade(db.make_engine(sys.argv[1]))"
-        workers = [subprocess.Popen([sys.executable, "-c", code, url], cwd=REPO, stderr=subprocess.PIPE)
-                   for _ in range(3)]
+        workers = [
+            subprocess.Popen([sys.executable, "-c", code, url], cwd=REPO, stderr=subprocess.PIPE) for _ in range(3)
+        ]
         errors = [w.communicate(timeout=60)[1].decode() for w in workers]
         assert [w.returncode for w in workers] == [0, 0, 0], errors
         engine = db.make_engine(url)

@@ -23,9 +23,13 @@ pytestmark = pytest.mark.postgres  # the store layer: SQLite and PostgreSQL
 # Hull outages must show up in the test within a second, not after the real backoff.
 FAST_RETRY = RetryPolicy(total=1, backoff_factor=0.01, backoff_max=0.05, timeout=5)
 MINUTE = timedelta(minutes=1)
-FIXTURE_NAMES = ["legacy-email-opened.json", "legacy-email-drafted-noemail.json",
-                 "reporting-customer-subscribed.json", "reporting-email-clicked.json",
-                 "reporting-email-opened.json"]
+FIXTURE_NAMES = [
+    "legacy-email-opened.json",
+    "legacy-email-drafted-noemail.json",
+    "reporting-customer-subscribed.json",
+    "reporting-email-clicked.json",
+    "reporting-email-opened.json",
+]
 
 
 @pytest.fixture
@@ -48,14 +52,25 @@ def drain(database_url, hull_credentials):
         # The defaults, whatever the developer's environment says (tests that read the
         # environment pass webhook_settings=None).
         kwargs.setdefault("webhook_settings", WebhookSettings(_env_file=None, **DEFAULT_SETTINGS))
-        return drain_batch(database_url, credentials or hull_credentials,
-                           ConnectorSettings(user_id_mapping=user_id_mapping), batch_size, worker_id, **kwargs)
+        return drain_batch(
+            database_url,
+            credentials or hull_credentials,
+            ConnectorSettings(user_id_mapping=user_id_mapping),
+            batch_size,
+            worker_id,
+            **kwargs,
+        )
 
     return run
 
 
-DEFAULT_SETTINGS = {"webhook_retry_base_seconds": 30, "webhook_retry_max_seconds": 3600,
-                    "webhook_retry_hours": 24, "webhook_max_attempts": None, "webhook_claim_timeout_seconds": 600}
+DEFAULT_SETTINGS = {
+    "webhook_retry_base_seconds": 30,
+    "webhook_retry_max_seconds": 3600,
+    "webhook_retry_hours": 24,
+    "webhook_max_attempts": None,
+    "webhook_claim_timeout_seconds": 600,
+}
 
 
 def store(database_url, payloads: list[dict]) -> None:
@@ -72,8 +87,9 @@ def rows_by_event_id(database_url) -> dict[str, dict]:
 
 
 def many_payloads(count: int) -> list[dict]:
-    return [legacy_payload("email_opened", customer_id=f"cust-{n}", email_address=f"u{n}@example.com")
-            for n in range(count)]
+    return [
+        legacy_payload("email_opened", customer_id=f"cust-{n}", email_address=f"u{n}@example.com") for n in range(count)
+    ]
 
 
 def test_every_row_is_sent_once_with_its_mapping_and_event_id(database_url, hull_sim, drain):
@@ -130,7 +146,8 @@ def test_hull_down_then_back_up_loses_nothing_and_sends_nothing_twice(database_u
     assert first["stopped"].startswith("Hull unavailable for 70 webhooks")  # two POSTs: the breaker is still closed
     rows = rows_by_event_id(database_url)
     assert {(row["status"], row["attempts"], row["next_attempt_at"]) for row in rows.values()} == {
-        ("pending", 1, now + timedelta(seconds=30))}
+        ("pending", 1, now + timedelta(seconds=30))
+    }
     assert "503" in rows[payloads[0]["event_id"]]["last_error"]
     assert hull_sim.tracked_events == []
 
@@ -232,7 +249,11 @@ def test_a_two_hour_hull_outage_loses_nothing_and_sends_each_webhook_once(databa
     assert {(row["status"], row["attempts"], row["first_failed_at"]) for row in rows} == {("done", 8, t0)}
     assert sorted(m["body"]["event_id"] for m in hull_sim.firehose_messages) == sorted(p["event_id"] for p in payloads)
     assert inbox.backlog(engine, now=t0 + 124 * MINUTE) == {
-        "pending": 0, "retrying": 0, "oldest_pending_age_seconds": None, "failed": 0}
+        "pending": 0,
+        "retrying": 0,
+        "oldest_pending_age_seconds": None,
+        "failed": 0,
+    }
 
 
 def test_a_row_failing_for_longer_than_the_retry_window_is_marked_failed(database_url, hull_sim, drain):
@@ -253,7 +274,9 @@ def test_a_row_failing_for_longer_than_the_retry_window_is_marked_failed(databas
 
 def test_rejected_credentials_stop_the_drain_and_cost_no_attempt(database_url, hull_sim, hull_credentials, drain):
     store(database_url, many_payloads(3))
-    wrong = hull_credentials.model_copy(update={"connector_secret": SecretStr("not-the-connector-secret-but-long-enough-for-hs256")})
+    wrong = hull_credentials.model_copy(
+        update={"connector_secret": SecretStr("not-the-connector-secret-but-long-enough-for-hs256")}
+    )
     with pytest.raises(AuthError, match="HULL_CONNECTOR_SECRET"):
         drain(credentials=wrong)
     rows = rows_by_event_id(database_url).values()
@@ -353,9 +376,13 @@ def test_unreadable_stored_bodies_are_ignored_with_their_reason_and_not_sent(dat
 
     assert (counts["claimed"], counts["sent"], counts["ignored"], counts["failed"]) == (6, 1, 5, 0)
     rows = rows_by_event_id(database_url)
-    expected = {"invalid-json": "body is not valid JSON", "no-event-id": "event_id is missing",
-                "unknown-format": "neither a Customer.io reporting webhook", "not-utf8": "body is not UTF-8 text",
-                "deep": "nested too deeply"}
+    expected = {
+        "invalid-json": "body is not valid JSON",
+        "no-event-id": "event_id is missing",
+        "unknown-format": "neither a Customer.io reporting webhook",
+        "not-utf8": "body is not UTF-8 text",
+        "deep": "nested too deeply",
+    }
     for name, reason in expected.items():
         row = rows[keys[name]]
         assert row["status"] == "ignored", name

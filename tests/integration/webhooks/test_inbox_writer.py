@@ -25,13 +25,24 @@ pytestmark = pytest.mark.postgres
 
 def rows(engine) -> list[tuple]:
     with engine.connect() as connection:
-        return [tuple(r) for r in connection.execute(
-            select(webhook_inbox.c.event_id, webhook_inbox.c.payload, webhook_inbox.c.status,
-                   webhook_inbox.c.attempts).order_by(webhook_inbox.c.id))]
+        return [
+            tuple(r)
+            for r in connection.execute(
+                select(
+                    webhook_inbox.c.event_id, webhook_inbox.c.payload, webhook_inbox.c.status, webhook_inbox.c.attempts
+                ).order_by(webhook_inbox.c.id)
+            )
+        ]
 
 
-ITEMS = [("E1", '{"n": 1}'), ("E2", '{"n": 2}'), ("E1", '{"n": "retry of 1"}'), ("E3", "not json"),
-         ("E2", '{"n": "retry of 2"}'), ("E4", '{"n": 4}')]
+ITEMS = [
+    ("E1", '{"n": 1}'),
+    ("E2", '{"n": 2}'),
+    ("E1", '{"n": "retry of 1"}'),
+    ("E3", "not json"),
+    ("E2", '{"n": "retry of 2"}'),
+    ("E4", '{"n": 4}'),
+]
 
 
 def test_store_payloads_stores_what_store_payload_stores_one_by_one(database_url):
@@ -43,8 +54,11 @@ def test_store_payloads_stores_what_store_payload_stores_one_by_one(database_url
 
     assert outcomes == ["duplicate", "stored", "stored", "duplicate", "stored", "duplicate", "duplicate"]
     assert rows(engine) == [
-        ("E0", "before", "pending", 0), ("E4", "already there", "pending", 0),
-        ("E1", '{"n": 1}', "pending", 0), ("E2", '{"n": 2}', "pending", 0), ("E3", "not json", "pending", 0),
+        ("E0", "before", "pending", 0),
+        ("E4", "already there", "pending", 0),
+        ("E1", '{"n": 1}', "pending", 0),
+        ("E2", '{"n": 2}', "pending", 0),
+        ("E3", "not json", "pending", 0),
     ]
     assert inbox.store_payloads(engine, []) == []
 

@@ -90,13 +90,27 @@ ECHO = "echo-marker-3f9a"
         (lambda body: {**signed_headers(body), "X-CIO-Timestamp": "1" * 40}, "not a unix timestamp"),
         (lambda body: {**signed_headers(body), "X-CIO-Signature": ECHO + "z" * 48}, "not a hex HMAC-SHA256"),
         (lambda body: {**signed_headers(body), "X-CIO-Signature": "é" * 64}, "not a hex HMAC-SHA256"),
-        (lambda body: {**signed_headers(body), "X-CIO-Signature": signed_headers(body)["X-CIO-Signature"][:40]},
-         "not a hex HMAC-SHA256"),
+        (
+            lambda body: {**signed_headers(body), "X-CIO-Signature": signed_headers(body)["X-CIO-Signature"][:40]},
+            "not a hex HMAC-SHA256",
+        ),
         (lambda body: {**signed_headers(body), "X-CIO-Signature": "ab" * 3000}, "not a hex HMAC-SHA256"),
     ],
-    ids=["wrong-key", "tampered-body", "old-timestamp", "future-timestamp", "unsigned", "empty-signature",
-         "5000-digit-timestamp", "text-timestamp", "40-digit-timestamp", "non-hex-signature",
-         "non-ascii-signature", "short-signature", "huge-signature"],
+    ids=[
+        "wrong-key",
+        "tampered-body",
+        "old-timestamp",
+        "future-timestamp",
+        "unsigned",
+        "empty-signature",
+        "5000-digit-timestamp",
+        "text-timestamp",
+        "40-digit-timestamp",
+        "non-hex-signature",
+        "non-ascii-signature",
+        "short-signature",
+        "huge-signature",
+    ],
 )
 def test_unproven_request_is_401_never_500_and_nothing_is_stored(sqlite_intake, make_headers, reason):
     # Refused before the database is touched: one backend is enough (the 413 and
@@ -122,8 +136,16 @@ def test_unproven_request_is_401_never_500_and_nothing_is_stored(sqlite_intake, 
         b"",
         b"[" * 100_000 + b"]" * 100_000,
     ],
-    ids=["invalid-json", "no-event-id", "numeric-event-id", "long-event-id",
-         "nul-in-event-id", "not-an-object", "empty", "nested-100k-deep"],
+    ids=[
+        "invalid-json",
+        "no-event-id",
+        "numeric-event-id",
+        "long-event-id",
+        "nul-in-event-id",
+        "not-an-object",
+        "empty",
+        "nested-100k-deep",
+    ],
 )
 def test_signed_body_of_any_shape_is_stored_under_a_digest_and_answered_200(intake, body):
     url, engine = intake
@@ -147,9 +169,12 @@ def test_signed_unknown_format_with_an_event_id_is_stored_under_that_id(intake):
 
 @pytest.mark.parametrize(
     "body",
-    [b'{"event_id": "X", "event_type": "email_opened", "subject": "\xff\xfe"}', b"\x00\x01 binary \x00",
-     b'{"event_id": "Y", "event_type": "email_opened", "subject": "a\x00b"}',
-     ENCODED_PREFIX.encode() + b"looks encoded but is not"],
+    [
+        b'{"event_id": "X", "event_type": "email_opened", "subject": "\xff\xfe"}',
+        b"\x00\x01 binary \x00",
+        b'{"event_id": "Y", "event_type": "email_opened", "subject": "a\x00b"}',
+        ENCODED_PREFIX.encode() + b"looks encoded but is not",
+    ],
     ids=["not-utf8", "binary-with-nul", "nul-in-json-text", "starts-like-an-encoded-payload"],
 )
 def test_signed_body_that_is_not_storable_text_is_stored_byte_for_byte(intake, body):
@@ -185,8 +210,13 @@ def test_declared_length_is_read_without_trusting_it(declared):
     async def receive():
         return {"type": "http.request", "body": b"{}", "more_body": False}
 
-    scope = {"type": "http", "method": "POST", "path": WEBHOOK_PATH, "query_string": b"",
-             "headers": [(b"content-length", declared.encode())]}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": WEBHOOK_PATH,
+        "query_string": b"",
+        "headers": [(b"content-length", declared.encode())],
+    }
     request = Request(scope, receive)
     if declared.isascii():
         with pytest.raises(intake_app._BodyTooLarge):

@@ -59,19 +59,28 @@ def test_a_token_does_not_verify_with_another_secret():
 
 
 def test_client_tokens_and_user_token_carry_the_same_claims():
-    client = HullClient("http://127.0.0.1:9/api/v1", "http://127.0.0.1:9/firehose", "acme.hullapp.io",
-                        CONNECTOR_ID, SECRET)
+    client = HullClient(
+        "http://127.0.0.1:9/api/v1", "http://127.0.0.1:9/firehose", "acme.hullapp.io", CONNECTOR_ID, SECRET
+    )
     try:
         from_client = decoded(client.token({"external_id": "u-1"}, "5bd329d5e2bcf3eeaf000099", create=False))
     finally:
         client.close()
-    from_function = decoded(user_token(CONNECTOR_ID, SECRET, {"external_id": "u-1"}, "5bd329d5e2bcf3eeaf000099",
-                                       create=False))
+    from_function = decoded(
+        user_token(CONNECTOR_ID, SECRET, {"external_id": "u-1"}, "5bd329d5e2bcf3eeaf000099", create=False)
+    )
     assert abs(from_client.pop("iat") - from_function.pop("iat")) <= 1
-    assert from_client == from_function == {
-        "iss": CONNECTOR_ID, "io.hull.asUser": {"external_id": "u-1"}, "io.hull.subjectType": "user",
-        "sub": "5bd329d5e2bcf3eeaf000099", "io.hull.create": False,
-    }
+    assert (
+        from_client
+        == from_function
+        == {
+            "iss": CONNECTOR_ID,
+            "io.hull.asUser": {"external_id": "u-1"},
+            "io.hull.subjectType": "user",
+            "sub": "5bd329d5e2bcf3eeaf000099",
+            "io.hull.create": False,
+        }
+    )
 
 
 # ----- JSON ------------------------------------------------------------------------------------
@@ -82,8 +91,9 @@ def seeded_page() -> bytes:
     hull = HullSimulator(connector_id=CONNECTOR_ID, connector_secret=SECRET)  # never started: no HTTP
     seed_synthetic(hull, 300)
     users = [hull.users[i] for i in sorted(hull.users)]
-    return json.dumps({"data": users, "events": hull.events, "pagination": {"page": 1, "total": 300}},
-                      default=str).encode("utf-8")
+    return json.dumps(
+        {"data": users, "events": hull.events, "pagination": {"page": 1, "total": 300}}, default=str
+    ).encode("utf-8")
 
 
 EDGE_BODIES = [
@@ -95,7 +105,7 @@ EDGE_BODIES = [
     b'{"dup": 1, "dup": 2}',
     b'{"floats": [0.1, 1e-7, 1.7976931348623157e308, 5e-324, -0.0, 1E+2, 3.141592653589793]}',
     '{"text": "zoë 日本語 \\u00e9 \\n \\" \\\\"}'.encode(),
-    b'[]',
+    b"[]",
     b'  {"spaces" :  [ 1 , 2 ] }  ',
 ]
 
@@ -113,10 +123,13 @@ def test_loads_refuses_what_is_not_json():
         loads(b"<html>not json</html>")
 
 
-@pytest.mark.parametrize("value", [
-    json.loads(seeded_page()),
-    {"external_id": 2**70, 1: "int key"},  # both refused by orjson: the standard library writes them
-    {"text": "zoë 日本語", "n": None, "b": False, "f": 0.1},
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        json.loads(seeded_page()),
+        {"external_id": 2**70, 1: "int key"},  # both refused by orjson: the standard library writes them
+        {"text": "zoë 日本語", "n": None, "b": False, "f": 0.1},
+    ],
+)
 def test_dumps_writes_json_that_parses_back_the_same(value):
     assert json.loads(dumps(value)) == json.loads(json.dumps(value))

@@ -22,11 +22,18 @@ class IndexOnlyMatchingTheFieldAsked(HullClient):
 
 
 def test_raw_form_events_are_found_by_their_underscore_id():
-    client = IndexOnlyMatchingTheFieldAsked([
-        {"event_id": "e-1", "event": "Signed Up", "user_id": "h-1", "created_at": "2026-11-26T09:00:00Z"},
-        {"_id": "raw-2", "event": "page", "user_id": "h-1", "created_at": "2026-11-26T09:00:01Z",
-         "props": [{"field_name": "url", "text_value": "https://example.com/"}]},
-    ])
+    client = IndexOnlyMatchingTheFieldAsked(
+        [
+            {"event_id": "e-1", "event": "Signed Up", "user_id": "h-1", "created_at": "2026-11-26T09:00:00Z"},
+            {
+                "_id": "raw-2",
+                "event": "page",
+                "user_id": "h-1",
+                "created_at": "2026-11-26T09:00:01Z",
+                "props": [{"field_name": "url", "text_value": "https://example.com/"}],
+            },
+        ]
+    )
     events = client.events_by_ids(["raw-2", "e-1", "ghost"])
     assert [e["event_id"] for e in events] == ["raw-2", "e-1"]  # in the order asked; the unknown id absent
     assert events[0]["properties"] == {"url": "https://example.com/"}

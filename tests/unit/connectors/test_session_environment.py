@@ -11,8 +11,19 @@ from connectors.customerio import CustomerIoClient
 from connectors.hull import HullClient
 from connectors.session_environment import pin_environment
 
-ENVIRONMENT = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "no_proxy",
-               "all_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NETRC")
+ENVIRONMENT = (
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "all_proxy",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "NETRC",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -96,8 +107,13 @@ def test_netrc_credentials_apply_only_where_requests_applied_them(monkeypatch, t
 
 def test_the_clients_pin_their_sessions():
     cio = CustomerIoClient("https://track.customer.io", "site", "key")
-    hull = HullClient("https://acme.hullapp.io/api/v1", "https://firehose.hullapp.io", "acme.hullapp.io",
-                      "5bd329d5e2bcf3eeaf000001", "secret-0123456789abcdef0123456789abcdef")
+    hull = HullClient(
+        "https://acme.hullapp.io/api/v1",
+        "https://firehose.hullapp.io",
+        "acme.hullapp.io",
+        "5bd329d5e2bcf3eeaf000001",
+        "secret-0123456789abcdef0123456789abcdef",
+    )
     try:
         assert cio.session.trust_env is False and hull.session.trust_env is False
         assert cio.session.auth == ("site", "key")

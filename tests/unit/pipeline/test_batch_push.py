@@ -47,8 +47,9 @@ class RecordingClient:
         if error is not None:
             raise error
         if any(self.poison(entry) for entry in json.loads(body)["batch"]):
-            raise PermanentError("Customer.io", "POST", "/api/v2/batch", 400,
-                                 "the request is malformed: identifiers.id is not valid")
+            raise PermanentError(
+                "Customer.io", "POST", "/api/v2/batch", 400, "the request is malformed: identifiers.id is not valid"
+            )
         errors = []
         for index, entry in enumerate(json.loads(body)["batch"]):
             reason = self.reject(entry)
@@ -63,8 +64,9 @@ class RecordingClient:
 
 def plan(n: int, action: str = INSERT, **attributes) -> UserPlan:
     attrs = {"id": f"u-{n}", "email": f"user{n}@example.com", **attributes}
-    mapped = MappedUser(hull_id=f"h-{n}", cio_id=f"u-{n}", email=attrs["email"], attributes=attrs,
-                        whitelisted_segment_ids=["s"])
+    mapped = MappedUser(
+        hull_id=f"h-{n}", cio_id=f"u-{n}", email=attrs["email"], attributes=attrs, whitelisted_segment_ids=["s"]
+    )
     return UserPlan(f"h-{n}", action, "", mapped, f"u-{n}", f"u-{n}")
 
 
@@ -203,16 +205,31 @@ def test_events_become_event_and_page_entries_with_their_ulid():
     client = RecordingClient(reject=lambda e: "invalid" if e["name"] == "bad" else None)
     events = [
         ("u-1", {"id": "01J0000000000000000000000A", "timestamp": 1700000000, "name": "Order", "data": {"x": 1}}),
-        ("u-1", {"id": "01J0000000000000000000000B", "timestamp": 1700000001, "type": "page",
-                 "name": "https://example.com/pricing", "data": {"referrer": "https://g.co"}}),
+        (
+            "u-1",
+            {
+                "id": "01J0000000000000000000000B",
+                "timestamp": 1700000001,
+                "type": "page",
+                "name": "https://example.com/pricing",
+                "data": {"referrer": "https://g.co"},
+            },
+        ),
         ("u-2", {"id": "01J0000000000000000000000C", "timestamp": 1700000002, "name": "bad", "data": {}}),
     ]
     results = push_events_v2(client, events, user_id_mapping="external_id", concurrency=2)
     assert results[0] == ("sent", None) and results[1] == ("sent", None)
     assert results[2][0] == "failed" and "invalid" in results[2][1]
     first, second, _ = client.batches[0]
-    assert first == {"type": "person", "identifiers": {"id": "u-1"}, "action": "event", "name": "Order",
-                     "id": "01J0000000000000000000000A", "timestamp": 1700000000, "attributes": {"x": 1}}
+    assert first == {
+        "type": "person",
+        "identifiers": {"id": "u-1"},
+        "action": "event",
+        "name": "Order",
+        "id": "01J0000000000000000000000A",
+        "timestamp": 1700000000,
+        "attributes": {"x": 1},
+    }
     assert second["action"] == "page" and second["attributes"] == {"referrer": "https://g.co"}
 
 
@@ -283,17 +300,39 @@ def test_a_transient_failure_while_bisecting_keeps_those_users_for_a_failed_batc
     )
     outcomes = push(client, [plan(n) for n in range(8)])
     kinds = {o.plan.hull_id: o.error_kind for o in outcomes}
-    assert kinds == {"h-0": "transient", "h-1": "transient", "h-2": "transient", "h-3": "transient",
-                     "h-4": None, "h-5": None, "h-6": "permanent", "h-7": None}
+    assert kinds == {
+        "h-0": "transient",
+        "h-1": "transient",
+        "h-2": "transient",
+        "h-3": "transient",
+        "h-4": None,
+        "h-5": None,
+        "h-6": "permanent",
+        "h-7": None,
+    }
 
 
 def test_a_poisoned_event_fails_alone_and_the_others_are_sent():
-    events = [(f"u-{n % 5}", {"id": f"01J00000000000000000000{n:03d}", "timestamp": 1700000000 + n,
-                              "name": "bad" if n == 12 else "Order", "data": {}}) for n in range(40)]
+    events = [
+        (
+            f"u-{n % 5}",
+            {
+                "id": f"01J00000000000000000000{n:03d}",
+                "timestamp": 1700000000 + n,
+                "name": "bad" if n == 12 else "Order",
+                "data": {},
+            },
+        )
+        for n in range(40)
+    ]
     client = RecordingClient(poison=lambda e: e["name"] == "bad")
     results = push_events_v2(client, events, user_id_mapping="external_id", concurrency=2)
     assert results[12][0] == "failed" and "HTTP 400" in results[12][1]
     assert [status for i, (status, _) in enumerate(results) if i != 12] == ["sent"] * 39
-    sent = [e["id"] for body in client.bodies for e in json.loads(body)["batch"]
-            if not any(x["name"] == "bad" for x in json.loads(body)["batch"])]
+    sent = [
+        e["id"]
+        for body in client.bodies
+        for e in json.loads(body)["batch"]
+        if not any(x["name"] == "bad" for x in json.loads(body)["batch"])
+    ]
     assert sorted(sent) == sorted(body["id"] for i, (_, body) in enumerate(events) if i != 12)

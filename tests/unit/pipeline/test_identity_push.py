@@ -89,11 +89,13 @@ def test_v1_delete_old_deletes_first_and_update_only_adds_update():
 
 
 def test_v1_suppress_unsuppress_and_unset_segments():
-    client, outcomes = v1([
-        plan(SUPPRESS, target="u-2", mapping="external_id"),
-        plan(INSERT, target="u-3", mapping="external_id", unsuppress_id="u-3", unsuppress_mapping="external_id"),
-        plan(UNSET_SEGMENTS, target="u-4", mapping="external_id"),
-    ])
+    client, outcomes = v1(
+        [
+            plan(SUPPRESS, target="u-2", mapping="external_id"),
+            plan(INSERT, target="u-3", mapping="external_id", unsuppress_id="u-3", unsuppress_mapping="external_id"),
+            plan(UNSET_SEGMENTS, target="u-4", mapping="external_id"),
+        ]
+    )
     assert client.calls[0] == ("suppress", "u-2")
     assert client.calls[1] == ("unsuppress", "u-3") and client.calls[2][:2] == ("identify", "u-3")
     assert client.calls[3] == ("identify", "u-4", {"hull_segments": [], "_update": True, "_timestamp": 1764151205})
@@ -102,17 +104,31 @@ def test_v1_suppress_unsuppress_and_unset_segments():
 
 def test_v2_entries_follow_the_same_order_with_typed_identifiers():
     client = RecordingV2()
-    outcomes = push_page_v2(client, [
-        plan(**MERGING, unsuppress_id="u-0", unsuppress_mapping="external_id", update_only=True),
-        plan(SUPPRESS, target="u-2", mapping="external_id"),
-    ], user_id_mapping="external_id", max_attributes_per_call=30, concurrency=1)
+    outcomes = push_page_v2(
+        client,
+        [
+            plan(**MERGING, unsuppress_id="u-0", unsuppress_mapping="external_id", update_only=True),
+            plan(SUPPRESS, target="u-2", mapping="external_id"),
+        ],
+        user_id_mapping="external_id",
+        max_attributes_per_call=30,
+        concurrency=1,
+    )
     entries = client.batches[0]
     assert [e["action"] for e in entries] == ["unsuppress", "identify", "merge", "identify", "suppress"]
     assert entries[0]["identifiers"] == {"id": "u-0"}
-    assert entries[1] == {"type": "person", "identifiers": {"email": "new@example.com"}, "action": "identify",
-                          "attributes": {}}  # the merge's primary, created without `_update`
-    assert entries[2] == {"type": "person", "action": "merge", "primary": {"email": "new@example.com"},
-                          "secondary": {"id": "u-1"}}
+    assert entries[1] == {
+        "type": "person",
+        "identifiers": {"email": "new@example.com"},
+        "action": "identify",
+        "attributes": {},
+    }  # the merge's primary, created without `_update`
+    assert entries[2] == {
+        "type": "person",
+        "action": "merge",
+        "primary": {"email": "new@example.com"},
+        "secondary": {"id": "u-1"},
+    }
     assert entries[3]["timestamp"] == 1764151205 and entries[3]["attributes"]["_update"] is True
     assert entries[3]["attributes"]["bio"] == ""
     assert entries[4] == {"type": "person", "identifiers": {"id": "u-2"}, "action": "suppress"}
@@ -123,8 +139,13 @@ def test_v2_entries_follow_the_same_order_with_typed_identifiers():
 
 def test_v2_delete_old_counts_as_a_delete_and_moves_the_person():
     client = RecordingV2()
-    [outcome] = push_page_v2(client, [plan(previous_id="u-1", previous_mapping="external_id", id_change=DELETE_OLD)],
-                             user_id_mapping="email", max_attributes_per_call=30, concurrency=1)
+    [outcome] = push_page_v2(
+        client,
+        [plan(previous_id="u-1", previous_mapping="external_id", id_change=DELETE_OLD)],
+        user_id_mapping="email",
+        max_attributes_per_call=30,
+        concurrency=1,
+    )
     assert [e["action"] for e in client.batches[0]] == ["delete", "identify"]
     assert client.batches[0][0]["identifiers"] == {"id": "u-1"}
     assert outcome.moved and outcome.delete_calls == 1

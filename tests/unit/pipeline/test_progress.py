@@ -16,10 +16,16 @@ def artifact_calls(monkeypatch):
     import prefect.artifacts
 
     calls = []
-    monkeypatch.setattr(prefect.artifacts, "create_progress_artifact",
-                        lambda progress, key=None, description=None: calls.append(("create", progress, key)) or "id-1")
-    monkeypatch.setattr(prefect.artifacts, "update_progress_artifact",
-                        lambda artifact_id, progress, description=None: calls.append(("update", progress, description)))
+    monkeypatch.setattr(
+        prefect.artifacts,
+        "create_progress_artifact",
+        lambda progress, key=None, description=None: calls.append(("create", progress, key)) or "id-1",
+    )
+    monkeypatch.setattr(
+        prefect.artifacts,
+        "update_progress_artifact",
+        lambda artifact_id, progress, description=None: calls.append(("update", progress, description)),
+    )
     return calls
 
 
@@ -29,9 +35,9 @@ def test_progress_total_is_done_plus_what_hull_says_is_left(artifact_calls, monk
     progress.add_listener(lambda done, total: seen.append((done, total)))
     try:
         tracker = progress.SyncProgress()
-        tracker.page_done(500, 1200)   # 1,200 left when page 1 was read
-        tracker.page_done(500, 800)    # Hull now says 800 left (100 users were re-indexed)
-        tracker.page_done(300, None)   # Hull said nothing: the estimate stands
+        tracker.page_done(500, 1200)  # 1,200 left when page 1 was read
+        tracker.page_done(500, 800)  # Hull now says 800 left (100 users were re-indexed)
+        tracker.page_done(300, None)  # Hull said nothing: the estimate stands
         tracker.finish()
     finally:
         progress._listeners.clear()
@@ -78,8 +84,13 @@ def test_cli_draws_a_bar_only_on_a_terminal(monkeypatch, terminal):
         return {"pages": 2}
 
     monkeypatch.setattr(flows.sync_users, "sync_users", fake_sync_users)
-    for name in ("HULL_ORGANIZATION", "HULL_CONNECTOR_ID", "HULL_CONNECTOR_SECRET",
-                 "CUSTOMERIO_SITE_ID", "CUSTOMERIO_API_KEY"):  # the CLI checks they are set first
+    for name in (
+        "HULL_ORGANIZATION",
+        "HULL_CONNECTOR_ID",
+        "HULL_CONNECTOR_SECRET",
+        "CUSTOMERIO_SITE_ID",
+        "CUSTOMERIO_API_KEY",
+    ):  # the CLI checks they are set first
         monkeypatch.setenv(name, "set-for-the-test")
     out = FakeTerminal() if terminal else io.StringIO()
     monkeypatch.setattr("sys.stdout", out)

@@ -35,16 +35,20 @@ def test_decision_table(page_row, state_row, deletion, action, reason):
     assert (decided.loc[0, "action"], decided.loc[0, "reason"]) == (action, reason)
 
 
-@pytest.mark.parametrize("state_row, rejected, action, reason", [
-    (None, "h1", "skip", "rejected_unchanged"),  # never created: the insert was rejected
-    (("m", True, False, "h0"), "h1", "skip", "rejected_unchanged"),  # the update was rejected
-    (("m", True, False, "h0"), "h0-old", "update", ""),  # changed since the rejection: tried again
-    (None, None, "insert", ""),
-])
+@pytest.mark.parametrize(
+    "state_row, rejected, action, reason",
+    [
+        (None, "h1", "skip", "rejected_unchanged"),  # never created: the insert was rejected
+        (("m", True, False, "h0"), "h1", "skip", "rejected_unchanged"),  # the update was rejected
+        (("m", True, False, "h0"), "h0-old", "update", ""),  # changed since the rejection: tried again
+        (None, None, "insert", ""),
+    ],
+)
 def test_attributes_customerio_rejected_are_not_sent_again_unchanged(state_row, rejected, action, reason):
     page = pd.DataFrame([row("m")], columns=PAGE_COLUMNS)
-    state = pd.DataFrame([(*(state_row or ("m", False, False, None)), rejected)],
-                         columns=[*STATE_COLUMNS, REJECTED_COLUMN])
+    state = pd.DataFrame(
+        [(*(state_row or ("m", False, False, None)), rejected)], columns=[*STATE_COLUMNS, REJECTED_COLUMN]
+    )
     decided = decide(page, state, False)
     assert (decided.loc[0, "action"], decided.loc[0, "reason"]) == (action, reason)
 
@@ -66,7 +70,10 @@ def duplicates(rows, cio_ids, holders):
 
 def test_second_user_of_a_page_with_the_same_id_is_skipped_duplicate_id():
     assert duplicates([("a", "insert"), ("b", "insert"), ("c", "insert")], ["u-1", "u-1", "u-2"], {}) == [
-        ("insert", ""), ("skip", "duplicate_id"), ("insert", "")]
+        ("insert", ""),
+        ("skip", "duplicate_id"),
+        ("insert", ""),
+    ]
 
 
 def test_the_user_holding_the_id_in_state_keeps_it():
@@ -74,14 +81,21 @@ def test_the_user_holding_the_id_in_state_keeps_it():
     assert duplicates([("a", "update")], ["u-1"], {"u-1": "a"}) == [("update", "")]
     # the holder later on the same page still wins over an earlier newcomer
     assert duplicates([("b", "insert"), ("a", "update")], ["u-1", "u-1"], {"u-1": "a"}) == [
-        ("skip", "duplicate_id"), ("update", "")]
+        ("skip", "duplicate_id"),
+        ("update", ""),
+    ]
 
 
 def test_a_holder_moving_to_another_id_on_the_page_frees_its_old_one():
     assert duplicates([("a", "update"), ("b", "insert")], ["u-9", "u-1"], {"u-1": "a"}) == [
-        ("update", ""), ("insert", "")]
+        ("update", ""),
+        ("insert", ""),
+    ]
 
 
 def test_skips_and_deletes_claim_no_id():
     assert duplicates([("a", "skip"), ("b", "insert"), ("c", "delete")], ["u-1", "u-1", "u-1"], {}) == [
-        ("skip", ""), ("insert", ""), ("delete", "")]
+        ("skip", ""),
+        ("insert", ""),
+        ("delete", ""),
+    ]

@@ -30,14 +30,19 @@ ANONYMOUS = EventUser(cio_id=None, in_segments=True, has_mapped_id=False, anonym
 
 def settings(events_filter=("Signed Up", "page"), anonymous_events=False) -> ConnectorSettings:
     # Built directly (not `resolve`) so no environment variable can leak into a pure test.
-    return ConnectorSettings.model_construct(
-        events_filter=list(events_filter), anonymous_events=anonymous_events
-    )
+    return ConnectorSettings.model_construct(events_filter=list(events_filter), anonymous_events=anonymous_events)
 
 
 def hull_event(name="Signed Up", event_id="e-1", created_at=CREATED, **fields) -> dict:
-    return {"event_id": event_id, "event": name, "created_at": created_at, "properties": {},
-            "context": {}, "user_id": "hull-1", **fields}
+    return {
+        "event_id": event_id,
+        "event": name,
+        "created_at": created_at,
+        "properties": {},
+        "context": {},
+        "user_id": "hull-1",
+        **fields,
+    }
 
 
 # -- the deterministic ULID ----------------------------------------------------------------
@@ -79,8 +84,12 @@ def test_generic_event_body_carries_name_properties_unix_timestamp_and_ulid():
     plan = plan_event(event, KNOWN, settings())
     assert plan.action == SEND and plan.target_id == "u-1"
     assert plan.cio_event_id == event_ulid("e-1", parse_created_at(CREATED))
-    assert plan.body == {"id": plan.cio_event_id, "timestamp": CREATED_UNIX, "name": "Signed Up",
-                         "data": {"plan": "gold", "seats": 3, "tags": ["a"]}}
+    assert plan.body == {
+        "id": plan.cio_event_id,
+        "timestamp": CREATED_UNIX,
+        "name": "Signed Up",
+        "data": {"plan": "gold", "seats": 3, "tags": ["a"]},
+    }
     assert "type" not in plan.body  # Customer.io's default type is "event"
 
 
@@ -93,8 +102,11 @@ def test_generic_event_without_properties_sends_empty_data():
 
 
 def test_page_view_takes_url_and_referrer_from_properties_first():
-    event = hull_event("page", properties={"url": "https://example.com/pricing", "referrer": "https://google.com"},
-                       context={"page_url": "https://example.com/other", "referrer_url": "https://bing.com"})
+    event = hull_event(
+        "page",
+        properties={"url": "https://example.com/pricing", "referrer": "https://google.com"},
+        context={"page_url": "https://example.com/other", "referrer_url": "https://bing.com"},
+    )
     plan = plan_event(event, KNOWN, settings())
     assert plan.action == SEND
     assert plan.body["type"] == "page"
@@ -103,8 +115,9 @@ def test_page_view_takes_url_and_referrer_from_properties_first():
 
 
 def test_page_view_falls_back_to_context_url_and_referrer():
-    event = hull_event("page", context={"page_url": "https://example.com/docs", "referrer_url": "https://bing.com",
-                                        "ip": "1.2.3.4"})
+    event = hull_event(
+        "page", context={"page_url": "https://example.com/docs", "referrer_url": "https://bing.com", "ip": "1.2.3.4"}
+    )
     plan = plan_event(event, KNOWN, settings())
     assert (plan.body["type"], plan.body["name"]) == ("page", "https://example.com/docs")
     assert plan.body["data"] == {"referrer": "https://bing.com"}
@@ -130,8 +143,7 @@ def test_page_view_needs_page_in_events_filter():
 
 
 def test_event_name_of_exactly_100_bytes_is_sent_and_101_is_skipped():
-    assert plan_event(hull_event("n" * MAX_EVENT_NAME_BYTES), KNOWN,
-                      settings(["n" * 100])).action == SEND
+    assert plan_event(hull_event("n" * MAX_EVENT_NAME_BYTES), KNOWN, settings(["n" * 100])).action == SEND
     long_name = "n" * (MAX_EVENT_NAME_BYTES + 1)
     plan = plan_event(hull_event(long_name), KNOWN, settings([long_name]))
     assert (plan.action, plan.reason) == (SKIP, "name_too_long")
@@ -207,11 +219,17 @@ def test_anonymous_event_is_skipped_when_the_setting_is_off():
 
 
 def test_anonymous_event_uses_the_event_anonymous_id_when_the_setting_is_on():
-    plan = plan_event(hull_event(anonymous_id="web:16", properties={"k": 1}), ANONYMOUS,
-                      settings(anonymous_events=True))
+    plan = plan_event(
+        hull_event(anonymous_id="web:16", properties={"k": 1}), ANONYMOUS, settings(anonymous_events=True)
+    )
     assert plan.action == SEND_ANONYMOUS and plan.target_id is None
-    assert plan.body == {"id": plan.cio_event_id, "timestamp": CREATED_UNIX, "name": "Signed Up",
-                         "data": {"k": 1}, "anonymous_id": "web:16"}
+    assert plan.body == {
+        "id": plan.cio_event_id,
+        "timestamp": CREATED_UNIX,
+        "name": "Signed Up",
+        "data": {"k": 1},
+        "anonymous_id": "web:16",
+    }
 
 
 def test_anonymous_event_falls_back_to_the_user_anonymous_id():
@@ -230,7 +248,10 @@ def test_anonymous_page_view_keeps_type_page():
     plan = plan_event(event, ANONYMOUS, settings(anonymous_events=True))
     assert plan.action == SEND_ANONYMOUS
     assert (plan.body["type"], plan.body["name"], plan.body["anonymous_id"]) == (
-        "page", "https://example.com/", "web:16")
+        "page",
+        "https://example.com/",
+        "web:16",
+    )
 
 
 # -- malformed events ----------------------------------------------------------------------

@@ -20,8 +20,14 @@ NOW = datetime(2026, 11, 26, tzinfo=timezone.utc)
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    for key in ("ENABLE_USER_DELETION", "ON_SEGMENT_EXIT", "USER_ID_MAPPING", "SYNC_MODE", "ON_ID_CHANGE",
-                "UNSET_REMOVED_ATTRIBUTES"):
+    for key in (
+        "ENABLE_USER_DELETION",
+        "ON_SEGMENT_EXIT",
+        "USER_ID_MAPPING",
+        "SYNC_MODE",
+        "ON_ID_CHANGE",
+        "UNSET_REMOVED_ATTRIBUTES",
+    ):
         monkeypatch.delenv(key, raising=False)
 
 
@@ -31,14 +37,17 @@ def settings(**kw) -> ConnectorSettings:
 
 # ----- decisions ---------------------------------------------------------------------------
 
+
 def page_row(hull_id, in_segments=True, h="h1"):
     return (hull_id, True, in_segments, True, True, h)
 
 
 def decided(page_row_, state_row, exit_, update_only=False, suppressed=False, unset=False):
     page = pd.DataFrame([page_row_], columns=PAGE_COLUMNS)
-    state = pd.DataFrame([(*state_row, suppressed, unset)] if state_row else [],
-                         columns=[*STATE_COLUMNS, "state_suppressed", "state_unset"])
+    state = pd.DataFrame(
+        [(*state_row, suppressed, unset)] if state_row else [],
+        columns=[*STATE_COLUMNS, "state_suppressed", "state_unset"],
+    )
     frame = decide(page, state, exit_, update_only)
     return frame.loc[0, "action"], frame.loc[0, "reason"]
 
@@ -47,21 +56,24 @@ LIVE = ("x", True, False, "h1")
 DELETED = ("x", True, True, "h1")
 
 
-@pytest.mark.parametrize("row, state, exit_, flags, expected", [
-    (page_row("x", False), LIVE, "keep", {}, ("skip", "not_in_segments")),
-    (page_row("x", False), LIVE, "delete", {}, ("delete", "")),
-    (page_row("x", False), LIVE, "suppress", {}, ("suppress", "")),
-    (page_row("x", False), None, "suppress", {}, ("skip", "not_in_segments")),
-    (page_row("x", False), DELETED, "suppress", {"suppressed": True}, ("skip", "already_suppressed")),
-    (page_row("x", False), DELETED, "delete", {}, ("skip", "already_deleted")),
-    (page_row("x", False), LIVE, "unset_segments", {}, ("unset_segments", "")),
-    (page_row("x", False), LIVE, "unset_segments", {"unset": True}, ("skip", "not_in_segments")),
-    (page_row("x"), None, "keep", {"update_only": True}, ("skip", "not_in_customerio")),
-    (page_row("x"), DELETED, "suppress", {"update_only": True, "suppressed": True}, ("skip", "not_in_customerio")),
-    (page_row("x", h="h2"), LIVE, "keep", {"update_only": True}, ("update", "")),
-    (page_row("x"), DELETED, "suppress", {"suppressed": True}, ("insert", "")),  # back: re-created
-    (page_row("x", h="h2"), LIVE, "unset_segments", {"unset": True}, ("update", "")),  # back
-])
+@pytest.mark.parametrize(
+    "row, state, exit_, flags, expected",
+    [
+        (page_row("x", False), LIVE, "keep", {}, ("skip", "not_in_segments")),
+        (page_row("x", False), LIVE, "delete", {}, ("delete", "")),
+        (page_row("x", False), LIVE, "suppress", {}, ("suppress", "")),
+        (page_row("x", False), None, "suppress", {}, ("skip", "not_in_segments")),
+        (page_row("x", False), DELETED, "suppress", {"suppressed": True}, ("skip", "already_suppressed")),
+        (page_row("x", False), DELETED, "delete", {}, ("skip", "already_deleted")),
+        (page_row("x", False), LIVE, "unset_segments", {}, ("unset_segments", "")),
+        (page_row("x", False), LIVE, "unset_segments", {"unset": True}, ("skip", "not_in_segments")),
+        (page_row("x"), None, "keep", {"update_only": True}, ("skip", "not_in_customerio")),
+        (page_row("x"), DELETED, "suppress", {"update_only": True, "suppressed": True}, ("skip", "not_in_customerio")),
+        (page_row("x", h="h2"), LIVE, "keep", {"update_only": True}, ("update", "")),
+        (page_row("x"), DELETED, "suppress", {"suppressed": True}, ("insert", "")),  # back: re-created
+        (page_row("x", h="h2"), LIVE, "unset_segments", {"unset": True}, ("update", "")),  # back
+    ],
+)
 def test_segment_exits_and_update_only(row, state, exit_, flags, expected):
     assert decided(row, state, exit_, **flags) == expected
 
@@ -74,6 +86,7 @@ def test_enable_user_deletion_bool_still_decides():
 
 
 # ----- settings ----------------------------------------------------------------------------
+
 
 def test_on_segment_exit_and_its_enable_user_deletion_alias(monkeypatch):
     assert ConnectorSettings().on_segment_exit == "keep"
@@ -95,9 +108,16 @@ def test_on_segment_exit_and_its_enable_user_deletion_alias(monkeypatch):
 
 # ----- mapping -----------------------------------------------------------------------------
 
-USER = {"id": "h1", "email": "a@example.com", "external_id": "u-1", "segment_ids": ["s1"],
-        "anonymous_ids": ["web:1", "web:2"], "indexed_at": "2026-11-26T10:00:05Z",
-        "traits_plan": "gold", "traits_coconuts": None}
+USER = {
+    "id": "h1",
+    "email": "a@example.com",
+    "external_id": "u-1",
+    "segment_ids": ["s1"],
+    "anonymous_ids": ["web:1", "web:2"],
+    "indexed_at": "2026-11-26T10:00:05Z",
+    "traits_plan": "gold",
+    "traits_coconuts": None,
+}
 
 
 def test_identify_carries_the_latest_anonymous_id_and_indexed_at():
@@ -115,8 +135,15 @@ def test_a_null_trait_is_left_out_when_removal_is_on_and_sent_as_null_when_off()
 
 
 def test_names_kept_leave_out_the_always_sent_ones():
-    attributes = {"id": "u-1", "email": "e", "created_at": 1, "hull_segments": [], "anonymous_id": "w",
-                  "plan": "gold", "bio": "x"}
+    attributes = {
+        "id": "u-1",
+        "email": "e",
+        "created_at": 1,
+        "hull_segments": [],
+        "anonymous_id": "w",
+        "plan": "gold",
+        "bio": "x",
+    }
     assert tracked_names(attributes) == ["bio", "plan"]
     assert removed_names(["bio", "plan", "color", "email"], {"plan": 1}) == ["bio", "color"]
     assert removed_names(None, {"plan": 1}) == []
@@ -124,10 +151,19 @@ def test_names_kept_leave_out_the_always_sent_ones():
 
 # ----- plans -------------------------------------------------------------------------------
 
+
 def state(**row) -> pd.DataFrame:
-    base = dict(hull_id="h1", cio_id="u-1", attributes_hash="old", created_at=NOW, deleted_at=None,
-                segment_ids=["s1"], cio_id_mapping="external_id", attribute_names=["bio", "coconuts", "plan"],
-                suppressed_at=None)
+    base = dict(
+        hull_id="h1",
+        cio_id="u-1",
+        attributes_hash="old",
+        created_at=NOW,
+        deleted_at=None,
+        segment_ids=["s1"],
+        cio_id_mapping="external_id",
+        attribute_names=["bio", "coconuts", "plan"],
+        suppressed_at=None,
+    )
     base.update(row)
     return pd.DataFrame([base], columns=STATE_FRAME_COLUMNS)
 
@@ -179,7 +215,11 @@ def test_segment_exit_targets_the_stored_id_and_unset_sends_empty_segments():
 
 def test_update_only_marks_plans_and_skips_people_not_in_customerio():
     plan = plan_one({**USER, "traits_plan": "silver"}, state(), sync_mode="update_only")
-    assert plan.action == "update" and plan.update_only and plan.timestamp == map_user(USER, settings(), {}, set()).indexed_at
+    assert (
+        plan.action == "update"
+        and plan.update_only
+        and plan.timestamp == map_user(USER, settings(), {}, set()).indexed_at
+    )
     moved = plan_one({**USER, "external_id": "acct-1"}, state(), sync_mode="update_only", on_id_change="delete_old")
     assert moved.id_change == "delete_old" and not moved.update_only  # the new id must be created
     new = plan_one(USER, state().iloc[0:0], sync_mode="update_only")

@@ -58,9 +58,17 @@ def test_dates_become_integer_unix_seconds():
 
 def test_map_user_defaults_and_whitelisted_attributes():
     s = settings(
-        synchronized_attributes=["traits_coconuts", "closeio/title", "account.closeio/name", "id",
-                                 "traits_last_order_at", "renewal_date", "nickname_at", "customerio/synced_at",
-                                 "traits_missing"],
+        synchronized_attributes=[
+            "traits_coconuts",
+            "closeio/title",
+            "account.closeio/name",
+            "id",
+            "traits_last_order_at",
+            "renewal_date",
+            "nickname_at",
+            "customerio/synced_at",
+            "traits_missing",
+        ],
         synchronized_segments=["s1"],
     )
     mapped = map_user(USER, s, NAMES, {"s1"})

@@ -36,8 +36,9 @@ def test_positions_compare_as_instants_not_as_strings():
 def test_shifted_and_formatted_positions_are_hull_timestamps():
     assert shift_position("2026-11-26T10:30:00Z", -timedelta(minutes=60)) == "2026-11-26T09:30:00Z"
     assert format_position(datetime(2026, 11, 26, 10, 0, 0, 900_000, tzinfo=timezone.utc)) == "2026-11-26T10:00:00Z"
-    assert exact_position(datetime(2026, 11, 26, 10, 0, 0, 900_000, tzinfo=timezone.utc)) == \
-        "2026-11-26T10:00:00.900000Z"
+    assert (
+        exact_position(datetime(2026, 11, 26, 10, 0, 0, 900_000, tzinfo=timezone.utc)) == "2026-11-26T10:00:00.900000Z"
+    )
 
 
 def test_events_start_is_the_lookback_or_what_existing_cursors_cover():
@@ -46,8 +47,10 @@ def test_events_start_is_the_lookback_or_what_existing_cursors_cover():
     # An installation upgrading with a cursor a week old keeps that week (minus the overlap).
     assert events_start_for(NOW, lookback, ["2026-11-22T12:00:00Z"], overlap) == "2026-11-22T11:00:00Z"
     # A recent cursor changes nothing; one pushed into the future by a bad event is ignored.
-    assert events_start_for(NOW, lookback, ["2026-11-29T11:55:00Z", "2031-01-01T00:00:00Z"], overlap) == \
-        "2026-11-28T12:00:00Z"
+    assert (
+        events_start_for(NOW, lookback, ["2026-11-29T11:55:00Z", "2031-01-01T00:00:00Z"], overlap)
+        == "2026-11-28T12:00:00Z"
+    )
 
 
 def test_writer_scopes_overlap_exactly_where_users_can_meet():
@@ -64,9 +67,16 @@ def test_writer_scopes_overlap_exactly_where_users_can_meet():
     assert scopes_overlap("job", "job") and not scopes_overlap("job", WHOLE_SCOPE)
 
 
-@pytest.mark.parametrize(("name", "count"), [
-    ("events", 1), ("events:shard:2/4", 4), ("events:shard:0/16", 16), ("users", None), ("events:shard:x", None),
-])
+@pytest.mark.parametrize(
+    ("name", "count"),
+    [
+        ("events", 1),
+        ("events:shard:2/4", 4),
+        ("events:shard:0/16", 16),
+        ("users", None),
+        ("events:shard:x", None),
+    ],
+)
 def test_cursor_layout(name, count):
     assert cursor_layout(name, "events") == count
 
@@ -82,6 +92,7 @@ def test_an_event_dated_after_the_tolerance_is_skipped_as_future_timestamp():
     future = plan_event(event("2031-01-01T00:00:00Z"), user, settings, not_after)
     assert (future.action, future.reason) == (SKIP, "future_timestamp")
     soon = plan_event(event("2026-11-29T12:30:00Z"), user, settings, not_after)  # within the tolerance
-    assert soon.action == "send" and soon.body["timestamp"] == int(datetime(2026, 11, 29, 12, 30,
-                                                                             tzinfo=timezone.utc).timestamp())
+    assert soon.action == "send" and soon.body["timestamp"] == int(
+        datetime(2026, 11, 29, 12, 30, tzinfo=timezone.utc).timestamp()
+    )
     assert plan_event(event("2031-01-01T00:00:00Z"), user, settings).action == "send"  # no bound given

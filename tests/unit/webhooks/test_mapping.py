@@ -41,8 +41,20 @@ ORIGINAL_TABLE = {
     "email_unsubscribed": "Unsubscribed",
 }
 # Reporting webhook metrics per object type (Customer.io's list) that the table covers.
-REPORTING_EMAIL_METRICS = ["drafted", "attempted", "sent", "delivered", "opened", "clicked", "converted",
-                           "unsubscribed", "bounced", "dropped", "spammed", "failed"]
+REPORTING_EMAIL_METRICS = [
+    "drafted",
+    "attempted",
+    "sent",
+    "delivered",
+    "opened",
+    "clicked",
+    "converted",
+    "unsubscribed",
+    "bounced",
+    "dropped",
+    "spammed",
+    "failed",
+]
 REPORTING_CUSTOMER_METRICS = ["subscribed", "unsubscribed"]
 COMMON_CONTEXT = {"source": "customerio", "type": "email", "ip": "0", "url": None, "referer": None}
 
@@ -295,8 +307,17 @@ def test_dedupe_key_is_the_event_id_when_usable():
 
 @pytest.mark.parametrize(
     "body",
-    [b"{oops", b"", b"\xff", b"[1]", b'{"event_id": 12}', b'{"event_id": "   "}',
-     b'{"event_id": "a\\u0000b"}', json.dumps({"event_id": "X" * 65}).encode(), b"[" * 100_000],
+    [
+        b"{oops",
+        b"",
+        b"\xff",
+        b"[1]",
+        b'{"event_id": 12}',
+        b'{"event_id": "   "}',
+        b'{"event_id": "a\\u0000b"}',
+        json.dumps({"event_id": "X" * 65}).encode(),
+        b"[" * 100_000,
+    ],
     ids=["invalid-json", "empty", "not-utf8", "array", "numeric", "blank", "control-char", "too-long", "deep"],
 )
 def test_dedupe_key_of_a_body_without_a_usable_event_id_is_a_digest_of_the_body(body):

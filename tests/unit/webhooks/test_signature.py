@@ -60,9 +60,21 @@ GOOD_SIGNATURE = compute_signature(KEY, str(NOW), BODY)
         (str(NOW), "f" * 5000, "not a hex HMAC-SHA256"),
         (str(NOW), "sha256=" + GOOD_SIGNATURE, "not a hex HMAC-SHA256"),
     ],
-    ids=["word", "5000-digits", "16-digits", "negative", "plus-sign", "fraction", "fullwidth-digits",
-         "non-ascii-signature", "non-hex-signature", "short-signature", "long-signature", "huge-signature",
-         "prefixed-signature"],
+    ids=[
+        "word",
+        "5000-digits",
+        "16-digits",
+        "negative",
+        "plus-sign",
+        "fraction",
+        "fullwidth-digits",
+        "non-ascii-signature",
+        "non-hex-signature",
+        "short-signature",
+        "long-signature",
+        "huge-signature",
+        "prefixed-signature",
+    ],
 )
 def test_malformed_headers_are_a_signature_error_never_another_exception(timestamp, signature, reason):
     with pytest.raises(SignatureError, match=reason) as raised:

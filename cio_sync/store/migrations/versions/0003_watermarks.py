@@ -7,6 +7,7 @@ often the users overlap re-reads it).
 Revision ID: 0003
 Revises: 0006
 """
+
 import sqlalchemy as sa
 from alembic import op
 

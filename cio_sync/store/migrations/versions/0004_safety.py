@@ -4,6 +4,7 @@ identity setting for sync and drain), an index on user_state.cio_id (`duplicate_
 Revision ID: 0004
 Revises: 0003
 """
+
 import sqlalchemy as sa
 from alembic import op
 

@@ -5,6 +5,7 @@ stream, the `user_id_mapping` in force at its last run (a change of it is a migr
 Revision ID: 0006
 Revises: 0002
 """
+
 import sqlalchemy as sa
 from alembic import op
 
