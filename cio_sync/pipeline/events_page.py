@@ -396,7 +396,9 @@ def run_events_page(
     batch: list[dict[str, Any]] = []
     limit = runtime.settings.events_per_batch
     while True:
-        events, next_cursor = fetch_events_page(runtime, cursor, shard=shard, until=window.until)
+        # Never more than the batch's room: a task holds at most `events_per_batch` events.
+        per_page = max(1, min(MAX_PER_PAGE, limit - len(batch)))
+        events, next_cursor = fetch_events_page(runtime, cursor, per_page, shard=shard, until=window.until)
         decided = already_decided(runtime, [str(e.get("event_id")) for e in events if e.get("event_id")], DECIDED)
         fresh = [e for e in events if str(e.get("event_id")) not in decided]
         handled += len(events) - len(fresh)
