@@ -22,10 +22,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from cio_sync.pipeline.batch_push import push_page_v2
-from cio_sync.pipeline.push import CustomerIoUnavailable, UserOutcome, push_page
+from cio_sync.pipeline.push import CustomerIoUnavailable, UserOutcome
 from cio_sync.pipeline.summary import SyncSummary
-from cio_sync.pipeline.users_page import outcome_row
+from cio_sync.pipeline.users_page import outcome_row, push_plans
 from cio_sync.pipeline.writeback import write_back
 from cio_sync.rules.guard import deletion_limit, plan_digest
 from cio_sync.rules.mapping import MalformedUserError, map_user
@@ -164,22 +163,7 @@ def _send(runtime: SyncRuntime, rows: list[dict[str, Any]], result: GuardResult)
     settings = runtime.settings
     plans = [UserPlan(r["hull_id"], DELETE, "", None, None, r["cio_id"]) for r in rows]
     try:
-        if settings.customerio_api == "v2_batch":
-            outcomes = push_page_v2(
-                runtime.customerio,
-                plans,
-                user_id_mapping=settings.user_id_mapping,
-                max_attributes_per_call=settings.max_attributes_per_call,
-                concurrency=settings.push_concurrency,
-                calls=result.calls,
-            )
-        else:
-            outcomes = push_page(
-                runtime.customerio,
-                plans,
-                max_attributes_per_call=settings.max_attributes_per_call,
-                concurrency=settings.push_concurrency,
-            )
+        outcomes = push_plans(runtime, plans, result.calls)
     except CustomerIoUnavailable as stopped:
         outcomes = stopped.args[0]
     row_of = {r["hull_id"]: r for r in rows}

@@ -7,10 +7,11 @@ it sends nothing again.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from cio_sync.pipeline.batch_push import push_page_v2
-from cio_sync.pipeline.breaker import CONSECUTIVE_TRANSIENT_LIMIT
+from cio_sync.pipeline.breaker import CONSECUTIVE_TRANSIENT_LIMIT, Breaker
 from cio_sync.pipeline.phase import Phase
 from cio_sync.pipeline.push import CustomerIoUnavailable, UserOutcome, push_page
 from cio_sync.pipeline.summary import SyncSummary
@@ -166,6 +167,32 @@ def record_page(
             summary.add_error(f"user {outcome.plan.hull_id}: {outcome.error}")
 
 
+def push_plans(
+    runtime: SyncRuntime, plans: list[UserPlan], calls: Counter, breaker: Breaker | None = None
+) -> list[UserOutcome]:
+    """Sends `plans` through the API mode of the run's settings (v1 calls or v2 batches);
+    `calls` counts v2 batch requests. Raises what the pushers raise (AuthError,
+    CustomerIoUnavailable carrying the outcomes so far)."""
+    settings = runtime.settings
+    if settings.customerio_api == "v2_batch":
+        return push_page_v2(
+            runtime.customerio,
+            plans,
+            user_id_mapping=settings.user_id_mapping,
+            max_attributes_per_call=settings.max_attributes_per_call,
+            concurrency=settings.push_concurrency,
+            calls=calls,
+            breaker=breaker,
+        )
+    return push_page(
+        runtime.customerio,
+        plans,
+        max_attributes_per_call=settings.max_attributes_per_call,
+        concurrency=settings.push_concurrency,
+        breaker=breaker,
+    )
+
+
 def sync_page(
     runtime: SyncRuntime,
     users: list[dict[str, Any]],
@@ -201,24 +228,7 @@ def sync_page(
     to_push = [p for p in plans if p.action != DELETE]
 
     try:
-        if settings.customerio_api == "v2_batch":
-            outcomes = push_page_v2(
-                runtime.customerio,
-                to_push,
-                user_id_mapping=settings.user_id_mapping,
-                max_attributes_per_call=settings.max_attributes_per_call,
-                concurrency=settings.push_concurrency,
-                calls=summary.calls,
-                breaker=breaker,
-            )
-        else:
-            outcomes = push_page(
-                runtime.customerio,
-                to_push,
-                max_attributes_per_call=settings.max_attributes_per_call,
-                concurrency=settings.push_concurrency,
-                breaker=breaker,
-            )
+        outcomes = push_plans(runtime, to_push, summary.calls, breaker)
     except CustomerIoUnavailable as stopped:
         # Customer.io is down: what went through is recorded, the rest of the page becomes a
         # failed batch (the next scheduled run retries it first; `cio-sync failed rerun` at any
