@@ -23,10 +23,16 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture(scope="session")
 def prefect_harness():
+    """One Prefect test server per test process. Prefect's flow-run heartbeat (crash detection
+    for runs on workers, every 180 s by default) is off here: its thread sleeps in 1 s steps and
+    each flow run waits for it to wake at exit, about half a second per run, a few minutes over
+    the suite. The end-to-end tests run their flows in subprocesses with Prefect's defaults."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=180):
-        yield
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield
 
 
 def _sqlite_url(tmp_path) -> str:

@@ -42,35 +42,5 @@ def point_env_at(monkeypatch, hull_sim, cio_sim, database_url) -> dict[str, str]
 
 def poison_v2_entry(cio_sim, person_id: str) -> None:
     """Every `POST /api/v2/batch` holding an entry for `person_id` is answered 400 as a whole,
-    nothing applied (what a client bisecting failed batches needs).
-
-    Uses the simulator's own switch (`faults.poison_batch_entry`, branch `sim`) when it has
-    one; until then installs the same behaviour on this simulator instance."""
-    if hasattr(cio_sim.faults, "poison_batch_entry"):
-        cio_sim.faults.poison_batch_entry(id=person_id)
-        return
-    routes = cio_sim._routes._routes
-    index = next(
-        i for i, (method, regex, _) in enumerate(routes) if method == "POST" and regex.pattern == r"/api/v2/batch"
-    )
-    method, regex, handler = routes[index]
-
-    def batch(req, **params):
-        body = req.json_or_none()
-        entries = body.get("batch") if isinstance(body, dict) else None
-        if isinstance(entries, list) and any(
-            isinstance(e, dict) and isinstance(e.get("identifiers"), dict) and e["identifiers"].get("id") == person_id
-            for e in entries
-        ):
-            return 400, {
-                "errors": [
-                    {
-                        "reason": "malformed",
-                        "field": "batch",
-                        "message": "the request is malformed (simulated: a poisoned entry)",
-                    }
-                ]
-            }
-        return handler(req, **params)
-
-    routes[index] = (method, regex, batch)
+    nothing applied (what a client bisecting failed batches needs)."""
+    cio_sim.faults.poison_batch_entry(id=person_id)

@@ -124,7 +124,6 @@ def test_200_of_1000_leaving_wait_for_approval_and_the_cli_approves_exactly_them
     assert sorted(deletes(cio_sim)) == expected  # nothing more
 
 
-@pytest.mark.postgres
 def test_approval_covers_that_plan_only(sim_env, hull, cio_sim, monkeypatch):
     monkeypatch.setenv("MAX_DELETIONS_PER_RUN", "2")
     seed(hull, 10)

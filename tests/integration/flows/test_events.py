@@ -265,7 +265,6 @@ def test_oversize_name_and_data_are_skipped_counted_and_the_run_goes_on(sim_env,
 # -- exactly once --------------------------------------------------------------------------
 
 
-@pytest.mark.postgres
 def test_rerun_sends_nothing_new_even_when_the_events_cursor_is_lost(sim_env, hull, cio_sim):
     hull.upsert_user(user(1))
     hull.upsert_user(user(2))

@@ -30,7 +30,6 @@ def test_random_429_5xx_and_dropped_connections_converge(baseline, sim_env, hull
     assert_events_exactly_once(cio_sim, expected)
 
 
-@pytest.mark.postgres
 def test_customerio_down_for_a_whole_run_then_failed_batches_rerun(baseline, sim_env, hull_sim, cio_sim):
     expected = baseline()
     seed(hull_sim)

@@ -121,7 +121,6 @@ def test_an_id_change_with_ignore_keeps_the_original_behaviour(sim_env, hull, ci
     assert people_with_email(cio_sim, "user1@example.com") == ["acct-1", "u-1"]
 
 
-@pytest.mark.postgres
 def test_a_changed_user_id_mapping_is_refused_until_migrate_ids_then_merges_everyone(sim_env, hull, cio_sim, api):
     for n in range(3):
         hull.upsert_user(hull_user(n))

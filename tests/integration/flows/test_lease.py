@@ -183,7 +183,6 @@ def test_a_sync_run_started_while_another_holds_the_lease_does_nothing(sim_env, 
     assert list_leases(engine) == []  # released at the end
 
 
-@pytest.mark.postgres
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_lease_of_a_flow_run_that_ended_is_taken_over_at_once(sim_env, vip, cio_sim):
     from prefect import flow
@@ -212,7 +211,6 @@ def test_a_lease_of_a_flow_run_that_ended_is_taken_over_at_once(sim_env, vip, ci
     assert sync_users(synchronized_segments=["VIP"])["decisions"] == {"insert": 3}
 
 
-@pytest.mark.postgres
 @pytest.mark.usefixtures("prefect_harness")
 def test_an_events_phase_longer_than_the_lease_ttl_keeps_its_lease(sim_env, vip, cio_sim, monkeypatch):
     import cio_sync.pipeline.events_page as events_page
@@ -250,7 +248,6 @@ def test_an_events_phase_longer_than_the_lease_ttl_keeps_its_lease(sim_env, vip,
     assert summary["events"]["sent"] == 3 and len(cio_sim.events) == 3
 
 
-@pytest.mark.postgres
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_rerun_of_failed_batches_started_during_a_sync_does_not_overwrite_newer_state(
     sim_env, vip, cio_sim, monkeypatch, tmp_path

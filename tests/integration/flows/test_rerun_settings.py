@@ -42,7 +42,6 @@ def failed_batch_of_two(hull, cio_sim, url) -> dict:
     return batch
 
 
-@pytest.mark.postgres
 def test_a_rerun_after_deletion_was_turned_off_deletes_nothing(sim_env, hull, cio_sim):
     url = sim_env["STATE_DATABASE_URL"]
     batch = failed_batch_of_two(hull, cio_sim, url)

@@ -110,7 +110,6 @@ def test_user_with_315_attributes_takes_11_calls(sim_env, hull, cio_sim):
     assert len(cio_sim.people["u-1"]) == 315
 
 
-@pytest.mark.postgres
 def test_delete_when_leaving_all_segments_only_if_enabled(sim_env, hull, cio_sim):
     hull.upsert_user(user(1))
     hull.upsert_user(user(2))

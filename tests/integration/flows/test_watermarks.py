@@ -1,6 +1,7 @@
 """Watermarks that survive late and future data, a first run that does not replay history,
 backfills on purpose, shard layouts that change, and failures that heal by themselves: the
-real sync-users and backfill-events flows against the simulators, on SQLite and PostgreSQL.
+real sync-users and backfill-events flows against the simulators, on SQLite (and PostgreSQL for
+the two tests that lean on how each database stores and compares times).
 
 Two clocks meet here. The Hull simulator's data is dated on its own clock (from
 2026-11-26T10:00:00Z); a run's `events_start`, its cap and the future tolerance use the wall
@@ -28,7 +29,7 @@ from tests.support.builders import hull_user
 from tests.support.scenario import SETTINGS as SCENARIO
 from tests.support.scenario import assert_events_exactly_once, customerio_state, seed
 
-pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("prefect_harness")]
+pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 SETTINGS = dict(synchronized_segments=["VIP"], events_filter=["Signed Up"])
 
@@ -106,6 +107,7 @@ def test_a_late_event_inside_the_overlap_window_is_sent_once(sim_env, hull, cio_
     )
 
 
+@pytest.mark.postgres
 def test_a_future_dated_event_is_decided_once_and_does_not_stop_the_events_after_it(sim_env, hull, cio_sim, engine):
     hull.upsert_user(hull_user(1))
     add_event(hull, 1, "e-before", ago(minutes=10))
@@ -234,6 +236,7 @@ def _decided(engine) -> set[str]:
 # -- users ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.postgres
 def test_a_user_that_becomes_searchable_late_or_changes_in_the_cursors_second_is_synced_by_the_next_run(
     sim_env, hull, cio_sim
 ):
