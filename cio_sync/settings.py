@@ -249,6 +249,11 @@ class ConnectorSettings(BaseSettings):
     # Deletion guard (cio_sync/rules/guard.py): a run that would delete more people than this
     # deletes nobody until approved. None: the larger of 100 and 5% of the people state tracks.
     max_deletions_per_run: int | None = Field(default=None, ge=0)
+    # Sync log (`cio-sync explain`): the values of changed attributes are logged (and shown in a
+    # dry run's plan) only when this is on: they are personal data. Off: names and digests only.
+    sync_log_values: bool = False
+    # Sync log rows older than this are deleted by the runs themselves (in bounded deletes).
+    sync_log_retention_days: float = Field(default=30, gt=0)
 
     def snapshot(self) -> dict[str, Any]:
         """Every setting as JSON values (none is a secret), to compare with a later run's."""

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any, Literal, TypeVar, cast
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
@@ -20,10 +20,11 @@ from cio_sync.pipeline.phase import Phase
 from cio_sync.pipeline.progress import SyncProgress
 from cio_sync.pipeline.rerun import retry_failed_batches
 from cio_sync.pipeline.summary import SyncSummary
+from cio_sync.pipeline.sync_log import plan_markdown
 from cio_sync.pipeline.users_page import PageIncomplete
 from cio_sync.pipeline.watermarks import EventsWindow, events_window, not_behind, users_walk_start
 from cio_sync.pipeline.writeback import WriteBackPipeline, write_back
-from cio_sync.redact import scrub_obj, scrubbed_errors
+from cio_sync.redact import scrub, scrub_obj, scrubbed_errors
 from cio_sync.rules.guard import deletion_limit, over_limit_message, segments_problem
 from cio_sync.rules.sharding import WHOLE, Shard
 from cio_sync.runtime import SyncRuntime, build_runtime
@@ -34,6 +35,7 @@ from cio_sync.store.deletions import open_plan, reject_plan
 from cio_sync.store.failed import EVENTS, USERS
 from cio_sync.store.lease import Lease, LeaseHeld, LeaseLost
 from cio_sync.store.settings_in_use import record_setting
+from cio_sync.store.sync_log import prune_sync_log
 from cio_sync.store.users import count_live_people, count_pending_writebacks
 from connectors.http import ApiError, AuthError
 from tasks.send_deletions import send_deletions_task
@@ -65,6 +67,15 @@ def publish_summary(summary: SyncSummary, dry_run: bool) -> None:
         key="sync-users-summary",
         table=scrub_obj(summary.table()),
         description=("Dry run: nothing was sent. " if dry_run else "") + "What this sync-users run did.",
+    )
+
+
+def publish_plan_sample(summary: SyncSummary, values: bool) -> None:
+    """A dry run's plan: up to 50 people it would change, old → new per attribute."""
+    create_markdown_artifact(
+        key="sync-users-plan",
+        markdown=scrub(plan_markdown(summary.plan_sample, dict(summary.decisions), values)),
+        description="Dry run: a sample of the people sync-users would change, and how.",
     )
 
 
@@ -232,9 +243,13 @@ def _run(
 
     if not runtime.dry_run:
         summary.writeback_pending = count_pending_writebacks(runtime.engine)
+        # Bounded: a backlog (a first run after a long pause) is worked off over several runs.
+        summary.sync_log_pruned = prune_sync_log(runtime.engine, settings.sync_log_retention_days)
     if failure:
         summary.stopped.append(failure)
     publish_summary(summary, runtime.dry_run)
+    if runtime.dry_run:
+        publish_plan_sample(summary, settings.sync_log_values)
     for line in summary.lines():
         logger.info(line)
     if failure:
@@ -293,6 +308,7 @@ def _sync_users_stream(
                     run_id,
                     quoted(write_backs),
                     quoted(phase),
+                    SyncSummary.MAX_PLAN_SAMPLE - len(summary.plan_sample),
                 )
             except AuthError as exc:
                 failure = f"Stopped: {exc}. Nothing from the failing page was marked as synced."

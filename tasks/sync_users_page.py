@@ -26,6 +26,7 @@ def sync_users_page_task(
     flow_run_id: str | None = None,
     write_backs: WriteBackPipeline | None = None,
     phase: Phase | None = None,
+    room: int = SyncSummary.MAX_PLAN_SAMPLE,
 ) -> SyncSummary:
     with scrubbed_errors():  # a Failed task state shows the message in the UI
-        return sync_page(runtime, users, cursor_name, next_cursor, flow_run_id, write_backs, phase)
+        return sync_page(runtime, users, cursor_name, next_cursor, flow_run_id, write_backs, phase, room)

@@ -126,6 +126,27 @@ def cmd_lease_release(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    """Reads only the state database: no Prefect server, no Hull, no Customer.io."""
+    from cio_sync.pipeline.explain import ExplainError, candidates_lines, explain, render
+    from cio_sync.settings import StateSettings
+    from cio_sync.store import db
+
+    try:
+        report = explain(db.get_engine(StateSettings().state_database_url), args.person)
+    except ExplainError as exc:
+        print(f"error: {scrub(str(exc))}", file=sys.stderr)
+        for line in candidates_lines(exc.candidates):
+            print(scrub(line), file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(scrub_obj(report), indent=2, default=str, ensure_ascii=False))
+        return 0
+    for line in render(report):
+        print(scrub(line))
+    return 0
+
+
 def cmd_check(args) -> int:
     from cio_sync.pipeline.check import check_connection
 
@@ -285,6 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
     release = lease_sub.add_parser("release", help="release a lease whoever holds it (only when its run is gone)")
     release.add_argument("name", help="e.g. users:all, users:shard:0/4")
     release.set_defaults(func=cmd_lease_release)
+
+    p = sub.add_parser(
+        "explain",
+        help="what happened to one person: state, sync log, events, failed work, email activity (database only)",
+    )
+    p.add_argument("person", help="a Hull id, a Customer.io id or an email")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("check", help="check credentials and settings (non-zero exit on a problem)")
     p.set_defaults(func=cmd_check)

@@ -103,6 +103,7 @@ class ItemResult:
     delivered: Counter = field(default_factory=Counter)  # label kind ("identify", ...) → entries accepted
     error_kind: str | None = None  # permanent | transient | not_attempted
     error: str | None = None
+    log: list[dict] = field(default_factory=list)  # one {"call", "status", "error"} per entry sent
 
     def fail(self, kind: str, message: str) -> None:
         # The first failure explains the item; a later transient never hides a permanent one.
@@ -125,9 +126,11 @@ def send_chains(
     lock = threading.Lock()
     breaker = breaker or Breaker()
 
-    def mark(request: BatchRequest, kind: str, message: str) -> None:
+    def mark(request: BatchRequest, kind: str, message: str, status: int | None = None) -> None:
         for entry in request.entries:
             results[entry.owner].fail(kind, message)
+            if kind != "not_attempted" or status is not None:
+                results[entry.owner].log.append({"call": f"batch: {entry.label}", "status": status, "error": message})
 
     def count_request() -> None:
         if calls is not None:
@@ -140,11 +143,11 @@ def send_chains(
             response = client.request_batch(request.body())
         except AuthError as exc:
             breaker.trip(exc)
-            mark(request, "not_attempted", str(exc))
+            mark(request, "not_attempted", str(exc), exc.status)
             failed.update(owners_of(request))
             return
         except TransientError as exc:
-            mark(request, "transient", str(exc))
+            mark(request, "transient", str(exc), exc.status)
             failed.update(owners_of(request))
             count_request()
             breaker.record(True)
@@ -154,7 +157,12 @@ def send_chains(
             breaker.record(False)
             owners = owners_of(request)
             if len(owners) == 1:
-                mark(request, "permanent", f"Customer.io rejected a v2 batch request holding only this item: {exc}")
+                mark(
+                    request,
+                    "permanent",
+                    f"Customer.io rejected a v2 batch request holding only this item: {exc}",
+                    exc.status,
+                )
                 failed.update(owners)
                 return
             for half in (owners[: len(owners) // 2], owners[len(owners) // 2 :]):
@@ -169,10 +177,14 @@ def send_chains(
         if rejected is None:
             rejected = dict.fromkeys(range(len(request.entries)), {"reason": "207 naming no entry"})
         for index, entry in enumerate(request.entries):
+            result = results[entry.owner]
             if index in rejected:
-                results[entry.owner].fail("permanent", describe_entry_error(rejected[index], entry.label))
+                message = describe_entry_error(rejected[index], entry.label)
+                result.fail("permanent", message)
+                result.log.append({"call": f"batch: {entry.label}", "status": 207, "error": message})
             else:
-                results[entry.owner].delivered[entry.label.split(" ")[0]] += 1
+                result.delivered[entry.label.split(" ")[0]] += 1
+                result.log.append({"call": f"batch: {entry.label}", "status": 200, "error": None})
         count_request()
         breaker.record(False)
 
@@ -233,6 +245,7 @@ def push_page_v2(
     for item, result in zip(items, results):
         if item.rejected is not None:
             result.fail("permanent", item.rejected)
+            result.log.append({"call": "batch: (not sent)", "status": None, "error": item.rejected})
     stopped = None
     try:
         send_chains(client, pack(items, max_request_bytes), results, concurrency, calls, breaker)
@@ -254,6 +267,7 @@ def _user_outcome(plan: UserPlan, result: ItemResult) -> UserOutcome:
         calls=Counter({k: delivered[k] for k in ("merge", "suppress", "unsuppress") if delivered[k]}),
         moved=bool(delivered["merge"] or delivered["delete_old"]),
         unsuppressed=bool(delivered["unsuppress"]),
+        log=result.log,
     )
     if result.error_kind is None:
         outcome.ok = True

@@ -24,11 +24,12 @@ from typing import Any
 
 from cio_sync.pipeline.push import CustomerIoUnavailable, UserOutcome
 from cio_sync.pipeline.summary import SyncSummary
-from cio_sync.pipeline.users_page import outcome_row, push_plans
+from cio_sync.pipeline.sync_log import log_row, log_rows, run_id_or_local
+from cio_sync.pipeline.users_page import LEFT_SEGMENTS, outcome_row, push_plans
 from cio_sync.pipeline.writeback import write_back
 from cio_sync.rules.guard import deletion_limit, plan_digest
 from cio_sync.rules.mapping import MalformedUserError, map_user
-from cio_sync.rules.plan import DELETE, UserPlan
+from cio_sync.rules.plan import DELETE, SKIP, UserPlan
 from cio_sync.rules.sharding import WHOLE, Shard
 from cio_sync.runtime import SyncRuntime
 from cio_sync.store.db import utcnow
@@ -44,7 +45,10 @@ from cio_sync.store.deletions import (
     open_new_plan,
     planned,
 )
+from cio_sync.store.sync_log import write_log_rows
 from cio_sync.store.users import count_live_people, live_people, record_user_outcomes
+
+GUARD_REASON = f"sent by the deletion guard: {LEFT_SEGMENTS}"
 
 
 @dataclass
@@ -110,7 +114,7 @@ def settle_deletions(
         end_rows(engine, {r["id"]: "enable_user_deletion is off" for r in rows}, CANCELLED)
         result.cancelled["enable_user_deletion is off"] += len(rows)
         return result
-    rows = _still_leaving(runtime, rows, result)
+    rows = _still_leaving(runtime, rows, result, flow_run_id)
     result.limit = deletion_limit(settings.max_deletions_per_run, count_live_people(engine))
     approved = [r for r in rows if approved_plan_id is not None and r["plan_id"] == approved_plan_id]
     rest = [r for r in rows if approved_plan_id is None or r["plan_id"] != approved_plan_id]
@@ -126,11 +130,13 @@ def settle_deletions(
     else:
         to_send += rest
     if to_send:
-        _send(runtime, to_send, result)
+        _send(runtime, to_send, result, flow_run_id)
     return result
 
 
-def _still_leaving(runtime: SyncRuntime, rows: list[dict[str, Any]], result: GuardResult) -> list[dict[str, Any]]:
+def _still_leaving(
+    runtime: SyncRuntime, rows: list[dict[str, Any]], result: GuardResult, flow_run_id: str | None = None
+) -> list[dict[str, Any]]:
     """The planned deletes that still hold against Hull now and state now; ends the others."""
     hull_ids = [r["hull_id"] for r in rows]
     docs = {d.get("id"): d for d in runtime.hull.users_by_ids(hull_ids) if isinstance(d, dict)}
@@ -156,10 +162,28 @@ def _still_leaving(runtime: SyncRuntime, rows: list[dict[str, Any]], result: Gua
             ended[row["id"]] = reason
             result.cancelled[reason] += 1
     end_rows(runtime.engine, ended, CANCELLED)
+    if ended:
+        now, run_id = utcnow(), run_id_or_local(flow_run_id)
+        row_by_id = {r["id"]: r for r in rows}
+        log = [
+            log_row(
+                UserPlan(row_by_id[i]["hull_id"], SKIP, "", None, None, row_by_id[i]["cio_id"]),
+                None,
+                run_id,
+                now,
+                values=False,
+                reason=f"planned delete cancelled by the deletion guard: {why}",
+            )
+            for i, why in ended.items()
+        ]
+        with runtime.engine.begin() as connection:
+            write_log_rows(connection, log)
     return keep
 
 
-def _send(runtime: SyncRuntime, rows: list[dict[str, Any]], result: GuardResult) -> None:
+def _send(
+    runtime: SyncRuntime, rows: list[dict[str, Any]], result: GuardResult, flow_run_id: str | None = None
+) -> None:
     settings = runtime.settings
     plans = [UserPlan(r["hull_id"], DELETE, "", None, None, r["cio_id"]) for r in rows]
     try:
@@ -173,6 +197,10 @@ def _send(runtime: SyncRuntime, rows: list[dict[str, Any]], result: GuardResult)
     retry = {row_of[o.plan.hull_id]["id"]: o.error or "" for o in outcomes if not o.ok and o.error_kind != "permanent"}
     with runtime.engine.begin() as connection:
         record_user_outcomes(connection, [outcome_row(o, now) for o in outcomes])
+        write_log_rows(
+            connection,
+            log_rows([], outcomes, run_id_or_local(flow_run_id), now, values=False, reason=GUARD_REASON),
+        )
         mark_sent(connection, [row_of[o.plan.hull_id]["id"] for o in done])
         mark_attempt(connection, permanent, FAILED)
         mark_attempt(connection, retry, PLANNED)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from cio_sync.pipeline.breaker import CONSECUTIVE_TRANSIENT_LIMIT, Breaker
 from cio_sync.pipeline.senders import run_groups
@@ -32,7 +33,7 @@ from cio_sync.rules.plan import (
 )
 from connectors.customerio import CustomerIoClient
 from connectors.customerio_batch import v2_identifiers
-from connectors.http import AuthError, PermanentError, TransientError
+from connectors.http import ApiError, AuthError, PermanentError, TransientError
 
 PUSHED_ACTIONS = (INSERT, UPDATE, DELETE, SUPPRESS, UNSET_SEGMENTS)
 
@@ -54,6 +55,19 @@ class UserOutcome:
     calls: Counter = field(default_factory=Counter)  # merge / suppress / unsuppress calls accepted
     moved: bool = False  # the old person of an id change is gone (merged or deleted)
     unsuppressed: bool = False  # the suppressed identifier was unsuppressed
+    # Each Customer.io call made for the person, in order: {"call", "status", "error"} (v1: one
+    # per HTTP call; v2: one per batch entry). What the sync log keeps.
+    log: list[dict] = field(default_factory=list)
+
+
+def logged(outcome: UserOutcome, call: str, send: Callable[[], None]) -> None:
+    """Runs one Customer.io call for the person, noting it in `outcome.log` (then re-raises)."""
+    try:
+        send()
+    except ApiError as exc:
+        outcome.log.append({"call": call, "status": exc.status, "error": exc.message})
+        raise
+    outcome.log.append({"call": call, "status": 200, "error": None})
 
 
 def identifiers(identifier: str, user_id_mapping: str | None) -> dict[str, str]:
@@ -72,10 +86,10 @@ def push_user(
     assert target is not None, "only plans with an action are pushed"
     try:
         if plan.action == DELETE:
-            client.delete(target)
+            logged(outcome, "delete", lambda: client.delete(target))
             outcome.delete_calls += 1
         elif plan.action == SUPPRESS:
-            client.suppress(target)
+            logged(outcome, "suppress", lambda: client.suppress(target))
             outcome.calls["suppress"] += 1
         else:
             _before_identify(client, plan, outcome)
@@ -83,8 +97,10 @@ def push_user(
             reserved: dict[str, object] = {"_update": True} if plan.update_only or plan.action == UNSET_SEGMENTS else {}
             if plan.timestamp is not None:
                 reserved["_timestamp"] = plan.timestamp
-            for chunk in identify_attributes(plan, max_attributes_per_call):
-                client.identify(target, {**chunk, **reserved})
+            chunks = identify_attributes(plan, max_attributes_per_call)
+            for number, chunk in enumerate(chunks, 1):
+                body = {**chunk, **reserved}
+                logged(outcome, f"identify {number}/{len(chunks)}", partial(client.identify, target, body))
                 outcome.identify_calls += 1
                 outcome.created = True
             if after_identify is not None:
@@ -102,19 +118,23 @@ def _before_identify(client: CustomerIoClient, plan: UserPlan, outcome: UserOutc
     target = plan.target_id
     assert target is not None
     if plan.unsuppress_id is not None:
-        client.unsuppress(plan.unsuppress_id)
+        unsuppress_id = plan.unsuppress_id
+        logged(outcome, "unsuppress", lambda: client.unsuppress(unsuppress_id))
         outcome.calls["unsuppress"] += 1
         outcome.unsuppressed = True
     if plan.previous_id is None or plan.id_change is None:
         return
+    previous_id = plan.previous_id
     if plan.id_change == DELETE_OLD:
-        client.delete(plan.previous_id)
+        logged(outcome, "delete_old", lambda: client.delete(previous_id))
         outcome.delete_calls += 1
     elif plan.id_change == MERGE:
-        client.identify(target, {})  # the primary must exist before the merge
+        # The primary must exist before the merge.
+        logged(outcome, "identify (the merge's primary)", lambda: client.identify(target, {}))
         outcome.identify_calls += 1
+        primary, secondary = identifiers(target, plan.target_mapping), identifiers(previous_id, plan.previous_mapping)
         try:
-            client.merge(identifiers(target, plan.target_mapping), identifiers(plan.previous_id, plan.previous_mapping))
+            logged(outcome, "merge", lambda: client.merge(primary, secondary))
             outcome.calls["merge"] += 1
         except PermanentError as exc:
             if exc.status != 404:
@@ -145,7 +165,9 @@ def push_page(
             outcome = push_user(client, plan, max_attributes_per_call, after_identify)
         except AuthError as exc:
             breaker.trip(exc)
-            return UserOutcome(plan, error_kind="not_attempted", error=str(exc))
+            failed = UserOutcome(plan, error_kind="not_attempted", error=str(exc))
+            failed.log.append({"call": "(credentials rejected)", "status": exc.status, "error": exc.message})
+            return failed
         breaker.record(outcome.error_kind == "transient")
         return outcome
 

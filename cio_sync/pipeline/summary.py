@@ -2,9 +2,66 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+
+@dataclass
+class LagHistogram:
+    """Lags in seconds, merged page by page without keeping them: counts per fixed bucket
+    (each bucket 20% wider than the one before, from 0.1 s), plus the exact maximum. A
+    percentile is its bucket's upper bound (at most 20% above the true value, never above the
+    maximum)."""
+
+    FIRST = 0.1
+    GROWTH = 1.2
+
+    buckets: Counter = field(default_factory=Counter)  # bucket index → lags
+    count: int = 0
+    max: float = 0.0
+
+    def add(self, lag: float) -> None:
+        lag = max(0.0, lag)  # a clock a little ahead of ours is no lag
+        index = 0 if lag <= self.FIRST else math.ceil(math.log(lag / self.FIRST, self.GROWTH))
+        self.buckets[index] += 1
+        self.count += 1
+        self.max = max(self.max, lag)
+
+    def merge(self, other: LagHistogram) -> None:
+        self.buckets.update(other.buckets)
+        self.count += other.count
+        self.max = max(self.max, other.max)
+
+    def percentile(self, fraction: float) -> float | None:
+        if not self.count:
+            return None
+        rank = max(1, math.ceil(fraction * self.count))
+        seen = 0
+        for index in sorted(self.buckets):
+            seen += self.buckets[index]
+            if seen >= rank:
+                return min(self.max, self.FIRST * self.GROWTH**index)
+        return self.max
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "p50_seconds": self.percentile(0.5),
+            "p95_seconds": self.percentile(0.95),
+            "max_seconds": self.max if self.count else None,
+        }
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 @dataclass
@@ -31,8 +88,14 @@ class SyncSummary:
     duplicates: list[str] = field(default_factory=list)  # first few `duplicate_id` skips
     warnings: list[str] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)  # why a phase stopped early (breaker, credentials)
+    # Freshness: from Hull's indexed_at of each person to Customer.io's acceptance of it.
+    freshness: LagHistogram = field(default_factory=LagHistogram)
+    # A dry run's sample of the people it would change (cio_sync/pipeline/sync_log.py).
+    plan_sample: list[dict[str, Any]] = field(default_factory=list)
+    sync_log_pruned: int = 0
 
     MAX_ERRORS = 20
+    MAX_PLAN_SAMPLE = 50
 
     def merge(self, other: SyncSummary) -> SyncSummary:
         self.pages += other.pages
@@ -59,6 +122,9 @@ class SyncSummary:
         self.duplicates.extend(other.duplicates[: max(0, self.MAX_ERRORS - len(self.duplicates))])
         self.warnings.extend(w for w in other.warnings if w not in self.warnings)
         self.stopped.extend(other.stopped)
+        self.freshness.merge(other.freshness)
+        self.plan_sample.extend(other.plan_sample[: max(0, self.MAX_PLAN_SAMPLE - len(self.plan_sample))])
+        self.sync_log_pruned += other.sync_log_pruned
         return self
 
     def add_error(self, message: str) -> None:
@@ -76,7 +142,13 @@ class SyncSummary:
     def to_dict(self) -> dict[str, Any]:
         # dataclasses.asdict would rebuild each Counter from its items and count the pairs.
         return {
-            f.name: dict(value) if isinstance(value, Counter) else (list(value) if isinstance(value, list) else value)
+            f.name: dict(value)
+            if isinstance(value, Counter)
+            else (
+                list(value)
+                if isinstance(value, list)
+                else (value.to_dict() if isinstance(value, LagHistogram) else value)
+            )
             for f in fields(self)
             for value in [getattr(self, f.name)]
         }
@@ -112,6 +184,22 @@ class SyncSummary:
                 {"metric": "hull_segments shortened: segments left out", "value": self.segments_left_out["segments"]}
             )
         rows += [{"metric": f"deletions: {k}", "value": v} for k, v in sorted(self.deletions.items())]
+        if self.freshness.count:
+            for label, fraction in (("p50", 0.5), ("p95", 0.95)):
+                rows.append(
+                    {
+                        "metric": f"freshness {label}: Hull indexed_at → Customer.io accepted",
+                        "value": _duration(self.freshness.percentile(fraction)),
+                    }
+                )
+            rows.append(
+                {
+                    "metric": "freshness max: Hull indexed_at → Customer.io accepted",
+                    "value": _duration(self.freshness.max),
+                }
+            )
+        if self.sync_log_pruned:
+            rows.append({"metric": "sync log rows pruned", "value": self.sync_log_pruned})
         rows.append({"metric": "Hull write-backs sent", "value": self.writeback_sent})
         rows.append({"metric": "Hull write-backs pending", "value": self.writeback_pending})
         if self.failed_batches:

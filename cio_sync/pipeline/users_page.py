@@ -15,6 +15,7 @@ from cio_sync.pipeline.breaker import CONSECUTIVE_TRANSIENT_LIMIT, Breaker
 from cio_sync.pipeline.phase import Phase
 from cio_sync.pipeline.push import CustomerIoUnavailable, UserOutcome, push_page
 from cio_sync.pipeline.summary import SyncSummary
+from cio_sync.pipeline.sync_log import log_rows, plan_sample, run_id_or_local
 from cio_sync.pipeline.writeback import WriteBackPipeline, write_back
 from cio_sync.rules.mapping import tracked_names
 from cio_sync.rules.plan import DELETE, INSERT, SKIP, SUPPRESS, UNSET_SEGMENTS, UPDATE, UserPlan, plan_page
@@ -23,6 +24,7 @@ from cio_sync.store.cursors import Cursor, write_cursor
 from cio_sync.store.db import utcnow
 from cio_sync.store.deletions import cancel_for_users, plan_deletions
 from cio_sync.store.failed import USERS
+from cio_sync.store.sync_log import latest_logged_values, write_log_rows
 from cio_sync.store.users import live_cio_id_holders, load_user_state, record_user_outcomes
 
 # Why a planned deletion is planned (decision rule 3).
@@ -83,7 +85,7 @@ def outcome_row(outcome: UserOutcome, now) -> dict[str, Any]:
         elif plan.action == UNSET_SEGMENTS:
             # The person stays; an empty segment list marks it unset, and no hash makes its
             # return to a segment a full update.
-            row.update(segment_ids=[], attributes_hash=None)
+            row.update(segment_ids=[], attributes_hash=None, attribute_digests=None)
         else:
             assert plan.mapped is not None
             row.update(
@@ -91,6 +93,7 @@ def outcome_row(outcome: UserOutcome, now) -> dict[str, Any]:
                 cio_id_mapping=plan.target_mapping,
                 attributes_hash=plan.mapped.attributes_hash,
                 attribute_names=tracked_names(plan.mapped.attributes),
+                attribute_digests=plan.mapped.attribute_digests,
                 segment_ids=plan.mapped.whitelisted_segment_ids,
                 deleted_at=None,
                 suppressed_at=None,
@@ -134,11 +137,13 @@ def record_page(
     guard sends them at the end of the run); any other decision ends a user's planned delete."""
     now = utcnow()
     rows = [outcome_row(o, now) for o in outcomes]
+    log = log_rows(plans or [], outcomes, run_id_or_local(flow_run_id), now, runtime.settings.sync_log_values)
     retryable = [o for o in outcomes if o.error_kind in ("transient", "not_attempted")]
     deferred = [p for p in plans or [] if p.action == DELETE]
     decided_otherwise = [p.hull_id for p in plans or [] if p.action != DELETE and p.mapped is not None]
     with runtime.engine.begin() as connection:
         record_user_outcomes(connection, rows)
+        write_log_rows(connection, log)
         plan_deletions(connection, [deletion_row(p) for p in deferred], flow_run_id)
         cancel_for_users(connection, decided_otherwise, "decided again without a delete")
         # A rerun of a failed batch (no cursor) reports what is left instead of filing a new batch.
@@ -158,7 +163,11 @@ def record_page(
                 summary.failed_batches.append(batch_id)
         if next_cursor is not None:
             write_cursor(connection, cursor_name, next_cursor)
+    accepted_at = now.timestamp()
     for outcome in outcomes:
+        mapped = outcome.plan.mapped
+        if outcome.ok and mapped is not None and mapped.indexed_at is not None:
+            summary.freshness.add(accepted_at - mapped.indexed_at)
         summary.calls["identify"] += outcome.identify_calls
         summary.calls["delete"] += outcome.delete_calls
         summary.calls.update(outcome.calls)
@@ -193,6 +202,15 @@ def push_plans(
     )
 
 
+def dry_run_sample(runtime: SyncRuntime, plans: list[UserPlan], room: int) -> list[dict[str, Any]]:
+    values = runtime.settings.sync_log_values
+    if room <= 0:
+        return []
+    changing = [p for p in plans if p.action != SKIP][:room]
+    old_values = latest_logged_values(runtime.engine, [p.hull_id for p in changing]) if values and changing else {}
+    return plan_sample(changing, room, values, old_values)
+
+
 def sync_page(
     runtime: SyncRuntime,
     users: list[dict[str, Any]],
@@ -201,12 +219,14 @@ def sync_page(
     flow_run_id: str | None = None,
     write_backs: WriteBackPipeline | None = None,
     phase: Phase | None = None,
+    room: int = SyncSummary.MAX_PLAN_SAMPLE,
 ) -> SyncSummary:
     """Plans, pushes and records one page of users; the cursor moves to `next_cursor` in the
     same transaction as the page's state rows (None: not part of a stream, nothing moves).
     Write-backs go to `write_backs` (sent in the background) or, without it, out at once.
     `phase`: the users phase's breaker and failed batch, shared by its pages (default: this
-    page's own)."""
+    page's own). A dry run sends nothing and samples up to `room` of the people it would
+    change, with old → new per changed attribute (the run's `sync-users-plan` artifact)."""
     breaker = phase.breaker if phase is not None else None
     summary = SyncSummary(pages=1, users_seen=len(users))
     ids = [u["id"] for u in users if isinstance(u, dict) and isinstance(u.get("id"), str)]
@@ -222,6 +242,7 @@ def sync_page(
     )
     summarize_plans(plans, summary)
     if runtime.dry_run:
+        summary.plan_sample = dry_run_sample(runtime, plans, room)
         return summary
     # Deletes are never sent from a page: the deletion guard sends them once the run's every
     # decision is known (cio_sync/pipeline/deletions.py).

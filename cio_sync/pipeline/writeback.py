@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from cio_sync.store.db import as_utc
+from cio_sync.store.sync_log import mark_written_back
 from cio_sync.store.users import clear_writeback_pending, pending_writebacks
 from connectors.http import PermanentError, TransientError
 from connectors.hull import HullClient, iso
@@ -72,11 +73,14 @@ def _write_back_rows(
     if not rows:
         return 0, None
     messages = [hull.traits_message(hull_claims(r, user_id_mapping), traits_for(r), r["hull_id"]) for r in rows]
+    hull_ids = [r["hull_id"] for r in rows]
     try:
         hull.firehose(messages)
     except (TransientError, PermanentError) as exc:
+        mark_written_back(engine, hull_ids, error=str(exc))
         return 0, f"Hull write-back of {len(rows)} users postponed: {exc}"
     clear_writeback_pending(engine, rows)
+    mark_written_back(engine, hull_ids)  # the sync log's rows of these people: written back
     return len(rows), None
 
 

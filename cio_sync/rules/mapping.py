@@ -10,6 +10,7 @@ from datetime import date, datetime, timezone
 from functools import cached_property, lru_cache
 from typing import Any
 
+from cio_sync.rules.changes import attribute_digests
 from cio_sync.settings import ConnectorSettings
 
 # Traits this connector writes back to Hull. Syncing them out again would change every
@@ -43,6 +44,11 @@ class MappedUser:
         # Cached: the diff and the state row of a synced user both need it, and the mapping
         # never changes `attributes` after it built them.
         return attributes_hash(self.attributes)
+
+    @cached_property
+    def attribute_digests(self) -> dict[str, str]:
+        """Name → short digest of each value (cio_sync/rules/changes.py), kept in state."""
+        return attribute_digests(self.attributes)
 
 
 class MalformedUserError(ValueError):

@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from cio_sync.rules.changes import Change, attribute_changes
 from cio_sync.rules.decisions import (
     DELETE,
     INSERT,
@@ -55,6 +56,15 @@ class UserPlan:
     unsuppress_mapping: str | None = None
     update_only: bool = False  # identify with `_update: true`
     timestamp: int | None = None  # `_timestamp` of the identify calls (Hull's indexed_at)
+    # Digests of the attributes Customer.io last accepted (cio_sync/rules/changes.py): {} for an
+    # insert (a new person), None when state keeps none (the old values are unknown).
+    previous_digests: dict[str, str] | None = None
+
+    def changes(self) -> list[Change]:
+        """The attributes this plan changes (none for a delete, a suppress or a skip)."""
+        if self.mapped is None or self.action not in (INSERT, UPDATE):
+            return []
+        return attribute_changes(self.previous_digests, self.mapped.attribute_digests, self.unset_attributes)
 
     @property
     def destructive(self) -> bool:
@@ -169,9 +179,12 @@ def _identity_changes(
     if plan.action == INSERT:
         # A new person (never created, deleted, or suppressed and back): nothing to remove; a
         # suppressed identifier is unsuppressed first, or Customer.io would ignore the identify.
+        plan.previous_digests = {}
         if at("suppressed_at", position) is not None:
             plan.unsuppress_id, plan.unsuppress_mapping = at("cio_id", position), stored_mapping
         return
+    digests = at("attribute_digests", position)
+    plan.previous_digests = digests if isinstance(digests, dict) else None
     # UPDATE: the person is live in Customer.io under the id stored in state.
     if settings.unset_removed_attributes:
         plan.unset_attributes = removed_names(at("attribute_names", position), plan.mapped.attributes)
@@ -202,7 +215,7 @@ def _column(state: pd.DataFrame, name: str) -> pd.Series:
     return state[name] if name in state else pd.Series([None] * len(state), index=state.index, dtype=object)
 
 
-_PLAN_COLUMNS = ("cio_id", "created_at", "cio_id_mapping", "attribute_names", "suppressed_at")
+_PLAN_COLUMNS = ("cio_id", "created_at", "cio_id_mapping", "attribute_names", "suppressed_at", "attribute_digests")
 
 
 def _missing(value: Any) -> bool:

@@ -56,6 +56,9 @@ user_state = Table(
     Column("cio_id_mapping", String(255)),
     Column("attribute_names", JSON),
     Column("suppressed_at", DateTime(timezone=True)),
+    # 0007: name → short digest of each attribute value Customer.io last accepted (not the
+    # values): which attributes a change touches, and the dry run's old → new.
+    Column("attribute_digests", JSON),
     Index("ix_user_state_cio_id", "cio_id"),  # who holds a Customer.io id (`duplicate_id`)
 )
 
@@ -172,6 +175,30 @@ settings_in_use = Table(
     Column("value", JSON),
     Column("flow_run_id", String(64)),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# One row per person per run whenever something other than "unchanged" was decided
+# (cio_sync/store/sync_log.py; `cio-sync explain`). Kept `sync_log_retention_days`.
+sync_log = Table(
+    "sync_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(64), nullable=False),  # Prefect flow run id, or a local id
+    Column("logged_at", DateTime(timezone=True), nullable=False),
+    Column("hull_id", String(64), nullable=False),
+    Column("cio_id", String(255)),
+    Column("email_hash", String(64)),  # SHA-256 of the lower-cased email: found by email, never stored
+    Column("decision", String(16), nullable=False),  # insert|update|delete|suppress|unset_segments|skip
+    Column("reason", Text),
+    Column("changed", JSON(none_as_null=True)),  # names of the attributes that changed (never values)
+    Column("attribute_values", JSON(none_as_null=True)),  # their new values, only with `sync_log_values` on
+    Column("calls", JSON(none_as_null=True)),  # [{"call", "status", "error"}] each Customer.io call for the person
+    Column("error", Text),  # the person's outcome when it failed
+    Column("writeback", String(16)),  # pending|sent (the Hull write-back of this decision)
+    Column("writeback_at", DateTime(timezone=True)),
+    Column("writeback_error", Text),  # why the last write-back attempt was postponed
+    Index("ix_sync_log_hull_id", "hull_id"),
+    Index("ix_sync_log_logged_at", "logged_at"),
 )
 
 # Mutual exclusion between runs of the same job, across processes and machines.

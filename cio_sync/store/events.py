@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, desc, select
 
-from cio_sync.store.db import event_state
+from cio_sync.store.db import as_utc, event_state
 
 # A stream or a backfill treats every recorded event as decided: sent, skipped, or failed
 # (a 400 is not retried; a transient failure is in a failed batch, which retries it).
@@ -46,3 +47,19 @@ def event_user_ids(engine: Engine, hull_event_ids: Iterable[str]) -> dict[str, s
                 .all()
             )
     return found
+
+
+def events_of_user(engine: Engine, hull_user_id: str, limit: int = 20) -> list[dict[str, Any]]:
+    """The user's latest recorded events (sent, skipped with reason, failed), newest first."""
+    with engine.connect() as connection:
+        rows = (
+            connection.execute(
+                select(event_state)
+                .where(event_state.c.hull_user_id == hull_user_id)
+                .order_by(desc(event_state.c.updated_at), event_state.c.hull_event_id)
+                .limit(limit)
+            )
+            .mappings()
+            .all()
+        )
+    return [{**r, "updated_at": as_utc(r["updated_at"])} for r in rows]

@@ -21,6 +21,7 @@ STATE_FRAME_COLUMNS = [
     "attribute_names",
     "suppressed_at",
     "rejected_hash",
+    "attribute_digests",
 ]
 
 

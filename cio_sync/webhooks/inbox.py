@@ -442,3 +442,35 @@ def requeue_failed(engine: Engine) -> int:
                 status=PENDING, attempts=0, next_attempt_at=None, first_failed_at=None, claimed_by=None, claimed_at=None
             )
         ).rowcount
+
+
+# ----- reading -------------------------------------------------------------------------
+
+
+def rows_mentioning(engine: Engine, needles: Sequence[str], limit: int = 200) -> list[dict[str, Any]]:
+    """Rows whose stored payload contains one of `needles` (exact substrings, e.g. a JSON
+    string `"u-1"`), newest first; for `cio-sync explain`, which checks the identity of each.
+    A scan of the inbox: an operator's question, not a run's."""
+    needles = [n for n in needles if n]
+    if not needles:
+        return []
+    with engine.connect() as connection:
+        rows = (
+            connection.execute(
+                select(
+                    webhook_inbox.c.id,
+                    webhook_inbox.c.event_id,
+                    webhook_inbox.c.payload,
+                    webhook_inbox.c.received_at,
+                    webhook_inbox.c.status,
+                    webhook_inbox.c.last_error,
+                    webhook_inbox.c.processed_at,
+                )
+                .where(or_(*(webhook_inbox.c.payload.contains(n, autoescape=True) for n in needles)))
+                .order_by(webhook_inbox.c.id.desc())
+                .limit(limit)
+            )
+            .mappings()
+            .all()
+        )
+    return [{**r, "received_at": as_utc(r["received_at"]), "processed_at": as_utc(r["processed_at"])} for r in rows]
