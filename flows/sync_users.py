@@ -19,6 +19,7 @@ from cio_sync.pipeline.leases import users_writer_lease
 from cio_sync.pipeline.phase import Phase
 from cio_sync.pipeline.progress import SyncProgress
 from cio_sync.pipeline.rerun import retry_failed_batches
+from cio_sync.pipeline.resync import resync_requested
 from cio_sync.pipeline.summary import SyncSummary
 from cio_sync.pipeline.users_page import PageIncomplete
 from cio_sync.pipeline.watermarks import EventsWindow, events_window, not_behind, users_walk_start
@@ -213,6 +214,13 @@ def _run(
             raise SyncFailed(f"Stopped while retrying failed batches: {exc}") from None
         summary.merge(retried)
         for warning in retried.warnings:
+            logger.warning(warning)
+        try:  # people `cio-sync resync` asked for: fetched by id, sent whatever their hash
+            resynced = resync_requested(runtime, run_id or None, shard)
+        except AuthError as exc:
+            raise SyncFailed(f"Stopped while sending the people asked for by `cio-sync resync`: {exc}") from None
+        summary.merge(resynced)
+        for warning in resynced.warnings:
             logger.warning(warning)
     failure = _sync_users_stream(runtime, lease, summary, logger, max_pages, shard, run_id, identity.walk_from_start)
     walked = failure is None

@@ -286,6 +286,30 @@ def build_parser() -> argparse.ArgumentParser:
     release.add_argument("name", help="e.g. users:all, users:shard:0/4")
     release.set_defaults(func=cmd_lease_release)
 
+    from cio_sync.cli import state
+
+    p = sub.add_parser(
+        "resync", help="make the next sync-users run send these people again (no Customer.io call now)"
+    )
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--all", action="store_true", help="every person in the state database")
+    who.add_argument("--segment", action="append", metavar="NAME", help="a synchronized segment's name or id (Hull)")
+    who.add_argument("--user", nargs="+", metavar="ID", help="Hull user ids")
+    p.add_argument(
+        "--yes", "--approve", action="store_true", help="approve a resync over MAX_RESYNC_WITHOUT_APPROVAL people"
+    )
+    p.set_defaults(func=state.cmd_resync)
+
+    p = sub.add_parser("cursor", help="where each stream (users, events, shards) resumes")
+    cursor_sub = p.add_subparsers(dest="cursor_command", required=True)
+    show = cursor_sub.add_parser("show", help="every stream cursor and events_start")
+    show.set_defaults(func=state.cmd_cursor_show)
+    move = cursor_sub.add_parser("set", help="move a stream cursor (forwards or back), after a confirmation")
+    move.add_argument("name", help="e.g. users, events, users:shard:0/4")
+    move.add_argument("position", help="ISO 8601 time with a time zone, e.g. 2026-11-20T08:00:00Z")
+    move.add_argument("--yes", action="store_true", help="do not ask (scripts)")
+    move.set_defaults(func=state.cmd_cursor_set)
+
     p = sub.add_parser("check", help="check credentials and settings (non-zero exit on a problem)")
     p.set_defaults(func=cmd_check)
 

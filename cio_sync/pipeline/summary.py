@@ -22,6 +22,8 @@ class SyncSummary:
     event_skip_reasons: Counter = field(default_factory=Counter)
     # Failed batches retried at the start of the run: resolved / still_open / waiting_for_a_person.
     batch_retries: Counter = field(default_factory=Counter)
+    # People `cio-sync resync` asked for, handled at the start of the run (cio_sync/pipeline/resync.py).
+    resync: Counter = field(default_factory=Counter)
     segments_left_out: Counter = field(default_factory=Counter)  # users / segments cut from hull_segments
     deletions: Counter = field(default_factory=Counter)  # what the deletion guard did (sent, awaiting approval, ...)
     writeback_sent: int = 0
@@ -48,6 +50,7 @@ class SyncSummary:
             "events",
             "event_skip_reasons",
             "batch_retries",
+            "resync",
             "segments_left_out",
             "deletions",
         ):
@@ -101,6 +104,7 @@ class SyncSummary:
         rows += [{"metric": f"attribute dropped: {k}", "value": v} for k, v in sorted(self.dropped_attributes.items())]
         rows += [{"metric": f"attribute removed: {k}", "value": v} for k, v in sorted(self.removed_attributes.items())]
         rows += [{"metric": f"failed batches retried: {k}", "value": v} for k, v in sorted(self.batch_retries.items())]
+        rows += [{"metric": f"resync requests: {k}", "value": v} for k, v in sorted(self.resync.items())]
         if self.segments_left_out:
             rows.append(
                 {

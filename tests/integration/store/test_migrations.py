@@ -24,6 +24,7 @@ TABLES = {
     "alembic_version",
     "stream_identity",
     "sync_meta",
+    "resync_requests",  # 0008
 }
 
 
