@@ -22,13 +22,13 @@ def _engine():
     return db.get_engine(StateSettings().state_database_url)
 
 
-def _confirm(question: str, yes: bool, ask: Callable[[str], str] = input) -> bool:
+def _confirm(question: str, yes: bool, ask: Callable[[str], str] | None = None) -> bool:
     if yes:
         return True
     if not sys.stdin.isatty():
         print(f"{question} not confirmed: run it again with --yes (no terminal to ask)", file=sys.stderr)
         return False
-    return ask(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    return (ask or input)(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
 def resolve_segment_ids(names: list[str]) -> tuple[set[str], list[str]]:
