@@ -19,8 +19,8 @@ from prefect.utilities.annotations import quote
 
 from cio_sync.pipeline.breaker import Breaker
 from cio_sync.pipeline.drain_identity import IdentityMismatch, drain_settings
-from cio_sync.secrets import load_secret_blocks
 from cio_sync.rules.lag import lag_figures
+from cio_sync.secrets import load_secret_blocks
 from cio_sync.settings import HullCredentials, OperationsSettings, StateSettings, require
 from cio_sync.store.db import get_engine
 from cio_sync.webhooks.inbox import DONE, FAILED, IGNORED, backlog, count_by_status

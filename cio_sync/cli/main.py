@@ -233,6 +233,16 @@ def cmd_setup(args) -> int:
         return 2
     for line in result.lines():
         print(line)
+    if args.notify_block:
+        from cio_sync.cli.alerts import NotifyBlockNotFound, ensure_alerts
+
+        try:
+            alerts = ensure_alerts(args.notify_block)
+        except NotifyBlockNotFound as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        for line in alerts.lines():
+            print(line)
     return 0
 
 
@@ -288,9 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from cio_sync.cli import state
 
-    p = sub.add_parser(
-        "resync", help="make the next sync-users run send these people again (no Customer.io call now)"
-    )
+    p = sub.add_parser("resync", help="make the next sync-users run send these people again (no Customer.io call now)")
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--all", action="store_true", help="every person in the state database")
     who.add_argument("--segment", action="append", metavar="NAME", help="a synchronized segment's name or id (Hull)")
@@ -354,6 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Customer.io requests/s for all runs, shards and workers together",
     )
     p.add_argument("--burst", type=int, default=None, help="requests allowed at once (default: a tenth of a second's)")
+    p.add_argument(
+        "--notify-block",
+        default=None,
+        metavar="NAME",
+        help="also create the alert automations (failed runs, no completed sync, webhook backlog, "
+        "failed batches left open), notifying through this Prefect notification block",
+    )
     p.set_defaults(func=cmd_setup)
 
     p = sub.add_parser("serve", help="run every deployment on its schedule in this process (no worker needed)")

@@ -94,8 +94,7 @@ def cmd_cursor_show(args) -> int:
         print("no stream cursor yet (the first sync-users run reads everything)")
     for cursor in cursors:
         print(
-            f"{cursor.name:<28} {cursor.position or '-':<28} "
-            f"updated {cursor.updated_at.isoformat(timespec='seconds')}"
+            f"{cursor.name:<28} {cursor.position or '-':<28} updated {cursor.updated_at.isoformat(timespec='seconds')}"
         )
     events_start = read_meta(engine, EVENTS_START)
     if events_start:
@@ -125,7 +124,9 @@ def cmd_cursor_set(args) -> int:
     stored = {c.name: c for c in list_cursors(engine)}
     if args.name not in stored and args.name not in ("users", "events"):
         known = ", ".join(sorted(set(stored) | {"users", "events"}))
-        print(f"error: no stream cursor named {args.name!r} (known: {known}; see `cio-sync cursor show`)", file=sys.stderr)
+        print(
+            f"error: no stream cursor named {args.name!r} (known: {known}; see `cio-sync cursor show`)", file=sys.stderr
+        )
         return 2
     held = [row.name for row in list_leases(engine) if not row.expired() and not row.process_gone()]
     if held:

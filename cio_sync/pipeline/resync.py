@@ -58,7 +58,9 @@ def resync_requested(runtime: SyncRuntime, run_id: str | None, shard: Shard = WH
             summary.resync["left to the users stream: not in a synchronized segment"] += len(users) - len(in_segments)
         forget_sent_state(runtime.engine, [u["id"] for u in in_segments])
         try:
-            result = sync_page(keep, in_segments, cursor_name="", next_cursor=None, flow_run_id=run_id, phase=Phase(USERS))
+            result = sync_page(
+                keep, in_segments, cursor_name="", next_cursor=None, flow_run_id=run_id, phase=Phase(USERS)
+            )
         except PageIncomplete as exc:
             exc.summary.pages = 0
             summary.merge(exc.summary)

@@ -232,9 +232,7 @@ def claim_batch(
                 .returning(*returning)
             ).all()
     # RETURNING does not promise an order.
-    return sorted(
-        (ClaimedRow(row[0], row[1], row[2], row[3], as_utc(row[4])) for row in rows), key=lambda row: row.id
-    )
+    return sorted((ClaimedRow(row[0], row[1], row[2], row[3], as_utc(row[4])) for row in rows), key=lambda row: row.id)
 
 
 def mark_done(engine: Engine, worker_id: str, ids: Iterable[int], now: datetime | None = None) -> int:

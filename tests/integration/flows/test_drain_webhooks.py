@@ -10,7 +10,6 @@ from cio_sync.webhooks import inbox
 from simulators.env import simulator_environment
 from tests.support.webhooks import legacy_payload, load_fixture, reporting_payload
 
-
 LAGS = ("p50", "p95", "max")
 
 
@@ -121,7 +120,9 @@ def test_drain_reports_an_old_pending_webhook_as_an_event_over_the_threshold(
 
     started = utcnow()
     payload = legacy_payload("email_sent")
-    inbox.store_payload(get_engine(sqlite_url), payload["event_id"], json.dumps(payload), now=started - timedelta(minutes=20))
+    inbox.store_payload(
+        get_engine(sqlite_url), payload["event_id"], json.dumps(payload), now=started - timedelta(minutes=20)
+    )
     summary = drain_webhooks(max_batches=0)  # sends nothing: the row stays pending
     assert summary["oldest_pending_age_seconds"] >= 20 * 60
     assert summary["hull_lag_seconds"] == {"p50": None, "p95": None, "max": None}

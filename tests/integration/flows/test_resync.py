@@ -11,7 +11,10 @@ from cio_sync.store.resync import count_resync_requests
 from flows.sync_users import sync_users
 from tests.support.builders import hull_user
 
-pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)]
+pytestmark = [
+    pytest.mark.usefixtures("prefect_harness"),
+    pytest.mark.parametrize("database_url", ["sqlite"], indirect=True),
+]
 
 SETTINGS = dict(synchronized_segments=["VIP", "Trial"], synchronized_attributes=["plan"], enable_user_deletion=True)
 
