@@ -169,13 +169,15 @@ def ensure_alerts(block_name: str, settings: OperationsSettings | None = None) -
     with get_client(sync_client=True) as client:
         block_id = find_notification_block(client, block_name)
         for automation in automations(block_id, settings):
-            core = AutomationCore(**automation.model_dump(exclude={"id"}))
             existing = client.read_automations_by_name(automation.name)
             if not existing:
-                client.create_automation(core)
+                client.create_automation(AutomationCore(**automation.model_dump(exclude={"id"})))
                 result.created.append(automation.name)
                 continue
-            client.update_automation(existing[0].id, core)
+            # An update takes no `owner_resource` (the server refuses the field, even null).
+            client.update_automation(
+                existing[0].id, AutomationCore(**automation.model_dump(exclude={"id", "owner_resource"}))
+            )
             for duplicate in existing[1:]:
                 client.delete_automation(duplicate.id)
             result.updated.append(automation.name)
