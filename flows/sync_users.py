@@ -237,13 +237,13 @@ def _run(
         summary.merge(retried)
         for warning in retried.warnings:
             logger.warning(warning)
-        try:  # people `cio-sync resync` asked for: fetched by id, sent whatever their hash
-            resynced = resync_requested(runtime, run_id or None, shard)
-        except AuthError as exc:
-            raise SyncFailed(f"Stopped while sending the people asked for by `cio-sync resync`: {exc}") from None
-        summary.merge(resynced)
-        for warning in resynced.warnings:
-            logger.warning(warning)
+    try:  # people `cio-sync resync` asked for: fetched by id, sent whatever their hash
+        resynced = resync_requested(runtime, run_id or None, shard)
+    except AuthError as exc:
+        raise SyncFailed(f"Stopped while sending the people asked for by `cio-sync resync`: {exc}") from None
+    summary.merge(resynced)
+    for warning in resynced.warnings:
+        logger.warning(warning)
     failure = _sync_users_stream(runtime, lease, summary, logger, max_pages, shard, run_id, identity.walk_from_start)
     walked = failure is None
     if failure is None and settings.events_filter and runtime.whitelisted_segment_ids:

@@ -22,7 +22,7 @@ from cio_sync.pipeline.users_page import PageIncomplete, sync_page
 from cio_sync.rules.sharding import WHOLE, Shard
 from cio_sync.runtime import SyncRuntime
 from cio_sync.store.failed import USERS
-from cio_sync.store.resync import finish_resync, forget_sent_state, pending_resync
+from cio_sync.store.resync import count_resync_requests, finish_resync, forget_sent_state, pending_resync
 
 
 def _in_synchronized_segments(user: Any, whitelisted: frozenset[str]) -> bool:
@@ -33,7 +33,12 @@ def _in_synchronized_segments(user: Any, whitelisted: frozenset[str]) -> bool:
 def resync_requested(runtime: SyncRuntime, run_id: str | None, shard: Shard = WHOLE) -> SyncSummary:
     """Handles this shard's resync requests, `users_per_batch` at a time. AuthError propagates."""
     summary = SyncSummary()
-    if runtime.dry_run or not runtime.whitelisted_segment_ids:
+    if runtime.dry_run:
+        waiting = count_resync_requests(runtime.engine)
+        if waiting:
+            summary.warnings.append(f"{waiting} people wait for a resync: a dry run does not send them")
+        return summary
+    if not runtime.whitelisted_segment_ids:
         return summary
     keep = replace(
         runtime, settings=runtime.settings.model_copy(update={"on_segment_exit": "keep", "enable_user_deletion": False})

@@ -50,6 +50,9 @@ def test_resync_segment_sends_exactly_its_people_on_the_next_run(synced, hull_si
     assert main(["resync", "--segment", "VIP"]) == 0
     assert "3 people" in capsys.readouterr().out
     assert identified(cio_sim) == []  # nothing is sent by the command
+    dry = sync_users(**SETTINGS, dry_run=True)
+    assert "3 people wait for a resync: a dry run does not send them" in dry["warnings"]
+    assert identified(cio_sim) == []
 
     summary = sync_users(**SETTINGS)
     assert identified(cio_sim) == ["u-1", "u-3", "u-5"]
