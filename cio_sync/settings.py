@@ -282,6 +282,24 @@ class ApprovalSettings(BaseSettings):
     approval_poll_seconds: int = Field(default=10, ge=1)
 
 
+class OperationsSettings(BaseSettings):
+    """Guards of the state commands and thresholds of the Prefect alerts (`cio-sync setup
+    --notify-block`). Environment only."""
+
+    model_config = _env_config()
+
+    # `cio-sync resync` asking for more people than this prints the list and needs `--yes`.
+    max_resync_without_approval: int = Field(default=1000, ge=0)
+    # The `sync-users` schedule (prefect.yaml: `interval: 300`); an alert fires when no run
+    # completed within `alert_missed_sync_intervals` of them.
+    sync_users_interval_seconds: float = Field(default=300, gt=0)
+    alert_missed_sync_intervals: int = Field(default=3, ge=1)
+    # The oldest pending webhook older than this fires an alert (from the drain's event).
+    alert_webhook_backlog_minutes: float = Field(default=10, gt=0)
+    # A failed batch open longer than this fires an alert (from the sync run's event).
+    alert_failed_batch_hours: float = Field(default=24, gt=0)
+
+
 class LeaseSettings(BaseSettings):
     """The users-writer lease (cio_sync/store/lease.py). Environment only.
 

@@ -8,6 +8,7 @@ from typing import Any, Literal, TypeVar, cast
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.events import emit_event
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
@@ -19,6 +20,7 @@ from cio_sync.pipeline.leases import users_writer_lease
 from cio_sync.pipeline.phase import Phase
 from cio_sync.pipeline.progress import SyncProgress
 from cio_sync.pipeline.rerun import retry_failed_batches
+from cio_sync.pipeline.resync import resync_requested
 from cio_sync.pipeline.summary import SyncSummary
 from cio_sync.pipeline.sync_log import plan_markdown
 from cio_sync.pipeline.users_page import PageIncomplete
@@ -28,11 +30,11 @@ from cio_sync.redact import scrub, scrub_obj, scrubbed_errors
 from cio_sync.rules.guard import deletion_limit, over_limit_message, segments_problem
 from cio_sync.rules.sharding import WHOLE, Shard
 from cio_sync.runtime import SyncRuntime, build_runtime
-from cio_sync.settings import ApprovalSettings, ConnectorSettings
+from cio_sync.settings import ApprovalSettings, ConnectorSettings, OperationsSettings
 from cio_sync.store.cursors import Cursor, read_cursor
 from cio_sync.store.db import utcnow
 from cio_sync.store.deletions import open_plan, reject_plan
-from cio_sync.store.failed import EVENTS, USERS
+from cio_sync.store.failed import EVENTS, USERS, open_batches_age
 from cio_sync.store.lease import Lease, LeaseHeld, LeaseLost
 from cio_sync.store.settings_in_use import record_setting
 from cio_sync.store.sync_log import prune_sync_log
@@ -43,6 +45,11 @@ from tasks.sync_events_page import sync_events_page_task
 from tasks.sync_users_page import sync_users_page_task
 
 USERS_CURSOR = "users"
+# Emitted by every run that is not a dry run: the open failed batches and the age of the
+# oldest; the alert on failed work left open (`cio-sync setup --notify-block`) triggers on it.
+FAILED_BATCHES_EVENT = "cio-sync.failed-batches.open"
+FAILED_BATCHES_RESOURCE = "cio-sync.failed-batches"
+OVER_THRESHOLD_LABEL = "cio-sync.over-threshold"
 NO_SEGMENTS_WARNING = (
     "No users will be synchronized because you have not specified at least one whitelisted "
     "segment in Settings (synchronized_segments)."
@@ -165,6 +172,22 @@ def sync_users(
         runtime.close()
 
 
+def emit_failed_batches_event(runtime: SyncRuntime) -> None:
+    """The resource is labelled over the threshold when a batch has been open longer than
+    ALERT_FAILED_BATCH_HOURS."""
+    count, oldest = open_batches_age(runtime.engine)
+    age = None if oldest is None else max(0.0, (utcnow() - oldest).total_seconds())
+    limit = OperationsSettings().alert_failed_batch_hours * 3600
+    emit_event(
+        event=FAILED_BATCHES_EVENT,
+        resource={
+            "prefect.resource.id": FAILED_BATCHES_RESOURCE,
+            OVER_THRESHOLD_LABEL: "true" if age is not None and age > limit else "false",
+        },
+        payload={"open_batches": count, "oldest_open_age_seconds": age, "threshold_seconds": limit},
+    )
+
+
 def run_id_or_none() -> str | None:
     return str(flow_run.get_id() or "") or None
 
@@ -225,6 +248,13 @@ def _run(
         summary.merge(retried)
         for warning in retried.warnings:
             logger.warning(warning)
+    try:  # people `cio-sync resync` asked for: fetched by id, sent whatever their hash
+        resynced = resync_requested(runtime, run_id or None, shard)
+    except AuthError as exc:
+        raise SyncFailed(f"Stopped while sending the people asked for by `cio-sync resync`: {exc}") from None
+    summary.merge(resynced)
+    for warning in resynced.warnings:
+        logger.warning(warning)
     failure = _sync_users_stream(runtime, lease, summary, logger, max_pages, shard, run_id, identity.walk_from_start)
     walked = failure is None
     if failure is None and settings.events_filter and runtime.whitelisted_segment_ids:
@@ -250,6 +280,8 @@ def _run(
     publish_summary(summary, runtime.dry_run)
     if runtime.dry_run:
         publish_plan_sample(summary, settings.sync_log_values)
+    else:
+        emit_failed_batches_event(runtime)
     for line in summary.lines():
         logger.info(line)
     if failure:

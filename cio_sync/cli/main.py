@@ -254,6 +254,16 @@ def cmd_setup(args) -> int:
         return 2
     for line in result.lines():
         print(line)
+    if args.notify_block:
+        from cio_sync.cli.alerts import NotifyBlockNotFound, ensure_alerts
+
+        try:
+            alerts = ensure_alerts(args.notify_block)
+        except NotifyBlockNotFound as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        for line in alerts.lines():
+            print(line)
     return 0
 
 
@@ -315,6 +325,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_explain)
 
+    from cio_sync.cli import state
+
+    p = sub.add_parser("resync", help="make the next sync-users run send these people again (no Customer.io call now)")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--all", action="store_true", help="every person in the state database")
+    who.add_argument("--segment", action="append", metavar="NAME", help="a synchronized segment's name or id (Hull)")
+    who.add_argument("--user", nargs="+", metavar="ID", help="Hull user ids")
+    p.add_argument(
+        "--yes", "--approve", action="store_true", help="approve a resync over MAX_RESYNC_WITHOUT_APPROVAL people"
+    )
+    p.set_defaults(func=state.cmd_resync)
+
+    p = sub.add_parser("cursor", help="where each stream (users, events, shards) resumes")
+    cursor_sub = p.add_subparsers(dest="cursor_command", required=True)
+    show = cursor_sub.add_parser("show", help="every stream cursor and events_start")
+    show.set_defaults(func=state.cmd_cursor_show)
+    move = cursor_sub.add_parser("set", help="move a stream cursor (forwards or back), after a confirmation")
+    move.add_argument("name", help="e.g. users, events, users:shard:0/4")
+    move.add_argument("position", help="ISO 8601 time with a time zone, e.g. 2026-11-20T08:00:00Z")
+    move.add_argument("--yes", action="store_true", help="do not ask (scripts)")
+    move.set_defaults(func=state.cmd_cursor_set)
+
     p = sub.add_parser("check", help="check credentials and settings (non-zero exit on a problem)")
     p.set_defaults(func=cmd_check)
 
@@ -359,6 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Customer.io requests/s for all runs, shards and workers together",
     )
     p.add_argument("--burst", type=int, default=None, help="requests allowed at once (default: a tenth of a second's)")
+    p.add_argument(
+        "--notify-block",
+        default=None,
+        metavar="NAME",
+        help="also create the alert automations (failed runs, no completed sync, webhook backlog, "
+        "failed batches left open), notifying through this Prefect notification block",
+    )
     p.set_defaults(func=cmd_setup)
 
     p = sub.add_parser("serve", help="run every deployment on its schedule in this process (no worker needed)")

@@ -25,7 +25,8 @@ Resending is safe: the webhook's `event_id` is Hull's `event_id`, which Hull ded
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,7 +34,7 @@ from sqlalchemy import Engine
 
 from cio_sync.pipeline.breaker import Breaker
 from cio_sync.settings import ConnectorSettings, HullCredentials, WebhookSettings
-from cio_sync.store.db import get_engine
+from cio_sync.store.db import get_engine, utcnow
 from cio_sync.webhooks.inbox import (
     ClaimedRow,
     RetrySchedule,
@@ -62,6 +63,8 @@ class BatchCounts:
     failed: int = 0
     requeued: int = 0  # back to pending, with a backoff, after a transient Hull failure
     stopped: str | None = None  # set when the run should stop: Hull failed transiently (the breaker may be open)
+    # Per row sent: seconds from the intake storing the webhook to Hull accepting its POST.
+    lag_seconds: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,7 +120,8 @@ def drain_batch(
 
     with HullClient.from_settings(hull_credentials, retry=retry or DRAIN_RETRY) as hull:
         outgoing = [(row.id, hull.track_message(mapped.claims, mapped.event)) for row, mapped in to_send]
-        send_to_hull(engine, hull, worker_id, outgoing, counts, schedule, breaker or Breaker(), now)
+        received = {row.id: row.received_at for row, _ in to_send if row.received_at is not None}
+        send_to_hull(engine, hull, worker_id, outgoing, counts, schedule, breaker or Breaker(), now, received)
     return counts.to_dict()
 
 
@@ -130,8 +134,10 @@ def send_to_hull(
     schedule: RetrySchedule,
     breaker: Breaker,
     now: datetime | None = None,
+    received: Mapping[int, datetime] | None = None,
 ) -> None:
-    """Sends `outgoing` in firehose POSTs of at most 50 messages, settling each row."""
+    """Sends `outgoing` in firehose POSTs of at most 50 messages, settling each row.
+    `received`: when each row was stored, for the lag of those Hull accepts."""
     posts: deque[list[Outgoing]] = deque(
         outgoing[start : start + FIREHOSE_BATCH_SIZE] for start in range(0, len(outgoing), FIREHOSE_BATCH_SIZE)
     )
@@ -176,7 +182,10 @@ def send_to_hull(
             release_unattempted(engine, worker_id, ids + [row_id for later in posts for row_id, _ in later])
             raise
         breaker.record(False)
+        accepted = now or utcnow()
         counts.sent += mark_done(engine, worker_id, ids, now=now)
+        if received:
+            counts.lag_seconds.extend((accepted - received[i]).total_seconds() for i in ids if i in received)
     if failed_transiently and counts.stopped is None:
         # Rows put back to pending wait for their backoff: the run ends after this batch.
         counts.stopped = (

@@ -2,56 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-
-@dataclass
-class LagHistogram:
-    """Lags in seconds, merged page by page without keeping them: counts per fixed bucket
-    (each bucket 20% wider than the one before, from 0.1 s), plus the exact maximum. A
-    percentile is its bucket's upper bound (at most 20% above the true value, never above the
-    maximum)."""
-
-    FIRST = 0.1
-    GROWTH = 1.2
-
-    buckets: Counter = field(default_factory=Counter)  # bucket index → lags
-    count: int = 0
-    max: float = 0.0
-
-    def add(self, lag: float) -> None:
-        lag = max(0.0, lag)  # a clock a little ahead of ours is no lag
-        index = 0 if lag <= self.FIRST else math.ceil(math.log(lag / self.FIRST, self.GROWTH))
-        self.buckets[index] += 1
-        self.count += 1
-        self.max = max(self.max, lag)
-
-    def merge(self, other: LagHistogram) -> None:
-        self.buckets.update(other.buckets)
-        self.count += other.count
-        self.max = max(self.max, other.max)
-
-    def percentile(self, fraction: float) -> float | None:
-        if not self.count:
-            return None
-        rank = max(1, math.ceil(fraction * self.count))
-        seen = 0
-        for index in sorted(self.buckets):
-            seen += self.buckets[index]
-            if seen >= rank:
-                return min(self.max, self.FIRST * self.GROWTH**index)
-        return self.max
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "count": self.count,
-            "p50_seconds": self.percentile(0.5),
-            "p95_seconds": self.percentile(0.95),
-            "max_seconds": self.max if self.count else None,
-        }
+from cio_sync.rules.lag import LagHistogram
 
 
 def _duration(seconds: float | None) -> str:
@@ -79,6 +34,8 @@ class SyncSummary:
     event_skip_reasons: Counter = field(default_factory=Counter)
     # Failed batches retried at the start of the run: resolved / still_open / waiting_for_a_person.
     batch_retries: Counter = field(default_factory=Counter)
+    # People `cio-sync resync` asked for, handled at the start of the run (cio_sync/pipeline/resync.py).
+    resync: Counter = field(default_factory=Counter)
     segments_left_out: Counter = field(default_factory=Counter)  # users / segments cut from hull_segments
     deletions: Counter = field(default_factory=Counter)  # what the deletion guard did (sent, awaiting approval, ...)
     writeback_sent: int = 0
@@ -111,6 +68,7 @@ class SyncSummary:
             "events",
             "event_skip_reasons",
             "batch_retries",
+            "resync",
             "segments_left_out",
             "deletions",
         ):
@@ -173,6 +131,7 @@ class SyncSummary:
         rows += [{"metric": f"attribute dropped: {k}", "value": v} for k, v in sorted(self.dropped_attributes.items())]
         rows += [{"metric": f"attribute removed: {k}", "value": v} for k, v in sorted(self.removed_attributes.items())]
         rows += [{"metric": f"failed batches retried: {k}", "value": v} for k, v in sorted(self.batch_retries.items())]
+        rows += [{"metric": f"resync requests: {k}", "value": v} for k, v in sorted(self.resync.items())]
         if self.segments_left_out:
             rows.append(
                 {

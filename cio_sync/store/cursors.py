@@ -61,6 +61,13 @@ def list_cursors(engine: Engine) -> list[StoredCursor]:
     return [StoredCursor(r.name, r.position, as_utc(r.updated_at) or utcnow()) for r in rows]
 
 
+def set_cursor_position(engine: Engine, name: str, position: str) -> None:
+    """`cio-sync cursor set`: the stream resumes at `position` (forwards or back); the ids seen
+    at the old position no longer apply."""
+    with engine.begin() as connection:
+        write_cursor(connection, name, Cursor(position=position))
+
+
 def read_meta(engine: Engine, name: str) -> str | None:
     with engine.connect() as connection:
         return connection.execute(select(sync_meta.c.value).where(sync_meta.c.name == name)).scalar_one_or_none()

@@ -218,6 +218,16 @@ leases = Table(
     Column("renewed_at", DateTime(timezone=True)),
 )
 
+# People `cio-sync resync` asked to be sent again: the next sync run fetches them from Hull by id
+# and sends them whatever their stored hash (cio_sync/pipeline/resync.py, cio_sync/store/resync.py).
+resync_requests = Table(
+    "resync_requests",
+    metadata,
+    Column("hull_id", String(64), primary_key=True),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+    Column("requested_by", String(255)),  # the command line that asked (`resync --segment VIP`)
+)
+
 # Per-installation values kept across runs, e.g. `events_start` (cio_sync/store/cursors.py).
 sync_meta = Table(
     "sync_meta",

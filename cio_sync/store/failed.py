@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from cio_sync.store.db import as_utc, failed_batches, utcnow
 
@@ -86,3 +87,13 @@ def describe(batch: dict[str, Any]) -> str:
         f"{'' if batch.get('transient', True) else ' (permanent error)'}  "
         f"{batch['created_at']:%Y-%m-%d %H:%M}  run={batch['flow_run_id'] or '-'}\n        {batch['error']}"
     )
+
+
+def open_batches_age(engine: Engine) -> tuple[int, datetime | None]:
+    """How many batches are open, and when the oldest of them was saved (for the alert on
+    failed work left open)."""
+    with engine.connect() as connection:
+        count, oldest = connection.execute(
+            select(func.count(), func.min(failed_batches.c.created_at)).where(failed_batches.c.status == OPEN)
+        ).one()
+    return int(count), as_utc(oldest)

@@ -51,6 +51,7 @@ class ClaimedRow:
     event_id: str
     payload: str  # as stored: `decode_payload` gives the body back
     attempts: int
+    received_at: datetime | None = None  # when the intake stored it (drain freshness)
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,7 @@ def claim_batch(
         webhook_inbox.c.event_id,
         webhook_inbox.c.payload,
         webhook_inbox.c.attempts,
+        webhook_inbox.c.received_at,
     )
     with engine.begin() as connection:
         if is_postgres(engine):
@@ -230,7 +232,7 @@ def claim_batch(
                 .returning(*returning)
             ).all()
     # RETURNING does not promise an order.
-    return sorted((ClaimedRow(*row) for row in rows), key=lambda row: row.id)
+    return sorted((ClaimedRow(row[0], row[1], row[2], row[3], as_utc(row[4])) for row in rows), key=lambda row: row.id)
 
 
 def mark_done(engine: Engine, worker_id: str, ids: Iterable[int], now: datetime | None = None) -> int:

@@ -10,6 +10,8 @@ from cio_sync.webhooks import inbox
 from simulators.env import simulator_environment
 from tests.support.webhooks import legacy_payload, load_fixture, reporting_payload
 
+LAGS = ("p50", "p95", "max")
+
 
 @pytest.fixture
 def drain_env(monkeypatch, tmp_path, hull_sim, cio_sim, sqlite_url):
@@ -62,6 +64,7 @@ def test_drain_flow_sends_the_inbox_and_publishes_a_summary(prefect_harness, dra
     assert artifacts, "the run published no summary artifact"
     table = artifacts[0].data if isinstance(artifacts[0].data, list) else json.loads(artifacts[0].data)
     rows = {row["outcome"]: (row["this run"], row["inbox total"]) for row in table}
+    lag = {figure: rows.pop(f"lag from webhook received to Hull accepted, {figure} (seconds)")[0] for figure in LAGS}
     assert rows == {
         "sent": (4, 4),
         "ignored": (1, 1),
@@ -70,6 +73,9 @@ def test_drain_flow_sends_the_inbox_and_publishes_a_summary(prefect_harness, dra
         "of them waiting for a retry": ("", 0),
         "oldest pending (seconds since received)": ("", "-"),
     }
+    # Freshness: the 4 rows sent were stored just before the run.
+    assert lag == summary["hull_lag_seconds"]
+    assert 0 <= lag["p50"] <= lag["p95"] <= lag["max"] < 600
     assert hull_sim.connector_secret not in json.dumps(table)
 
 
@@ -98,3 +104,38 @@ def test_drain_flow_with_hull_down_stops_after_one_batch_and_says_so(prefect_har
     assert inbox.count_by_status(engine)["pending"] == 120
     posts = [e for e in hull_sim.journal() if "firehose" in e["path"]]
     assert len(posts) == 3 * (1 + DRAIN_RETRY.total)  # the batch's three POSTs with their retries, no more
+
+
+def test_drain_reports_an_old_pending_webhook_as_an_event_over_the_threshold(
+    prefect_harness, drain_env, hull_sim, sqlite_url
+):
+    import time
+    from datetime import timedelta
+
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
+
+    from cio_sync.store.db import utcnow
+    from flows.drain_webhooks import BACKLOG_EVENT, drain_webhooks
+
+    started = utcnow()
+    payload = legacy_payload("email_sent")
+    inbox.store_payload(
+        get_engine(sqlite_url), payload["event_id"], json.dumps(payload), now=started - timedelta(minutes=20)
+    )
+    summary = drain_webhooks(max_batches=0)  # sends nothing: the row stays pending
+    assert summary["oldest_pending_age_seconds"] >= 20 * 60
+    assert summary["hull_lag_seconds"] == {"p50": None, "p95": None, "max": None}
+
+    flt = EventFilter(event=EventNameFilter(name=[BACKLOG_EVENT]), occurred=EventOccurredFilter(since=started))
+    events: list = []
+    deadline = time.monotonic() + 30  # events reach the server's store asynchronously
+    with get_client(sync_client=True) as client:
+        while not events and time.monotonic() < deadline:
+            events = client.read_events(filter=flt, limit=10).events
+            if not events:
+                time.sleep(0.5)
+    assert events, "the drain emitted no backlog event"
+    event = events[0]
+    assert event.resource["cio-sync.over-threshold"] == "true"
+    assert event.payload["oldest_pending_age_seconds"] >= 20 * 60 and event.payload["pending"] == 1

@@ -25,6 +25,7 @@ TABLES = {
     "stream_identity",
     "sync_meta",
     "sync_log",
+    "resync_requests",  # 0008
 }
 
 

@@ -99,7 +99,9 @@ def test_every_row_is_sent_once_with_its_mapping_and_event_id(database_url, hull
 
     counts = drain()
 
+    lags = counts.pop("lag_seconds")
     assert counts == {"claimed": 120, "sent": 120, "ignored": 0, "failed": 0, "requeued": 0, "stopped": None}
+    assert len(lags) == 120 and all(0 <= lag < 600 for lag in lags)  # one lag per row Hull accepted
     assert hull_sim.firehose_batches == 3  # at most 50 messages per POST
     tracked = {event["event_id"]: event for event in hull_sim.tracked_events}
     assert sorted(tracked) == sorted(p["event_id"] for p in payloads)

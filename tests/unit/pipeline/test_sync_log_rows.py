@@ -8,9 +8,10 @@ import random
 from datetime import datetime, timezone
 
 from cio_sync.pipeline.push import UserOutcome, push_page
-from cio_sync.pipeline.summary import LagHistogram, SyncSummary
+from cio_sync.pipeline.summary import SyncSummary
 from cio_sync.pipeline.sync_log import PLANNED_DELETE, log_rows, plan_markdown, plan_sample
 from cio_sync.rules.changes import attribute_digests, value_digest
+from cio_sync.rules.lag import LagHistogram
 from cio_sync.rules.mapping import MappedUser
 from cio_sync.rules.plan import DELETE, INSERT, SKIP, UPDATE, UserPlan
 from cio_sync.store.sync_log import email_hash
