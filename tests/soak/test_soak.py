@@ -44,6 +44,7 @@ SETTINGS = dict(
 EVENT_NAMES = ["Signed Up", "page", "Order Completed"]  # the last is never sent
 SEGMENT_CHOICES = [["s-trial"], ["s-other"], [], ["s-vip", "s-other"]]
 FAULT_RATE = 0.2  # of every request to either simulator: 429/5xx 15%, dropped connections 5%
+SETTLE_BACKOFF_SECONDS = 20  # the longest webhook retry backoff in the soak
 CYCLE_SECONDS = 3.0  # one sync-users run and one drain-webhooks run, as their schedules would
 
 
@@ -243,6 +244,10 @@ def test_soak(sim_env, hull_sim, cio_sim, monkeypatch, tmp_path):
     monkeypatch.setenv("HTTP_BACKOFF_SECONDS", "0.05")
     monkeypatch.setenv("HTTP_BACKOFF_MAX_SECONDS", "1")
     monkeypatch.setenv("HTTP_TIMEOUT_SECONDS", "2")
+    # Webhook rows Hull failed wait for a backoff (30 s doubling to an hour by default): the
+    # soak compresses time, as it does for the HTTP retries, so rows can settle in seconds.
+    monkeypatch.setenv("WEBHOOK_RETRY_BASE_SECONDS", "1")
+    monkeypatch.setenv("WEBHOOK_RETRY_MAX_SECONDS", str(SETTLE_BACKOFF_SECONDS))
     for sim in (hull_sim, cio_sim):
         sim.record_journal = False  # keep statuses, not bodies: half an hour of requests
     engine = db.get_engine(sim_env["STATE_DATABASE_URL"])
@@ -286,7 +291,12 @@ def test_soak(sim_env, hull_sim, cio_sim, monkeypatch, tmp_path):
     # The storm is over: the next runs settle everything that is still owed.
     hull_sim.faults.clear()
     cio_sim.faults.clear()
-    for _round in range(6):
+    # Rows Hull failed last are still in their backoff: rounds go on (a few seconds apart) until
+    # the longest backoff has passed, so every row is due once more.
+    settle_until = time.monotonic() + SETTLE_BACKOFF_SECONDS + 30
+    for _round in range(40):
+        if _round and time.monotonic() > settle_until:
+            break
         last = attempt(outcomes, "settle: sync-users", lambda: sync_users(**SETTINGS))
         attempt(outcomes, "settle: drain-webhooks", lambda: drain_webhooks())
         attempt(outcomes, "settle: rerun-failed-batches", lambda: rerun_failed_batches(requeue_failed_webhooks=True))
@@ -303,6 +313,7 @@ def test_soak(sim_env, hull_sim, cio_sim, monkeypatch, tmp_path):
             and count_pending_writebacks(engine) == 0
         ):
             break
+        time.sleep(3)
 
     # -- what must hold ------------------------------------------------------------------
     people = {k: dict(v) for k, v in cio_sim.people.items()}
