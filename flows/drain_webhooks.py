@@ -14,24 +14,19 @@ from typing import Any, cast
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.events import emit_event
 from prefect.utilities.annotations import quote
 
+from cio_sync.pipeline.alert_events import emit_backlog_event
 from cio_sync.pipeline.breaker import Breaker
 from cio_sync.pipeline.drain_identity import IdentityMismatch, drain_settings
 from cio_sync.rules.lag import LagHistogram
 from cio_sync.secrets import load_secret_blocks
-from cio_sync.settings import HullCredentials, OperationsSettings, StateSettings, require
+from cio_sync.settings import HullCredentials, StateSettings, require
 from cio_sync.store.db import get_engine
 from cio_sync.webhooks.inbox import DONE, FAILED, IGNORED, backlog, count_by_status
 from tasks.drain_webhook_batch import drain_webhook_batch_task
 
 SUMMARY_ARTIFACT_KEY = "drain-webhooks-summary"
-# Emitted by every run: the inbox's backlog and this run's lag; the alert on a stuck inbox
-# (`cio-sync setup --notify-block`, cio_sync/cli/alerts.py) triggers on it.
-BACKLOG_EVENT = "cio-sync.webhooks.backlog"
-INBOX_RESOURCE = "cio-sync.webhooks.inbox"
-OVER_THRESHOLD_LABEL = "cio-sync.over-threshold"
 
 
 class DrainStopped(Exception):
@@ -69,26 +64,6 @@ def summary_table(summary: dict[str, Any]) -> list[dict[str, Any]]:
             for figure, value in summary["hull_lag_seconds"].items()
         ),
     ]
-
-
-def emit_backlog_event(summary: dict[str, Any]) -> None:
-    """The freshness of the inbox as a Prefect event; its resource is labelled over the
-    threshold when the oldest pending webhook is older than ALERT_WEBHOOK_BACKLOG_MINUTES."""
-    oldest = summary["oldest_pending_age_seconds"]
-    limit = OperationsSettings().alert_webhook_backlog_minutes * 60
-    emit_event(
-        event=BACKLOG_EVENT,
-        resource={
-            "prefect.resource.id": INBOX_RESOURCE,
-            OVER_THRESHOLD_LABEL: "true" if oldest is not None and oldest > limit else "false",
-        },
-        payload={
-            "oldest_pending_age_seconds": oldest,
-            "pending": summary["pending"],
-            "threshold_seconds": limit,
-            "hull_lag_seconds": summary["hull_lag_seconds"],
-        },
-    )
 
 
 @flow(name="drain-webhooks", log_prints=False)

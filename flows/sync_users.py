@@ -8,11 +8,11 @@ from typing import Any, Literal, TypeVar, cast
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.events import emit_event
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
 from cio_sync.pipeline import approval
+from cio_sync.pipeline.alert_events import emit_failed_batches_event
 from cio_sync.pipeline.deletions import GuardResult, plan_table
 from cio_sync.pipeline.extract import UserPagePrefetcher, resolve_run_segments, walk_bound
 from cio_sync.pipeline.identity import IdMappingChanged, check_id_mapping
@@ -30,7 +30,7 @@ from cio_sync.redact import scrub, scrub_obj, scrubbed_errors
 from cio_sync.rules.guard import deletion_limit, over_limit_message, segments_problem
 from cio_sync.rules.sharding import WHOLE, Shard
 from cio_sync.runtime import SyncRuntime, build_runtime
-from cio_sync.settings import ApprovalSettings, ConnectorSettings, OperationsSettings
+from cio_sync.settings import ApprovalSettings, ConnectorSettings
 from cio_sync.store.cursors import Cursor, read_cursor
 from cio_sync.store.db import utcnow
 from cio_sync.store.deletions import open_plan, reject_plan
@@ -45,11 +45,6 @@ from tasks.sync_events_page import sync_events_page_task
 from tasks.sync_users_page import sync_users_page_task
 
 USERS_CURSOR = "users"
-# Emitted by every run that is not a dry run: the open failed batches and the age of the
-# oldest; the alert on failed work left open (`cio-sync setup --notify-block`) triggers on it.
-FAILED_BATCHES_EVENT = "cio-sync.failed-batches.open"
-FAILED_BATCHES_RESOURCE = "cio-sync.failed-batches"
-OVER_THRESHOLD_LABEL = "cio-sync.over-threshold"
 NO_SEGMENTS_WARNING = (
     "No users will be synchronized because you have not specified at least one whitelisted "
     "segment in Settings (synchronized_segments)."
@@ -172,22 +167,6 @@ def sync_users(
         runtime.close()
 
 
-def emit_failed_batches_event(runtime: SyncRuntime) -> None:
-    """The resource is labelled over the threshold when a batch has been open longer than
-    ALERT_FAILED_BATCH_HOURS."""
-    count, oldest = open_batches_age(runtime.engine)
-    age = None if oldest is None else max(0.0, (utcnow() - oldest).total_seconds())
-    limit = OperationsSettings().alert_failed_batch_hours * 3600
-    emit_event(
-        event=FAILED_BATCHES_EVENT,
-        resource={
-            "prefect.resource.id": FAILED_BATCHES_RESOURCE,
-            OVER_THRESHOLD_LABEL: "true" if age is not None and age > limit else "false",
-        },
-        payload={"open_batches": count, "oldest_open_age_seconds": age, "threshold_seconds": limit},
-    )
-
-
 def run_id_or_none() -> str | None:
     return str(flow_run.get_id() or "") or None
 
@@ -281,7 +260,7 @@ def _run(
     if runtime.dry_run:
         publish_plan_sample(summary, settings.sync_log_values)
     else:
-        emit_failed_batches_event(runtime)
+        emit_failed_batches_event(*open_batches_age(runtime.engine))
     for line in summary.lines():
         logger.info(line)
     if failure:

@@ -22,9 +22,14 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
+from cio_sync.pipeline.alert_events import (
+    BACKLOG_EVENT,
+    FAILED_BATCHES_EVENT,
+    FAILED_BATCHES_RESOURCE,
+    INBOX_RESOURCE,
+    OVER_THRESHOLD_LABEL,
+)
 from cio_sync.settings import OperationsSettings
-from flows.drain_webhooks import BACKLOG_EVENT, INBOX_RESOURCE
-from flows.sync_users import FAILED_BATCHES_EVENT, FAILED_BATCHES_RESOURCE, OVER_THRESHOLD_LABEL
 
 PREFIX = "cio-sync: "
 RUN_FAILED = PREFIX + "run failed"
@@ -86,6 +91,22 @@ def automations(block_id: UUID, settings: OperationsSettings | None = None) -> l
     def notify(subject: str, body: str) -> list[Any]:
         return [SendNotification(block_document_id=block_id, subject=subject, body=body)]
 
+    def over_threshold(name: str, description: str, event: str, resource_id: str, subject: str, body: str) -> Any:
+        """Fires on each `event` a run emitted with its resource labelled over the threshold
+        (cio_sync/pipeline/alert_events.py)."""
+        return Automation(
+            name=name,
+            description=description,
+            trigger=EventTrigger(
+                expect={event},
+                match={"prefect.resource.id": resource_id, OVER_THRESHOLD_LABEL: "true"},
+                posture=Posture.Reactive,
+                threshold=1,
+                within=timedelta(0),
+            ),
+            actions=notify(subject, body),
+        )
+
     return [
         Automation(
             name=RUN_FAILED,
@@ -122,39 +143,25 @@ def automations(block_id: UUID, settings: OperationsSettings | None = None) -> l
                 "and the latest runs in the Prefect UI.",
             ),
         ),
-        Automation(
-            name=WEBHOOK_BACKLOG,
-            description=f"The oldest pending webhook is older than {settings.alert_webhook_backlog_minutes:g} minutes.",
-            trigger=EventTrigger(
-                expect={BACKLOG_EVENT},
-                match={"prefect.resource.id": INBOX_RESOURCE, OVER_THRESHOLD_LABEL: "true"},
-                posture=Posture.Reactive,
-                threshold=1,
-                within=timedelta(0),
-            ),
-            actions=notify(
-                "cio-sync: Customer.io webhooks are waiting",
-                "The oldest webhook waiting for Hull was received "
-                "{{ event.payload.oldest_pending_age_seconds|int }} s ago "
-                "({{ event.payload.pending }} pending). See the latest drain-webhooks run.",
-            ),
+        over_threshold(
+            WEBHOOK_BACKLOG,
+            f"The oldest pending webhook is older than {settings.alert_webhook_backlog_minutes:g} minutes.",
+            BACKLOG_EVENT,
+            INBOX_RESOURCE,
+            "cio-sync: Customer.io webhooks are waiting",
+            "The oldest webhook waiting for Hull was received "
+            "{{ event.payload.oldest_pending_age_seconds|int }} s ago "
+            "({{ event.payload.pending }} pending). See the latest drain-webhooks run.",
         ),
-        Automation(
-            name=FAILED_BATCHES_OPEN,
-            description=f"A failed batch has been open for more than {settings.alert_failed_batch_hours:g} hours.",
-            trigger=EventTrigger(
-                expect={FAILED_BATCHES_EVENT},
-                match={"prefect.resource.id": FAILED_BATCHES_RESOURCE, OVER_THRESHOLD_LABEL: "true"},
-                posture=Posture.Reactive,
-                threshold=1,
-                within=timedelta(0),
-            ),
-            actions=notify(
-                "cio-sync: failed batches left open",
-                "{{ event.payload.open_batches }} failed batches are open, the oldest for "
-                "{{ (event.payload.oldest_open_age_seconds / 3600)|round(1) }} hours: "
-                "`cio-sync failed list`, fix the cause, `cio-sync failed rerun`.",
-            ),
+        over_threshold(
+            FAILED_BATCHES_OPEN,
+            f"A failed batch has been open for more than {settings.alert_failed_batch_hours:g} hours.",
+            FAILED_BATCHES_EVENT,
+            FAILED_BATCHES_RESOURCE,
+            "cio-sync: failed batches left open",
+            "{{ event.payload.open_batches }} failed batches are open, the oldest for "
+            "{{ (event.payload.oldest_open_age_seconds / 3600)|round(1) }} hours: "
+            "`cio-sync failed list`, fix the cause, `cio-sync failed rerun`.",
         ),
     ]
 

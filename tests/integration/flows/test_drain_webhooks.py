@@ -115,8 +115,9 @@ def test_drain_reports_an_old_pending_webhook_as_an_event_over_the_threshold(
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
 
+    from cio_sync.pipeline.alert_events import BACKLOG_EVENT
     from cio_sync.store.db import utcnow
-    from flows.drain_webhooks import BACKLOG_EVENT, drain_webhooks
+    from flows.drain_webhooks import drain_webhooks
 
     started = utcnow()
     payload = legacy_payload("email_sent")
