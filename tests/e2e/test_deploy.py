@@ -22,7 +22,6 @@ import re
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ import requests
 
 from simulators.env import RemoteCustomerIo, RemoteHull, simulator_environment
 from tests.support.postgres import POSTGRES, fresh_postgres_database
+from tests.support.prefect_server import PREFECT, clean_environment, free_port
 from tests.support.sims import (
     CIO_API_KEY,
     CIO_SITE_ID,
@@ -44,8 +44,6 @@ from tests.support.sims import (
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-PREFECT = [str(BIN / "prefect")] if (BIN / "prefect").exists() else [sys.executable, "-m", "prefect"]
 CIO_SYNC = [sys.executable, "-m", "cio_sync.cli.main"]
 
 USERS = 240
@@ -62,12 +60,6 @@ BUDGET_PER_SECOND = 40  # part 2's `cio-sync setup --requests-per-second`
 BUDGET_BURST = 6  # blocks of 2 slots
 RUN_TIMEOUT = 150
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Processes:
@@ -257,23 +249,16 @@ def test_deployments_run_on_workers_and_shards_match_the_unsharded_run(tmp_path)
     processes = Processes(logs)
     checkout = copy_checkout(tmp_path / "checkout")
     api_url = f"http://127.0.0.1:{free_port()}/api"
+    # Runs here start only when the test triggers them, never from a schedule (the scheduler is off).
     base_env = {
         key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("PREFECT_", "HULL_", "CUSTOMERIO_"))
-        and key not in CONNECTOR_SETTINGS
+        for key, value in clean_environment(tmp_path, api_url).items()
+        if key not in CONNECTOR_SETTINGS
         and key not in {"STATE_DATABASE_URL", "USER_ID_MAPPING", "ENABLE_USER_DELETION", "ANONYMOUS_EVENTS"}
     }
     base_env.update(
         {
-            "PREFECT_HOME": str(tmp_path / "prefect-home"),
-            "PREFECT_API_URL": api_url,
-            # Runs here start only when the test triggers them, never from a schedule.
-            "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_SERVER_UI_ENABLED": "false",
             "PREFECT_WORKER_QUERY_SECONDS": "1",  # pick up triggered runs within a second
-            "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
             # The flow-run processes import the copy, installed or not.
             "PYTHONPATH": str(checkout),
         }
