@@ -394,7 +394,7 @@ def worker(spec: dict) -> dict:
         return wrapper
 
     sync_users_module._sync_users_stream = timed_phase("users", sync_users_module._sync_users_stream)
-    sync_users_module._sync_events = timed_phase("events", sync_users_module._sync_events)
+    sync_users_module.walk_events = timed_phase("events", sync_users_module.walk_events)
     users_task.sync_page = counted("users", users_task.sync_page)
     events_task.run_events_page = counted("events", events_task.run_events_page)
 

@@ -85,13 +85,14 @@ def outcome_row(outcome: UserOutcome, now) -> dict[str, Any]:
         elif plan.action == UNSET_SEGMENTS:
             # The person stays; an empty segment list marks it unset, and no hash makes its
             # return to a segment a full update.
-            row.update(segment_ids=[], attributes_hash=None, attribute_digests=None)
+            row.update(segment_ids=[], attributes_hash=None, attribute_digests=None, source_digest=None)
         else:
             assert plan.mapped is not None
             row.update(
                 cio_id=plan.target_id,
                 cio_id_mapping=plan.target_mapping,
                 attributes_hash=plan.mapped.attributes_hash,
+                source_digest=plan.source_seal,
                 attribute_names=tracked_names(plan.mapped.attributes),
                 attribute_digests=plan.mapped.attribute_digests,
                 segment_ids=plan.mapped.whitelisted_segment_ids,
@@ -140,7 +141,9 @@ def record_page(
     log = log_rows(plans or [], outcomes, run_id_or_local(flow_run_id), now, runtime.settings.sync_log_values)
     retryable = [o for o in outcomes if o.error_kind in ("transient", "not_attempted")]
     deferred = [p for p in plans or [] if p.action == DELETE]
-    decided_otherwise = [p.hull_id for p in plans or [] if p.action != DELETE and p.mapped is not None]
+    decided_otherwise = [
+        p.hull_id for p in plans or [] if p.action != DELETE and (p.mapped is not None or p.unchanged_source)
+    ]
     with runtime.engine.begin() as connection:
         record_user_outcomes(connection, rows)
         write_log_rows(connection, log)

@@ -169,6 +169,86 @@ def resolve_segments(configured: list[str], segments: list[dict[str, Any]]) -> t
     return ids, unknown
 
 
+# ----- the unchanged fast path ----------------------------------------------------------------
+# A user whose synced Hull fields and mapping settings are exactly those of the last mapping
+# Customer.io accepted maps to the same attributes again: the diff can call it unchanged
+# without mapping it (cio_sync/rules/plan.py). `source_digest` covers every field `map_user`
+# reads except `indexed_at` (not part of the attributes); `mapping_fingerprint` covers the
+# settings and segments that shape the mapping, and MAPPING_VERSION the code itself.
+
+# Bump whenever `map_user` (or what it calls) would map the same document differently: every
+# stored digest then stops matching and the next run maps everyone again.
+MAPPING_VERSION = "1"
+# Settings that cannot change what `map_user` returns nor which decision a user gets. Every
+# other setting, present or future, is part of the fingerprint: a change re-maps everyone.
+NOT_MAPPING_SETTINGS = frozenset(
+    {
+        "rate_limit_per_second",
+        "push_concurrency",
+        "users_per_batch",
+        "events_per_batch",
+        "events_overlap_minutes",
+        "events_initial_lookback_hours",
+        "events_future_tolerance_minutes",
+        "users_overlap_seconds",
+        "failed_batch_auto_retries",
+        "max_deletions_per_run",
+        "sync_log_values",
+        "sync_log_retention_days",
+    }
+)
+
+
+def mapping_fingerprint(
+    settings: ConnectorSettings, segment_names: dict[str, str], whitelisted_ids: AbstractSet[str]
+) -> bytes:
+    """32 bytes that change when anything but the user document could change a mapping."""
+    shaping = {k: v for k, v in settings.model_dump(mode="json").items() if k not in NOT_MAPPING_SETTINGS}
+    payload = [MAPPING_VERSION, shaping, sorted(segment_names.items()), sorted(whitelisted_ids)]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=repr).encode("utf-8")).digest()
+
+
+@lru_cache(maxsize=64)
+def source_keys(user_id_mapping: str, hull_names: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(top-level keys, `account` keys) of a user document that `map_user` may read."""
+    top = ["id", "segment_ids", "email", "created_at", "anonymous_ids"]
+    account: list[str] = []
+    for name in (user_id_mapping, *hull_names):
+        if name.startswith("account."):
+            account.append(name[len("account.") :])
+        else:
+            top += [name, f"traits_{name}"]
+    return tuple(dict.fromkeys(top)), tuple(dict.fromkeys(account))
+
+
+def source_digest(user: dict[str, Any], keys: tuple[tuple[str, ...], tuple[str, ...]], fingerprint: bytes) -> bytes | None:
+    """A digest of the fields of `user` that `map_user` reads (`keys`, from `source_keys`),
+    keyed by the mapping fingerprint; None when the document cannot be digested safely (the
+    user is then always mapped). Present-but-null and absent differ; `repr` tells apart every
+    value JSON can hold (1, 1.0 and True; NaN and null); a reordered nested object only costs
+    a mapping."""
+    top, account_keys = keys
+    picked = [(k, user[k]) for k in top if k in user]
+    account_part: list[tuple[str, Any]] | None = None
+    if account_keys:
+        account = user.get("account")
+        if account:
+            if not isinstance(account, dict):
+                return None
+            account_part = [(k, account[k]) for k in account_keys if k in account]
+    try:
+        text = repr((picked, account_part))
+    except Exception:  # a value whose repr fails: never worth the risk
+        return None
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16, key=fingerprint).digest()
+
+
+def source_seal(digest: bytes, attributes_hash: str) -> str:
+    """What state keeps next to `attributes_hash`: the source digest bound to that hash, so a
+    row whose hash was changed or cleared by anything else never matches."""
+    return hashlib.blake2b(digest + attributes_hash.encode("ascii"), digest_size=16).hexdigest()
+
+
 def map_user(
     user: dict[str, Any],
     settings: ConnectorSettings,

@@ -32,7 +32,19 @@ from cio_sync.rules.decisions import (
     decide,
     mark_duplicate_ids,
 )
-from cio_sync.rules.mapping import REMOVED, MalformedUserError, MappedUser, chunk_attributes, map_user, removed_names
+from cio_sync.rules.mapping import (
+    REMOVED,
+    MalformedUserError,
+    MappedUser,
+    _unix_or_none,
+    chunk_attributes,
+    map_user,
+    mapping_fingerprint,
+    removed_names,
+    source_digest,
+    source_keys,
+    source_seal,
+)
 from cio_sync.settings import ConnectorSettings
 
 MERGE, DELETE_OLD = "merge", "delete_old"
@@ -59,6 +71,18 @@ class UserPlan:
     # Digests of the attributes Customer.io last accepted (cio_sync/rules/changes.py): {} for an
     # insert (a new person), None when state keeps none (the old values are unknown).
     previous_digests: dict[str, str] | None = None
+    # Digest of the Hull fields the mapping read (cio_sync/rules/mapping.py, `source_digest`):
+    # kept in state, sealed with the attributes hash, when Customer.io accepts this plan.
+    source_digest: bytes | None = None
+    # Decided `unchanged` from the source digest alone: `mapped` is None (never mapped).
+    unchanged_source: bool = False
+
+    @property
+    def source_seal(self) -> str | None:
+        """The state's `source_digest` for this plan, once Customer.io accepted it."""
+        if self.source_digest is None or self.mapped is None:
+            return None
+        return source_seal(self.source_digest, self.mapped.attributes_hash)
 
     def changes(self) -> list[Change]:
         """The attributes this plan changes (none for a delete, a suppress or a skip)."""
@@ -84,12 +108,33 @@ def plan_page(
     """`id_holders(ids)`: which Hull user holds each of these Customer.io ids in state (live
     people only), for the `duplicate_id` rule; asked only for the ids of inserts and updates."""
     plans: list[UserPlan] = []
-    mapped_users: list[tuple[dict[str, Any], MappedUser]] = []
+    # The unchanged fast path: a user whose state row holds the seal of this very source
+    # digest and attributes hash maps to exactly those attributes (same fields, same mapping
+    # settings) and gets the page row below without being mapped. The decision table still
+    # decides; a user it does not call `unchanged` is mapped after all (same result).
+    fingerprint = mapping_fingerprint(settings, segment_names, whitelisted_ids)
+    keys = source_keys(settings.user_id_mapping, tuple(settings.synchronized_attributes))
+    seals: dict[str, tuple[str, str]] = {}
+    if "source_digest" in state:
+        seals = {
+            h: (seal, attributes_hash)
+            for h, seal, attributes_hash in zip(state["hull_id"], state["source_digest"], state["attributes_hash"])
+            if isinstance(seal, str) and isinstance(attributes_hash, str)
+        }
+    # (user, mapped or None when the source digest says unchanged, source digest)
+    mapped_users: list[tuple[dict[str, Any], MappedUser | None, bytes | None]] = []
     for user in users:
+        digest = None
+        hull_id = user.get("id") if isinstance(user, dict) and isinstance(user.get("id"), str) else None
+        if hull_id:
+            digest = source_digest(user, keys, fingerprint)
+            sealed = seals.get(hull_id)
+            if digest is not None and sealed is not None and source_seal(digest, sealed[1]) == sealed[0]:
+                mapped_users.append((user, None, digest))
+                continue
         try:
-            mapped_users.append((user, map_user(user, settings, segment_names, whitelisted_ids)))
+            mapped_users.append((user, map_user(user, settings, segment_names, whitelisted_ids), digest))
         except MalformedUserError as exc:
-            hull_id = user.get("id") if isinstance(user, dict) and isinstance(user.get("id"), str) else None
             plans.append(UserPlan(hull_id or "?", SKIP, f"malformed: {exc}", None, None, None))
     if not mapped_users:
         return plans
@@ -97,14 +142,20 @@ def plan_page(
     page = pd.DataFrame(
         [
             (
-                m.hull_id,
-                m.email is not None,
-                bool(m.whitelisted_segment_ids),
-                m.cio_id is not None,
-                m.id_error is None,
-                m.attributes_hash,
+                (user["id"], True, True, True, True, seals[user["id"]][1])
+                # What mapping gave when the seal was written (an accepted insert or update):
+                # email, whitelisted segments, a valid id, and this hash.
+                if m is None
+                else (
+                    m.hull_id,
+                    m.email is not None,
+                    bool(m.whitelisted_segment_ids),
+                    m.cio_id is not None,
+                    m.id_error is None,
+                    m.attributes_hash,
+                )
             )
-            for _, m in mapped_users
+            for user, m, _ in mapped_users
         ],
         columns=PAGE_COLUMNS,
     )
@@ -123,17 +174,22 @@ def plan_page(
     )
     update_only = settings.sync_mode == "update_only"
     decided = decide(page, state_frame, settings.segment_exit, update_only)
+    # Users the digest skipped but the decision table did not call unchanged (say the person
+    # was deleted since): mapped now, which gives the very page row they were decided on.
+    for i, ((user, m, digest), action, reason) in enumerate(zip(mapped_users, decided["action"], decided["reason"])):
+        if m is None and (action, reason) != (SKIP, "unchanged"):
+            mapped_users[i] = (user, map_user(user, settings, segment_names, whitelisted_ids), digest)
     # Row positions in a plain dict and the few columns the plans read as plain lists: `.loc`
     # or `.iat` per user cost more than the whole vectorised decision.
     state_position = {hull_id: i for i, hull_id in enumerate(state["hull_id"])}
-    cio_ids = [m.cio_id for _, m in mapped_users]
+    cio_ids = [m.cio_id if m is not None else None for _, m, _ in mapped_users]
     # Who holds an id is asked only for ids their user does not already hold in state (inserts,
     # id changes): an update under the user's own id is the usual case and needs no query.
     held = {hull_id: cio_id for hull_id, cio_id in zip(state["hull_id"], state["cio_id"])}
     to_check = [
         m.cio_id
-        for (_, m), a in zip(mapped_users, decided["action"])
-        if m.cio_id is not None and a in (INSERT, UPDATE) and held.get(m.hull_id) != m.cio_id
+        for (_, m, _), a in zip(mapped_users, decided["action"])
+        if m is not None and m.cio_id is not None and a in (INSERT, UPDATE) and held.get(m.hull_id) != m.cio_id
     ]
     decided = mark_duplicate_ids(decided, cio_ids, id_holders(to_check) if id_holders and to_check else {})
 
@@ -145,7 +201,25 @@ def plan_page(
         value = columns[column][position]
         return None if _missing(value) else value
 
-    for (user, mapped), action, reason in zip(mapped_users, decided["action"], decided["reason"]):
+    for (user, mapped, digest), action, reason in zip(mapped_users, decided["action"], decided["reason"]):
+        if mapped is None:
+            position = state_position.get(user["id"])
+            plans.append(
+                UserPlan(
+                    hull_id=user["id"],
+                    action=action,
+                    reason=reason,
+                    mapped=None,
+                    external_id=user.get("external_id"),
+                    target_id=at("cio_id", position),
+                    timestamp=_unix_or_none(user.get("indexed_at")),
+                    update_only=update_only,
+                    target_mapping=settings.user_id_mapping,
+                    source_digest=digest,
+                    unchanged_source=True,
+                )
+            )
+            continue
         position = state_position.get(mapped.hull_id)
         plan = UserPlan(
             hull_id=mapped.hull_id,
@@ -158,6 +232,7 @@ def plan_page(
             timestamp=mapped.indexed_at,
             update_only=update_only,
             target_mapping=settings.user_id_mapping,
+            source_digest=digest,
         )
         if action in (DELETE, SUPPRESS, UNSET_SEGMENTS):
             # The person that was created, even if the id changed since.

@@ -22,6 +22,7 @@ STATE_FRAME_COLUMNS = [
     "suppressed_at",
     "rejected_hash",
     "attribute_digests",
+    "source_digest",
 ]
 
 
