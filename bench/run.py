@@ -321,6 +321,29 @@ def event_calls(hull_url: str, users: list[dict]) -> list[tuple[str, dict]]:
     return calls
 
 
+def source_ceiling(hull_url: str, batch_size: int) -> tuple[int, float]:
+    """The source's own ceiling: a bare keyset walk of every user in the Hull simulator, with
+    the connector's own queries, client and decoder (`fetch_users_page`), one page after the
+    other, and nothing done with the users. Returns (users read, seconds)."""
+    from cio_sync.pipeline.extract import fetch_users_page, walk_bound
+    from cio_sync.store.cursors import Cursor
+    from connectors.hull import HullClient
+
+    hull = HullClient(f"{hull_url}/api/v1", f"{hull_url}/firehose", "acme.hullapp.io", HULL_CONNECTOR_ID, HULL_SECRET)
+    until = walk_bound(hull)
+    cursor, read = Cursor(), 0
+    started = time.perf_counter()
+    while True:
+        page = fetch_users_page(hull, cursor, batch_size, until=until)
+        if not page.users:
+            break
+        read += len(page.users)
+        cursor = page.cursor
+    seconds = time.perf_counter() - started
+    hull.close()
+    return read, seconds
+
+
 def raw_floor(cio_url: str, calls: list[tuple[str, dict]], threads: int, method: str = "PUT") -> float:
     """Calls/s of bare `requests.Session` loops, `threads` of them, one Session each."""
     import requests
@@ -906,6 +929,29 @@ def users_scenario(args) -> str:
                 )
         if not args.profile:
             measure_floors("after the runs")
+            # The rerun reads and decides only: its ceiling is what the source can serve.
+            load = os.getloadavg()[0]
+            hull_before = process_cpu_seconds(hull.process.pid if hull.process else None)
+            read, seconds = source_ceiling(hull.url, args.users_per_batch or 500)
+            hull_after = process_cpu_seconds(hull.process.pid if hull.process else None)
+            ceiling = read / seconds
+            rows.append(
+                {
+                    "n": args.users,
+                    "mode": "source ceiling",
+                    "run": "bare keyset walk of Hull, after the runs",
+                    "load": load,
+                    "read": read,
+                    "seconds": seconds,
+                    "users_s": ceiling,
+                    "hull_rss": hull.peak_rss_mb(),
+                    "vs_floor": f"Hull sim CPU {hull_after - hull_before:.1f} s" if hull_before is not None else None,
+                }
+            )
+            print(f"source ceiling: {ceiling:,.0f} users/s (bare keyset walk, {read:,} users), load {load:.2f}")
+            for row in rows:
+                if row.get("run") == "rerun" and row.get("users_s"):
+                    row["vs_floor"] = f"{100 * row['users_s'] / ceiling:.0f}% of the source ceiling"
         # Ratios against the mean of the best floors measured before and after the runs (the
         # machine's load moves in between); the CPU ratio does not depend on the load.
         best_floor = sum(floor_rates["identify"]) / len(floor_rates["identify"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -128,6 +129,22 @@ class UserPagePrefetcher:
                 self._pool.submit(fetch_users_page, self.hull, page.cursor, self.batch_size, self.shard, self.until),
             )
         return page
+
+    def next_users(self) -> Callable[[], list[dict[str, Any]] | None]:
+        """A function that waits for the read ahead (if any) and returns its users: the list
+        the next `fetch` returns, if it is called with the cursor it was read from."""
+        ahead = self._ahead
+
+        def users() -> list[dict[str, Any]] | None:
+            if ahead is None:
+                return None
+            try:
+                page: UsersPage = ahead[1].result()
+            except Exception:  # the next `fetch` re-raises it
+                return None
+            return page.users
+
+        return users
 
     def close(self) -> None:
         self._ahead = None

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from functools import cached_property, lru_cache
 from typing import Any
+
+import orjson
 
 from cio_sync.rules.changes import attribute_digests
 from cio_sync.settings import ConnectorSettings
@@ -172,7 +175,7 @@ def resolve_segments(configured: list[str], segments: list[dict[str, Any]]) -> t
 # ----- the unchanged fast path ----------------------------------------------------------------
 # A user whose synced Hull fields and mapping settings are exactly those of the last mapping
 # Customer.io accepted maps to the same attributes again: the diff can call it unchanged
-# without mapping it (cio_sync/rules/plan.py). `source_digest` covers every field `map_user`
+# without mapping it (cio_sync/rules/plan.py). `source_fields` covers every field `map_user`
 # reads except `indexed_at` (not part of the attributes); `mapping_fingerprint` covers the
 # settings and segments that shape the mapping, and MAPPING_VERSION the code itself.
 
@@ -221,32 +224,62 @@ def source_keys(user_id_mapping: str, hull_names: tuple[str, ...]) -> tuple[tupl
     return tuple(dict.fromkeys(top)), tuple(dict.fromkeys(account))
 
 
-def source_digest(user: dict[str, Any], keys: tuple[tuple[str, ...], tuple[str, ...]], fingerprint: bytes) -> bytes | None:
-    """A digest of the fields of `user` that `map_user` reads (`keys`, from `source_keys`),
-    keyed by the mapping fingerprint; None when the document cannot be digested safely (the
-    user is then always mapped). Present-but-null and absent differ; `repr` tells apart every
-    value JSON can hold (1, 1.0 and True; NaN and null); a reordered nested object only costs
-    a mapping."""
+def source_fields(user: dict[str, Any], keys: tuple[tuple[str, ...], tuple[str, ...]]) -> bytes | None:
+    """The fields of `user` that `map_user` reads (`keys`, from `source_keys`) as bytes that
+    differ whenever the fields do; None when the document cannot be read safely (the user is
+    then always mapped). Present-but-null differs from absent; 1, 1.0 and True differ. Compact
+    JSON (orjson, ~1 µs a user); NaN and Infinity, which it would write as null, and any value
+    that is not plain JSON, go through `repr` instead. A reordered nested object costs only a
+    mapping."""
     top, account_keys = keys
-    picked = [(k, user[k]) for k in top if k in user]
-    account_part: list[tuple[str, Any]] | None = None
+    picked = {k: user[k] for k in top if k in user}
+    account_part: dict[str, Any] | None = None
     if account_keys:
         account = user.get("account")
         if account:
             if not isinstance(account, dict):
                 return None
-            account_part = [(k, account[k]) for k in account_keys if k in account]
+            account_part = {k: account[k] for k in account_keys if k in account}
+    fields = [picked, account_part]
     try:
-        text = repr((picked, account_part))
-    except Exception:  # a value whose repr fails: never worth the risk
+        data: bytes = orjson.dumps(fields, option=_STRICT)
+    except TypeError:
+        return _repr_fields(fields)
+    if b"null" in data and _has_non_finite(fields):
+        return _repr_fields(fields)
+    return b"j" + data
+
+
+# Values orjson would serialise like plain JSON ones (datetimes as strings, subclasses and
+# dataclasses as their base) raise instead, and take the `repr` path.
+_STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def _repr_fields(fields: list[Any]) -> bytes | None:
+    try:
+        return b"r" + repr(fields).encode("utf-8", "surrogatepass")
+    except Exception:  # a value whose repr fails: not worth the risk
         return None
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16, key=fingerprint).digest()
 
 
-def source_seal(digest: bytes, attributes_hash: str) -> str:
-    """What state keeps next to `attributes_hash`: the source digest bound to that hash, so a
-    row whose hash was changed or cleared by anything else never matches."""
-    return hashlib.blake2b(digest + attributes_hash.encode("ascii"), digest_size=16).hexdigest()
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_non_finite(v) for v in value)
+    return False
+
+
+def source_seal(fingerprint: bytes, fields: bytes, attributes_hash: str) -> str:
+    """What state keeps next to `attributes_hash` (`user_state.source_digest`): the source
+    fields, the mapping fingerprint and that very hash in one digest, so a row whose hash was
+    changed or cleared by anything else never matches."""
+    digest = hashlib.blake2b(fingerprint, digest_size=16)
+    digest.update(fields)
+    digest.update(attributes_hash.encode("ascii"))
+    return digest.hexdigest()
 
 
 def map_user(

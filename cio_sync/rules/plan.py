@@ -41,7 +41,7 @@ from cio_sync.rules.mapping import (
     map_user,
     mapping_fingerprint,
     removed_names,
-    source_digest,
+    source_fields,
     source_keys,
     source_seal,
 )
@@ -71,18 +71,18 @@ class UserPlan:
     # Digests of the attributes Customer.io last accepted (cio_sync/rules/changes.py): {} for an
     # insert (a new person), None when state keeps none (the old values are unknown).
     previous_digests: dict[str, str] | None = None
-    # Digest of the Hull fields the mapping read (cio_sync/rules/mapping.py, `source_digest`):
-    # kept in state, sealed with the attributes hash, when Customer.io accepts this plan.
-    source_digest: bytes | None = None
+    # (mapping fingerprint, the Hull fields the mapping read): cio_sync/rules/mapping.py,
+    # `source_fields`. Kept in state, sealed with the attributes hash, once Customer.io accepts.
+    source: tuple[bytes, bytes] | None = None
     # Decided `unchanged` from the source digest alone: `mapped` is None (never mapped).
     unchanged_source: bool = False
 
     @property
     def source_seal(self) -> str | None:
         """The state's `source_digest` for this plan, once Customer.io accepted it."""
-        if self.source_digest is None or self.mapped is None:
+        if self.source is None or self.mapped is None:
             return None
-        return source_seal(self.source_digest, self.mapped.attributes_hash)
+        return source_seal(*self.source, self.mapped.attributes_hash)
 
     def changes(self) -> list[Change]:
         """The attributes this plan changes (none for a delete, a suppress or a skip)."""
@@ -122,14 +122,15 @@ def plan_page(
             if isinstance(seal, str) and isinstance(attributes_hash, str)
         }
     # (user, mapped or None when the source digest says unchanged, source digest)
-    mapped_users: list[tuple[dict[str, Any], MappedUser | None, bytes | None]] = []
+    mapped_users: list[tuple[dict[str, Any], MappedUser | None, tuple[bytes, bytes] | None]] = []
     for user in users:
         digest = None
         hull_id = user.get("id") if isinstance(user, dict) and isinstance(user.get("id"), str) else None
         if hull_id:
-            digest = source_digest(user, keys, fingerprint)
+            fields = source_fields(user, keys)
+            digest = None if fields is None else (fingerprint, fields)
             sealed = seals.get(hull_id)
-            if digest is not None and sealed is not None and source_seal(digest, sealed[1]) == sealed[0]:
+            if fields is not None and sealed is not None and source_seal(fingerprint, fields, sealed[1]) == sealed[0]:
                 mapped_users.append((user, None, digest))
                 continue
         try:
@@ -215,7 +216,7 @@ def plan_page(
                     timestamp=_unix_or_none(user.get("indexed_at")),
                     update_only=update_only,
                     target_mapping=settings.user_id_mapping,
-                    source_digest=digest,
+                    source=digest,
                     unchanged_source=True,
                 )
             )
@@ -232,7 +233,7 @@ def plan_page(
             timestamp=mapped.indexed_at,
             update_only=update_only,
             target_mapping=settings.user_id_mapping,
-            source_digest=digest,
+            source=digest,
         )
         if action in (DELETE, SUPPRESS, UNSET_SEGMENTS):
             # The person that was created, even if the id changed since.
