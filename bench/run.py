@@ -416,6 +416,25 @@ def worker(spec: dict) -> dict:
 
         return wrapper
 
+    if spec.get("no_plan_ahead"):
+        # Measuring the lever: every page planned in its own task, as before PagePlanner.
+        class NoPlanner:
+            def __init__(self, runtime):
+                pass
+
+            def take(self, users):
+                return None
+
+            def submit(self, next_users):
+                pass
+
+            def recorded(self, users):
+                pass
+
+            def close(self):
+                pass
+
+        sync_users_module.PagePlanner = NoPlanner
     sync_users_module._sync_users_stream = timed_phase("users", sync_users_module._sync_users_stream)
     sync_users_module.walk_events = timed_phase("events", sync_users_module.walk_events)
     users_task.sync_page = counted("users", users_task.sync_page)
@@ -688,6 +707,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--webhooks", type=int, default=10_000, help="webhooks sent per database (webhooks scenario)")
     parser.add_argument("--databases", default="sqlite,postgresql", help="webhooks scenario: sqlite, postgresql")
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU accounting by kind of work")
+    parser.add_argument(
+        "--no-plan-ahead", action="store_true", help="plan each page in its own task (measures PagePlanner)"
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile the runs (no throughput figures)")
     parser.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -843,6 +865,7 @@ def users_scenario(args) -> str:
                 "events": args.events,
                 "params": params,
                 "profile": args.profile,
+                "no_plan_ahead": args.no_plan_ahead,
                 "cpu": not args.no_cpu,
                 "pids": pids,
                 "env": {
@@ -982,7 +1005,8 @@ def users_scenario(args) -> str:
 
     parts = [
         f"Users: `--users {args.users} --mode {args.mode}{' --events' if args.events else ''}`, "
-        f"simulators {args.sims}, push_concurrency {concurrency}.",
+        f"simulators {args.sims}, push_concurrency {concurrency}"
+        f"{'; pages planned in their own task (--no-plan-ahead)' if args.no_plan_ahead else ''}.",
         markdown(USER_COLUMNS, rows),
     ]
     if event_rows:

@@ -12,6 +12,7 @@ Besides the action, a plan says how the person's identity changes in Customer.io
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -200,6 +201,8 @@ def plan_page(
         if position is None or column not in columns:
             return None
         value = columns[column][position]
+        if column in _JSON_TEXT and isinstance(value, str):
+            value = json.loads(value)  # read from state as JSON text (cio_sync/store/users.py)
         return None if _missing(value) else value
 
     for (user, mapped, digest), action, reason in zip(mapped_users, decided["action"], decided["reason"]):
@@ -291,6 +294,8 @@ def _column(state: pd.DataFrame, name: str) -> pd.Series:
     return state[name] if name in state else pd.Series([None] * len(state), index=state.index, dtype=object)
 
 
+# State columns that may hold JSON text, decoded when read (only an update reads them).
+_JSON_TEXT = frozenset({"attribute_names", "attribute_digests"})
 _PLAN_COLUMNS = ("cio_id", "created_at", "cio_id_mapping", "attribute_names", "suppressed_at", "attribute_digests")
 
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, Engine, bindparam, func, select, update
+from sqlalchemy import Connection, Engine, Text, bindparam, cast, func, select, update
 
 from cio_sync.store.db import as_utc, upsert, user_state, utcnow
 
@@ -26,19 +26,26 @@ STATE_FRAME_COLUMNS = [
 ]
 
 
+# Read as their JSON text: only an update needs them, and most users read are unchanged.
+# The diff decodes them when it needs them (cio_sync/rules/plan.py).
+JSON_TEXT_COLUMNS = ("attribute_names", "attribute_digests")
+
+
 def load_user_state(engine: Engine, hull_ids: Iterable[str]) -> pd.DataFrame:
-    """State rows of one page of users (never the whole table)."""
+    """State rows of one page of users (never the whole table). Every column holds plain
+    Python values (`object`: pandas does not convert the datetimes, which a page reads back
+    one by one); the JSON_TEXT_COLUMNS hold JSON text."""
     ids = list(hull_ids)
     rows: list[Any] = []
+    columns = [
+        cast(user_state.c[c], Text).label(c) if c in JSON_TEXT_COLUMNS else user_state.c[c]
+        for c in STATE_FRAME_COLUMNS
+    ]
     with engine.connect() as connection:
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            rows.extend(
-                connection.execute(
-                    select(*(user_state.c[c] for c in STATE_FRAME_COLUMNS)).where(user_state.c.hull_id.in_(chunk))
-                ).all()
-            )
-    return pd.DataFrame([tuple(r) for r in rows], columns=STATE_FRAME_COLUMNS)
+            rows.extend(connection.execute(select(*columns).where(user_state.c.hull_id.in_(chunk))).all())
+    return pd.DataFrame([tuple(r) for r in rows], columns=STATE_FRAME_COLUMNS, dtype=object)
 
 
 def record_user_outcomes(connection: Connection, rows: list[dict[str, Any]]) -> None:
