@@ -28,7 +28,7 @@ from cio_sync.store.db import utcnow
 from cio_sync.store.deletions import cancel_for_users, plan_deletions
 from cio_sync.store.failed import USERS
 from cio_sync.store.sync_log import latest_logged_values, write_log_rows
-from cio_sync.store.users import live_cio_id_holders, load_user_state, record_user_outcomes
+from cio_sync.store.users import live_cio_id_holders, load_user_state, record_user_outcomes, reseal_unchanged
 
 # Why a planned deletion is planned (decision rule 3).
 LEFT_SEGMENTS = "left every synchronized segment"
@@ -147,8 +147,14 @@ def record_page(
     decided_otherwise = [
         p.hull_id for p in plans or [] if p.action != DELETE and (p.mapped is not None or p.unchanged_source)
     ]
+    reseals = [
+        (p.hull_id, p.mapped.attributes_hash, p.source_seal)
+        for p in plans or []
+        if p.reseal and p.mapped is not None and p.source_seal is not None
+    ]
     with runtime.engine.begin() as connection:
         record_user_outcomes(connection, rows)
+        reseal_unchanged(connection, reseals)
         write_log_rows(connection, log)
         plan_deletions(connection, [deletion_row(p) for p in deferred], flow_run_id)
         cancel_for_users(connection, decided_otherwise, "decided again without a delete")

@@ -77,6 +77,9 @@ class UserPlan:
     source: tuple[bytes, bytes] | None = None
     # Decided `unchanged` from the source digest alone: `mapped` is None (never mapped).
     unchanged_source: bool = False
+    # Mapped and found unchanged while state's digest is missing or stale (a settings change,
+    # rows from before it was kept): the page writes it, so the next run skips the mapping.
+    reseal: bool = False
 
     @property
     def source_seal(self) -> str | None:
@@ -238,6 +241,8 @@ def plan_page(
             target_mapping=settings.user_id_mapping,
             source=digest,
         )
+        if action == SKIP and reason == "unchanged" and digest is not None:
+            plan.reseal = seals.get(mapped.hull_id, ("", ""))[0] != plan.source_seal
         if action in (DELETE, SUPPRESS, UNSET_SEGMENTS):
             # The person that was created, even if the id changed since.
             plan.target_id = at("cio_id", position)

@@ -38,8 +38,7 @@ def load_user_state(engine: Engine, hull_ids: Iterable[str]) -> pd.DataFrame:
     ids = list(hull_ids)
     rows: list[Any] = []
     columns = [
-        cast(user_state.c[c], Text).label(c) if c in JSON_TEXT_COLUMNS else user_state.c[c]
-        for c in STATE_FRAME_COLUMNS
+        cast(user_state.c[c], Text).label(c) if c in JSON_TEXT_COLUMNS else user_state.c[c] for c in STATE_FRAME_COLUMNS
     ]
     with engine.connect() as connection:
         for start in range(0, len(ids), 500):
@@ -53,6 +52,21 @@ def record_user_outcomes(connection: Connection, rows: list[dict[str, Any]]) -> 
     for row in rows:
         row.setdefault("updated_at", now)
     upsert(connection, user_state, rows, "hull_id")
+
+
+def reseal_unchanged(connection: Connection, rows: list[tuple[str, str, str]]) -> None:
+    """(hull id, attributes hash, source digest) of users the diff mapped and found unchanged:
+    their digest is written, only where the hash is still that one (`updated_at` is left
+    alone: nothing was synced)."""
+    if not rows:
+        return
+    statement = (
+        update(user_state)
+        .where(user_state.c.hull_id == bindparam("row_hull_id"))
+        .where(user_state.c.attributes_hash == bindparam("row_hash"))
+        .values(source_digest=bindparam("row_seal"))
+    )
+    connection.execute(statement, [{"row_hull_id": h, "row_hash": a, "row_seal": s} for h, a, s in rows])
 
 
 def pending_writebacks(engine: Engine, limit: int, hull_ids: list[str] | None = None) -> list[dict[str, Any]]:

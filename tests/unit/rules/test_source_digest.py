@@ -9,7 +9,7 @@ import copy
 import math
 import random
 from datetime import datetime, timezone
-from typing import Any, get_args
+from typing import Any, ClassVar, get_args
 
 import pandas as pd
 import pytest
@@ -127,7 +127,9 @@ def mutations(user: dict[str, Any], s: ConnectorSettings) -> list[tuple[str, dic
     out = []
     for key in top:
         for label, value in (("changed", "zz-other"), ("null", None), ("one", 1), ("float", 1.0), ("true", True)):
-            if user.get(key, object()) is value or (key in user and user[key] == value and type(user[key]) is type(value)):
+            if user.get(key, object()) is value or (
+                key in user and user[key] == value and type(user[key]) is type(value)
+            ):
                 continue
             out.append((f"{key} {label}", {**copy.deepcopy(user), key: value}))
         if key in user:
@@ -166,7 +168,7 @@ def test_every_key_map_user_reads_is_covered():
     """map_user run on a recording dict: every key it looks at is in `source_keys`."""
 
     class Recording(dict):
-        seen: set[str] = set()
+        seen: ClassVar[set[str]] = set()
 
         def __contains__(self, key):
             Recording.seen.add(key)
@@ -218,7 +220,7 @@ def changed_setting(name: str, value: Any) -> Any:
 
 
 def test_a_change_in_any_setting_that_may_shape_the_mapping_defeats_the_fast_path():
-    assert NOT_MAPPING_SETTINGS <= set(ConnectorSettings.model_fields)  # no stale names
+    assert set(ConnectorSettings.model_fields) >= NOT_MAPPING_SETTINGS  # no stale names
     base = settings(on_segment_exit="keep", max_deletions_per_run=None)
     fp = mapping_fingerprint(base, NAMES, WHITELISTED)
     state = accepted_state(USER, base)
@@ -315,3 +317,14 @@ def test_random_documents_decide_as_the_full_mapping_does():
             skipped += 1
             assert map_user(user, s, NAMES, WHITELISTED).attributes_hash == hashes[plan.hull_id]
     assert skipped > 100  # most are untouched or touched only outside the synced fields
+
+
+def test_a_user_mapped_and_found_unchanged_without_its_digest_is_resealed():
+    s = settings()
+    state = accepted_state(USER, s)
+    assert not plan_one(USER, state, s).reseal  # the fast path: nothing to write
+    plan = plan_one(USER, without_seal(state), s)
+    assert (plan.action, plan.reason, plan.reseal) == (SKIP, "unchanged", True)
+    assert plan.source_seal == state["source_digest"][0]  # what the fast path then matches
+    changed = plan_one({**USER, "traits_coconuts": 13}, without_seal(state), s)
+    assert changed.action == "update" and not changed.reseal  # the update's row carries it
