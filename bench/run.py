@@ -321,6 +321,29 @@ def event_calls(hull_url: str, users: list[dict]) -> list[tuple[str, dict]]:
     return calls
 
 
+def source_ceiling(hull_url: str, batch_size: int) -> tuple[int, float]:
+    """The source's own ceiling: a bare keyset walk of every user in the Hull simulator, with
+    the connector's own queries, client and decoder (`fetch_users_page`), one page after the
+    other, and nothing done with the users. Returns (users read, seconds)."""
+    from cio_sync.pipeline.extract import fetch_users_page, walk_bound
+    from cio_sync.store.cursors import Cursor
+    from connectors.hull import HullClient
+
+    hull = HullClient(f"{hull_url}/api/v1", f"{hull_url}/firehose", "acme.hullapp.io", HULL_CONNECTOR_ID, HULL_SECRET)
+    until = walk_bound(hull)
+    cursor, read = Cursor(), 0
+    started = time.perf_counter()
+    while True:
+        page = fetch_users_page(hull, cursor, batch_size, until=until)
+        if not page.users:
+            break
+        read += len(page.users)
+        cursor = page.cursor
+    seconds = time.perf_counter() - started
+    hull.close()
+    return read, seconds
+
+
 def raw_floor(cio_url: str, calls: list[tuple[str, dict]], threads: int, method: str = "PUT") -> float:
     """Calls/s of bare `requests.Session` loops, `threads` of them, one Session each."""
     import requests
@@ -393,8 +416,27 @@ def worker(spec: dict) -> dict:
 
         return wrapper
 
+    if spec.get("no_plan_ahead"):
+        # Measuring the lever: every page planned in its own task, as before PagePlanner.
+        class NoPlanner:
+            def __init__(self, runtime):
+                pass
+
+            def take(self, users):
+                return None
+
+            def submit(self, next_users):
+                pass
+
+            def recorded(self, users):
+                pass
+
+            def close(self):
+                pass
+
+        sync_users_module.PagePlanner = NoPlanner
     sync_users_module._sync_users_stream = timed_phase("users", sync_users_module._sync_users_stream)
-    sync_users_module._sync_events = timed_phase("events", sync_users_module._sync_events)
+    sync_users_module.walk_events = timed_phase("events", sync_users_module.walk_events)
     users_task.sync_page = counted("users", users_task.sync_page)
     events_task.run_events_page = counted("events", events_task.run_events_page)
 
@@ -665,6 +707,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--webhooks", type=int, default=10_000, help="webhooks sent per database (webhooks scenario)")
     parser.add_argument("--databases", default="sqlite,postgresql", help="webhooks scenario: sqlite, postgresql")
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU accounting by kind of work")
+    parser.add_argument(
+        "--no-plan-ahead", action="store_true", help="plan each page in its own task (measures PagePlanner)"
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile the runs (no throughput figures)")
     parser.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -820,6 +865,7 @@ def users_scenario(args) -> str:
                 "events": args.events,
                 "params": params,
                 "profile": args.profile,
+                "no_plan_ahead": args.no_plan_ahead,
                 "cpu": not args.no_cpu,
                 "pids": pids,
                 "env": {
@@ -906,6 +952,29 @@ def users_scenario(args) -> str:
                 )
         if not args.profile:
             measure_floors("after the runs")
+            # The rerun reads and decides only: its ceiling is what the source can serve.
+            load = os.getloadavg()[0]
+            hull_before = process_cpu_seconds(hull.process.pid if hull.process else None)
+            read, seconds = source_ceiling(hull.url, args.users_per_batch or 500)
+            hull_after = process_cpu_seconds(hull.process.pid if hull.process else None)
+            ceiling = read / seconds
+            rows.append(
+                {
+                    "n": args.users,
+                    "mode": "source ceiling",
+                    "run": "bare keyset walk of Hull, after the runs",
+                    "load": load,
+                    "read": read,
+                    "seconds": seconds,
+                    "users_s": ceiling,
+                    "hull_rss": hull.peak_rss_mb(),
+                    "vs_floor": f"Hull sim CPU {hull_after - hull_before:.1f} s" if hull_before is not None else None,
+                }
+            )
+            print(f"source ceiling: {ceiling:,.0f} users/s (bare keyset walk, {read:,} users), load {load:.2f}")
+            for row in rows:
+                if row.get("run") == "rerun" and row.get("users_s"):
+                    row["vs_floor"] = f"{100 * row['users_s'] / ceiling:.0f}% of the source ceiling"
         # Ratios against the mean of the best floors measured before and after the runs (the
         # machine's load moves in between); the CPU ratio does not depend on the load.
         best_floor = sum(floor_rates["identify"]) / len(floor_rates["identify"])
@@ -936,7 +1005,8 @@ def users_scenario(args) -> str:
 
     parts = [
         f"Users: `--users {args.users} --mode {args.mode}{' --events' if args.events else ''}`, "
-        f"simulators {args.sims}, push_concurrency {concurrency}.",
+        f"simulators {args.sims}, push_concurrency {concurrency}"
+        f"{'; pages planned in their own task (--no-plan-ahead)' if args.no_plan_ahead else ''}.",
         markdown(USER_COLUMNS, rows),
     ]
     if event_rows:

@@ -23,7 +23,7 @@ from cio_sync.pipeline.rerun import retry_failed_batches
 from cio_sync.pipeline.resync import resync_requested
 from cio_sync.pipeline.summary import SyncSummary
 from cio_sync.pipeline.sync_log import plan_markdown
-from cio_sync.pipeline.users_page import PageIncomplete
+from cio_sync.pipeline.users_page import PageIncomplete, PagePlanner
 from cio_sync.pipeline.watermarks import EventsWindow, events_window, not_behind, users_walk_start
 from cio_sync.pipeline.writeback import WriteBackPipeline, write_back
 from cio_sync.redact import scrub, scrub_obj, scrubbed_errors
@@ -301,6 +301,8 @@ def _sync_users_stream(
     write_backs = (
         None if runtime.dry_run else WriteBackPipeline(runtime.hull, runtime.engine, runtime.settings.user_id_mapping)
     )
+    # Plans page k+1 (map, diff) while page k is pushed: Customer.io is not left waiting.
+    planner = PagePlanner(runtime)
     phase = Phase(USERS)  # one breaker and one failed batch for every page of the phase
     try:
         while max_pages is None or pages < max_pages:
@@ -311,6 +313,8 @@ def _sync_users_stream(
                     break
                 if lease is not None:
                     lease.check()  # raises LeaseLost: another run took the lease over
+                planned = planner.take(fetched.users)
+                planner.submit(pages_ahead.next_users())
                 page_summary = sync_users_page_task(
                     quoted(runtime),
                     quoted(fetched.users),
@@ -320,7 +324,9 @@ def _sync_users_stream(
                     quoted(write_backs),
                     quoted(phase),
                     SyncSummary.MAX_PLAN_SAMPLE - len(summary.plan_sample),
+                    quoted(planned),
                 )
+                planner.recorded(fetched.users)
             except AuthError as exc:
                 failure = f"Stopped: {exc}. Nothing from the failing page was marked as synced."
                 break
@@ -339,6 +345,7 @@ def _sync_users_stream(
                 ", ".join(f"{k}={v}" for k, v in sorted(page_summary.decisions.items())),
             )
     finally:
+        planner.close()
         pages_ahead.close()
         if write_backs is not None:
             try:

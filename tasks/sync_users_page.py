@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from cio_sync.pipeline.phase import Phase
 from cio_sync.pipeline.summary import SyncSummary
-from cio_sync.pipeline.users_page import sync_page
+from cio_sync.pipeline.users_page import PlannedPage, sync_page
 from cio_sync.pipeline.writeback import WriteBackPipeline
 from cio_sync.redact import scrubbed_errors
 from cio_sync.runtime import SyncRuntime
@@ -27,6 +27,7 @@ def sync_users_page_task(
     write_backs: WriteBackPipeline | None = None,
     phase: Phase | None = None,
     room: int = SyncSummary.MAX_PLAN_SAMPLE,
+    planned: PlannedPage | None = None,
 ) -> SyncSummary:
     with scrubbed_errors():  # a Failed task state shows the message in the UI
-        return sync_page(runtime, users, cursor_name, next_cursor, flow_run_id, write_backs, phase, room)
+        return sync_page(runtime, users, cursor_name, next_cursor, flow_run_id, write_backs, phase, room, planned)

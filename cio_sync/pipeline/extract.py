@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -99,38 +101,86 @@ def fetch_users_page(
 
 
 class UserPagePrefetcher:
-    """Reads the next page of users from Hull while the current one is being synced.
+    """Reads the next pages of users from Hull while the current one is being synced.
 
     The next page's query depends only on the cursor just past the current page, known as
     soon as the current page is read; reading it in a background thread lets Hull's time
     overlap with planning, pushing and writing back the current page instead of adding to it.
-    A page is only used for the cursor it was read from; any other cursor reads afresh.
-    Users re-indexed by the current page's write-back may be missed by the read already in
-    flight: the next run reads them (they are unchanged, so it sends nothing)."""
+    Up to `depth` pages are read ahead, one after the other (each read starts as soon as the
+    one before it is in). A page is only used for the cursor it was read from; any other cursor
+    reads afresh. Users re-indexed by a write-back may be missed by a read already in flight:
+    the next run reads them (they are unchanged, so it sends nothing)."""
 
-    def __init__(self, hull: HullClient, batch_size: int, shard: Shard = WHOLE, until: str | None = None):
-        self.hull, self.batch_size, self.shard, self.until = hull, batch_size, shard, until
+    DEPTH = 2
+
+    def __init__(
+        self, hull: HullClient, batch_size: int, shard: Shard = WHOLE, until: str | None = None, depth: int = DEPTH
+    ):
+        self.hull, self.batch_size, self.shard, self.until, self.depth = hull, batch_size, shard, until, depth
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hull-prefetch")
-        self._ahead: tuple[Cursor, Future] | None = None
+        # Reentrant: a read already done when queued chains the next one in the same thread.
+        self._lock = threading.RLock()
+        self._ahead: list[tuple[Cursor, Future[UsersPage]]] = []  # oldest first
+        self._closed = False
+
+    def _read_after(self, cursor: Cursor) -> None:
+        """Queues the read of the page after `cursor` (under the lock), and, once it is in, the
+        read of the page after that, while fewer than `depth` pages are ahead."""
+        if self._closed or len(self._ahead) >= self.depth:
+            return
+        future = self._pool.submit(fetch_users_page, self.hull, cursor, self.batch_size, self.shard, self.until)
+        self._ahead.append((cursor, future))
+        future.add_done_callback(self._chain)
+
+    def _chain(self, future: Future[UsersPage]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        page = future.result()
+        if page.users:
+            with self._lock:
+                if self._ahead and self._ahead[-1][1] is future:
+                    self._read_after(page.cursor)
 
     def fetch(self, cursor: Cursor) -> UsersPage:
-        page = None
-        if self._ahead is not None:
-            ahead_cursor, future = self._ahead
-            self._ahead = None
-            if ahead_cursor == cursor:
-                page = future.result()  # re-raises the read's error (AuthError stops the run)
+        future = None
+        with self._lock:
+            if self._ahead and self._ahead[0][0] == cursor:
+                future = self._ahead.pop(0)[1]
+            elif self._ahead:  # another cursor: what was read ahead is of no use
+                self._ahead.clear()
+        page = future.result() if future is not None else None  # re-raises the read's error
         if page is None:
             page = fetch_users_page(self.hull, cursor, self.batch_size, self.shard, self.until)
         if page.users:
-            self._ahead = (
-                page.cursor,
-                self._pool.submit(fetch_users_page, self.hull, page.cursor, self.batch_size, self.shard, self.until),
-            )
+            with self._lock:
+                if not self._ahead:
+                    self._read_after(page.cursor)
+                elif self._ahead[-1][1].done() and not self._ahead[-1][1].exception():
+                    last = self._ahead[-1][1].result()
+                    if last.users:
+                        self._read_after(last.cursor)
         return page
 
+    def next_users(self) -> Callable[[], list[dict[str, Any]] | None]:
+        """A function that waits for the next page read ahead (if any) and returns its users:
+        the list the next `fetch` returns, if it is called with the cursor it was read from."""
+        with self._lock:
+            ahead = self._ahead[0] if self._ahead else None
+
+        def users() -> list[dict[str, Any]] | None:
+            if ahead is None:
+                return None
+            try:
+                return ahead[1].result().users
+            except Exception:  # the next `fetch` re-raises it
+                return None
+
+        return users
+
     def close(self) -> None:
-        self._ahead = None
+        with self._lock:
+            self._closed = True
+            self._ahead.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 

@@ -8,6 +8,9 @@ it sends nothing again.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from cio_sync.pipeline.batch_push import push_page_v2
@@ -25,7 +28,7 @@ from cio_sync.store.db import utcnow
 from cio_sync.store.deletions import cancel_for_users, plan_deletions
 from cio_sync.store.failed import USERS
 from cio_sync.store.sync_log import latest_logged_values, write_log_rows
-from cio_sync.store.users import live_cio_id_holders, load_user_state, record_user_outcomes
+from cio_sync.store.users import live_cio_id_holders, load_user_state, record_user_outcomes, reseal_unchanged
 
 # Why a planned deletion is planned (decision rule 3).
 LEFT_SEGMENTS = "left every synchronized segment"
@@ -85,13 +88,14 @@ def outcome_row(outcome: UserOutcome, now) -> dict[str, Any]:
         elif plan.action == UNSET_SEGMENTS:
             # The person stays; an empty segment list marks it unset, and no hash makes its
             # return to a segment a full update.
-            row.update(segment_ids=[], attributes_hash=None, attribute_digests=None)
+            row.update(segment_ids=[], attributes_hash=None, attribute_digests=None, source_digest=None)
         else:
             assert plan.mapped is not None
             row.update(
                 cio_id=plan.target_id,
                 cio_id_mapping=plan.target_mapping,
                 attributes_hash=plan.mapped.attributes_hash,
+                source_digest=plan.source_seal,
                 attribute_names=tracked_names(plan.mapped.attributes),
                 attribute_digests=plan.mapped.attribute_digests,
                 segment_ids=plan.mapped.whitelisted_segment_ids,
@@ -140,9 +144,17 @@ def record_page(
     log = log_rows(plans or [], outcomes, run_id_or_local(flow_run_id), now, runtime.settings.sync_log_values)
     retryable = [o for o in outcomes if o.error_kind in ("transient", "not_attempted")]
     deferred = [p for p in plans or [] if p.action == DELETE]
-    decided_otherwise = [p.hull_id for p in plans or [] if p.action != DELETE and p.mapped is not None]
+    decided_otherwise = [
+        p.hull_id for p in plans or [] if p.action != DELETE and (p.mapped is not None or p.unchanged_source)
+    ]
+    reseals = [
+        (p.hull_id, p.mapped.attributes_hash, p.source_seal)
+        for p in plans or []
+        if p.reseal and p.mapped is not None and p.source_seal is not None
+    ]
     with runtime.engine.begin() as connection:
         record_user_outcomes(connection, rows)
+        reseal_unchanged(connection, reseals)
         write_log_rows(connection, log)
         plan_deletions(connection, [deletion_row(p) for p in deferred], flow_run_id)
         cancel_for_users(connection, decided_otherwise, "decided again without a delete")
@@ -211,6 +223,87 @@ def dry_run_sample(runtime: SyncRuntime, plans: list[UserPlan], room: int) -> li
     return plan_sample(changing, room, values, old_values)
 
 
+@dataclass
+class PlannedPage:
+    """One page's plans, made ahead (`PagePlanner`) while the page before was pushed.
+
+    Planning reads two things from state: the page's own rows, which no other page of the walk
+    writes (keyset pages never share a user), and who holds the Customer.io ids the page sends
+    (the `duplicate_id` rule), which the page before may change. So the plans are used only if
+    the page shares no user with the pages recorded meanwhile and the holders of those ids are
+    still the ones planning saw; otherwise the page is planned again."""
+
+    users: list[dict[str, Any]]  # the very list planned
+    plans: list[UserPlan]
+    holder_ids: list[str] = field(default_factory=list)
+    holders: dict[str, str] = field(default_factory=dict)
+
+    def still_valid(self, runtime: SyncRuntime, recorded_since: set[str]) -> bool:
+        if recorded_since & {p.hull_id for p in self.plans}:
+            return False
+        return not self.holder_ids or live_cio_id_holders(runtime.engine, self.holder_ids) == self.holders
+
+
+def plan_users(runtime: SyncRuntime, users: list[dict[str, Any]]) -> PlannedPage:
+    """Loads a page's state rows and plans it (map → decide → duplicate ids)."""
+    ids = [u["id"] for u in users if isinstance(u, dict) and isinstance(u.get("id"), str)]
+    state = load_user_state(runtime.engine, ids)
+    planned = PlannedPage(users, [])
+
+    def id_holders(cio_ids: list[str]) -> dict[str, str]:
+        found = live_cio_id_holders(runtime.engine, cio_ids)
+        planned.holder_ids, planned.holders = list(cio_ids), dict(found)
+        return found
+
+    planned.plans = plan_page(
+        users, state, runtime.settings, runtime.segment_names, runtime.whitelisted_segment_ids, id_holders=id_holders
+    )
+    return planned
+
+
+class PagePlanner:
+    """Plans the next page of users in a background thread while the current one is pushed,
+    recorded and written back, so that Customer.io is not left waiting while a page is mapped
+    and diffed. `submit` takes a function that returns the next page's users (the prefetcher's
+    read, which may still be in flight); `take` hands the plans to that page's sync, or None
+    (the page is then planned there, as without a planner)."""
+
+    def __init__(self, runtime: SyncRuntime):
+        self.runtime = runtime
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cio-plan")
+        self._ahead: Future[PlannedPage | None] | None = None
+        self._recorded: set[str] = set()  # users recorded since the page ahead was planned
+
+    def submit(self, next_users: Callable[[], list[dict[str, Any]] | None]) -> None:
+        self._recorded = set()
+
+        def work() -> PlannedPage | None:
+            users = next_users()
+            return plan_users(self.runtime, users) if users else None
+
+        self._ahead = self._pool.submit(work)
+
+    def recorded(self, users: list[dict[str, Any]]) -> None:
+        """A page whose state was recorded while the page ahead was being planned."""
+        self._recorded.update(u["id"] for u in users if isinstance(u, dict) and isinstance(u.get("id"), str))
+
+    def take(self, users: list[dict[str, Any]]) -> PlannedPage | None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return None
+        try:
+            planned = ahead.result()
+        except Exception:  # planned again in the page's own sync, which raises it properly
+            return None
+        if planned is None or planned.users is not users:
+            return None
+        return planned if planned.still_valid(self.runtime, self._recorded) else None
+
+    def close(self) -> None:
+        self._ahead = None
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 def sync_page(
     runtime: SyncRuntime,
     users: list[dict[str, Any]],
@@ -220,26 +313,22 @@ def sync_page(
     write_backs: WriteBackPipeline | None = None,
     phase: Phase | None = None,
     room: int = SyncSummary.MAX_PLAN_SAMPLE,
+    planned: PlannedPage | None = None,
 ) -> SyncSummary:
     """Plans, pushes and records one page of users; the cursor moves to `next_cursor` in the
     same transaction as the page's state rows (None: not part of a stream, nothing moves).
     Write-backs go to `write_backs` (sent in the background) or, without it, out at once.
     `phase`: the users phase's breaker and failed batch, shared by its pages (default: this
     page's own). A dry run sends nothing and samples up to `room` of the people it would
-    change, with old → new per changed attribute (the run's `sync-users-plan` artifact)."""
+    change, with old → new per changed attribute (the run's `sync-users-plan` artifact).
+    `planned`: this page's plans, made ahead by a `PagePlanner` (which checked they are still
+    valid); None: planned here."""
     breaker = phase.breaker if phase is not None else None
     summary = SyncSummary(pages=1, users_seen=len(users))
-    ids = [u["id"] for u in users if isinstance(u, dict) and isinstance(u.get("id"), str)]
-    state = load_user_state(runtime.engine, ids)
     settings = runtime.settings
-    plans = plan_page(
-        users,
-        state,
-        settings,
-        runtime.segment_names,
-        runtime.whitelisted_segment_ids,
-        id_holders=lambda cio_ids: live_cio_id_holders(runtime.engine, cio_ids),
-    )
+    if planned is None or planned.users is not users:
+        planned = plan_users(runtime, users)
+    plans = planned.plans
     summarize_plans(plans, summary)
     if runtime.dry_run:
         summary.plan_sample = dry_run_sample(runtime, plans, room)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from functools import cached_property, lru_cache
 from typing import Any
+
+import orjson
 
 from cio_sync.rules.changes import attribute_digests
 from cio_sync.settings import ConnectorSettings
@@ -167,6 +170,116 @@ def resolve_segments(configured: list[str], segments: list[dict[str, Any]]) -> t
         else:
             unknown.append(entry)
     return ids, unknown
+
+
+# ----- the unchanged fast path ----------------------------------------------------------------
+# A user whose synced Hull fields and mapping settings are exactly those of the last mapping
+# Customer.io accepted maps to the same attributes again: the diff can call it unchanged
+# without mapping it (cio_sync/rules/plan.py). `source_fields` covers every field `map_user`
+# reads except `indexed_at` (not part of the attributes); `mapping_fingerprint` covers the
+# settings and segments that shape the mapping, and MAPPING_VERSION the code itself.
+
+# Bump whenever `map_user` (or what it calls) would map the same document differently: every
+# stored digest then stops matching and the next run maps everyone again.
+MAPPING_VERSION = "1"
+# Settings that cannot change what `map_user` returns nor which decision a user gets. Every
+# other setting, present or future, is part of the fingerprint: a change re-maps everyone.
+NOT_MAPPING_SETTINGS = frozenset(
+    {
+        "rate_limit_per_second",
+        "push_concurrency",
+        "users_per_batch",
+        "events_per_batch",
+        "events_overlap_minutes",
+        "events_initial_lookback_hours",
+        "events_future_tolerance_minutes",
+        "users_overlap_seconds",
+        "failed_batch_auto_retries",
+        "max_deletions_per_run",
+        "sync_log_values",
+        "sync_log_retention_days",
+    }
+)
+
+
+def mapping_fingerprint(
+    settings: ConnectorSettings, segment_names: dict[str, str], whitelisted_ids: AbstractSet[str]
+) -> bytes:
+    """32 bytes that change when anything but the user document could change a mapping."""
+    shaping = {k: v for k, v in settings.model_dump(mode="json").items() if k not in NOT_MAPPING_SETTINGS}
+    payload = [MAPPING_VERSION, shaping, sorted(segment_names.items()), sorted(whitelisted_ids)]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=repr).encode("utf-8")).digest()
+
+
+@lru_cache(maxsize=64)
+def source_keys(user_id_mapping: str, hull_names: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(top-level keys, `account` keys) of a user document that `map_user` may read."""
+    top = ["id", "segment_ids", "email", "created_at", "anonymous_ids"]
+    account: list[str] = []
+    for name in (user_id_mapping, *hull_names):
+        if name.startswith("account."):
+            account.append(name[len("account.") :])
+        else:
+            top += [name, f"traits_{name}"]
+    return tuple(dict.fromkeys(top)), tuple(dict.fromkeys(account))
+
+
+def source_fields(user: dict[str, Any], keys: tuple[tuple[str, ...], tuple[str, ...]]) -> bytes | None:
+    """The fields of `user` that `map_user` reads (`keys`, from `source_keys`) as bytes that
+    differ whenever the fields do; None when the document cannot be read safely (the user is
+    then always mapped). Present-but-null differs from absent; 1, 1.0 and True differ. Compact
+    JSON (orjson, ~1 µs a user); NaN and Infinity, which it would write as null, and any value
+    that is not plain JSON, go through `repr` instead. A reordered nested object costs only a
+    mapping."""
+    top, account_keys = keys
+    picked = {k: user[k] for k in top if k in user}
+    account_part: dict[str, Any] | None = None
+    if account_keys:
+        account = user.get("account")
+        if account:
+            if not isinstance(account, dict):
+                return None
+            account_part = {k: account[k] for k in account_keys if k in account}
+    fields = [picked, account_part]
+    try:
+        data: bytes = orjson.dumps(fields, option=_STRICT)
+    except TypeError:
+        return _repr_fields(fields)
+    if b"null" in data and _has_non_finite(fields):
+        return _repr_fields(fields)
+    return b"j" + data
+
+
+# Values orjson would serialise like plain JSON ones (datetimes as strings, subclasses and
+# dataclasses as their base) raise instead, and take the `repr` path.
+_STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def _repr_fields(fields: list[Any]) -> bytes | None:
+    try:
+        return b"r" + repr(fields).encode("utf-8", "surrogatepass")
+    except Exception:  # a value whose repr fails: not worth the risk
+        return None
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_non_finite(v) for v in value)
+    return False
+
+
+def source_seal(fingerprint: bytes, fields: bytes, attributes_hash: str) -> str:
+    """What state keeps next to `attributes_hash` (`user_state.source_digest`): the source
+    fields, the mapping fingerprint and that very hash in one digest, so a row whose hash was
+    changed or cleared by anything else never matches."""
+    digest = hashlib.blake2b(fingerprint, digest_size=16)
+    digest.update(fields)
+    digest.update(attributes_hash.encode("ascii"))
+    return digest.hexdigest()
 
 
 def map_user(

@@ -12,6 +12,7 @@ Besides the action, a plan says how the person's identity changes in Customer.io
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -32,7 +33,19 @@ from cio_sync.rules.decisions import (
     decide,
     mark_duplicate_ids,
 )
-from cio_sync.rules.mapping import REMOVED, MalformedUserError, MappedUser, chunk_attributes, map_user, removed_names
+from cio_sync.rules.mapping import (
+    REMOVED,
+    MalformedUserError,
+    MappedUser,
+    _unix_or_none,
+    chunk_attributes,
+    map_user,
+    mapping_fingerprint,
+    removed_names,
+    source_fields,
+    source_keys,
+    source_seal,
+)
 from cio_sync.settings import ConnectorSettings
 
 MERGE, DELETE_OLD = "merge", "delete_old"
@@ -59,6 +72,21 @@ class UserPlan:
     # Digests of the attributes Customer.io last accepted (cio_sync/rules/changes.py): {} for an
     # insert (a new person), None when state keeps none (the old values are unknown).
     previous_digests: dict[str, str] | None = None
+    # (mapping fingerprint, the Hull fields the mapping read): cio_sync/rules/mapping.py,
+    # `source_fields`. Kept in state, sealed with the attributes hash, once Customer.io accepts.
+    source: tuple[bytes, bytes] | None = None
+    # Decided `unchanged` from the source digest alone: `mapped` is None (never mapped).
+    unchanged_source: bool = False
+    # Mapped and found unchanged while state's digest is missing or stale (a settings change,
+    # rows from before it was kept): the page writes it, so the next run skips the mapping.
+    reseal: bool = False
+
+    @property
+    def source_seal(self) -> str | None:
+        """The state's `source_digest` for this plan, once Customer.io accepted it."""
+        if self.source is None or self.mapped is None:
+            return None
+        return source_seal(*self.source, self.mapped.attributes_hash)
 
     def changes(self) -> list[Change]:
         """The attributes this plan changes (none for a delete, a suppress or a skip)."""
@@ -84,12 +112,34 @@ def plan_page(
     """`id_holders(ids)`: which Hull user holds each of these Customer.io ids in state (live
     people only), for the `duplicate_id` rule; asked only for the ids of inserts and updates."""
     plans: list[UserPlan] = []
-    mapped_users: list[tuple[dict[str, Any], MappedUser]] = []
+    # The unchanged fast path: a user whose state row holds the seal of this very source
+    # digest and attributes hash maps to exactly those attributes (same fields, same mapping
+    # settings) and gets the page row below without being mapped. The decision table still
+    # decides; a user it does not call `unchanged` is mapped after all (same result).
+    fingerprint = mapping_fingerprint(settings, segment_names, whitelisted_ids)
+    keys = source_keys(settings.user_id_mapping, tuple(settings.synchronized_attributes))
+    seals: dict[str, tuple[str, str]] = {}
+    if "source_digest" in state:
+        seals = {
+            h: (seal, attributes_hash)
+            for h, seal, attributes_hash in zip(state["hull_id"], state["source_digest"], state["attributes_hash"])
+            if isinstance(seal, str) and isinstance(attributes_hash, str)
+        }
+    # (user, mapped or None when the source digest says unchanged, source digest)
+    mapped_users: list[tuple[dict[str, Any], MappedUser | None, tuple[bytes, bytes] | None]] = []
     for user in users:
+        digest = None
+        hull_id = user.get("id") if isinstance(user, dict) and isinstance(user.get("id"), str) else None
+        if hull_id:
+            fields = source_fields(user, keys)
+            digest = None if fields is None else (fingerprint, fields)
+            sealed = seals.get(hull_id)
+            if fields is not None and sealed is not None and source_seal(fingerprint, fields, sealed[1]) == sealed[0]:
+                mapped_users.append((user, None, digest))
+                continue
         try:
-            mapped_users.append((user, map_user(user, settings, segment_names, whitelisted_ids)))
+            mapped_users.append((user, map_user(user, settings, segment_names, whitelisted_ids), digest))
         except MalformedUserError as exc:
-            hull_id = user.get("id") if isinstance(user, dict) and isinstance(user.get("id"), str) else None
             plans.append(UserPlan(hull_id or "?", SKIP, f"malformed: {exc}", None, None, None))
     if not mapped_users:
         return plans
@@ -97,14 +147,20 @@ def plan_page(
     page = pd.DataFrame(
         [
             (
-                m.hull_id,
-                m.email is not None,
-                bool(m.whitelisted_segment_ids),
-                m.cio_id is not None,
-                m.id_error is None,
-                m.attributes_hash,
+                (user["id"], True, True, True, True, seals[user["id"]][1])
+                # What mapping gave when the seal was written (an accepted insert or update):
+                # email, whitelisted segments, a valid id, and this hash.
+                if m is None
+                else (
+                    m.hull_id,
+                    m.email is not None,
+                    bool(m.whitelisted_segment_ids),
+                    m.cio_id is not None,
+                    m.id_error is None,
+                    m.attributes_hash,
+                )
             )
-            for _, m in mapped_users
+            for user, m, _ in mapped_users
         ],
         columns=PAGE_COLUMNS,
     )
@@ -123,17 +179,22 @@ def plan_page(
     )
     update_only = settings.sync_mode == "update_only"
     decided = decide(page, state_frame, settings.segment_exit, update_only)
+    # Users the digest skipped but the decision table did not call unchanged (say the person
+    # was deleted since): mapped now, which gives the very page row they were decided on.
+    for i, ((user, m, digest), action, reason) in enumerate(zip(mapped_users, decided["action"], decided["reason"])):
+        if m is None and (action, reason) != (SKIP, "unchanged"):
+            mapped_users[i] = (user, map_user(user, settings, segment_names, whitelisted_ids), digest)
     # Row positions in a plain dict and the few columns the plans read as plain lists: `.loc`
     # or `.iat` per user cost more than the whole vectorised decision.
     state_position = {hull_id: i for i, hull_id in enumerate(state["hull_id"])}
-    cio_ids = [m.cio_id for _, m in mapped_users]
+    cio_ids = [m.cio_id if m is not None else None for _, m, _ in mapped_users]
     # Who holds an id is asked only for ids their user does not already hold in state (inserts,
     # id changes): an update under the user's own id is the usual case and needs no query.
     held = {hull_id: cio_id for hull_id, cio_id in zip(state["hull_id"], state["cio_id"])}
     to_check = [
         m.cio_id
-        for (_, m), a in zip(mapped_users, decided["action"])
-        if m.cio_id is not None and a in (INSERT, UPDATE) and held.get(m.hull_id) != m.cio_id
+        for (_, m, _), a in zip(mapped_users, decided["action"])
+        if m is not None and m.cio_id is not None and a in (INSERT, UPDATE) and held.get(m.hull_id) != m.cio_id
     ]
     decided = mark_duplicate_ids(decided, cio_ids, id_holders(to_check) if id_holders and to_check else {})
 
@@ -143,9 +204,29 @@ def plan_page(
         if position is None or column not in columns:
             return None
         value = columns[column][position]
+        if column in _JSON_TEXT and isinstance(value, str):
+            value = json.loads(value)  # read from state as JSON text (cio_sync/store/users.py)
         return None if _missing(value) else value
 
-    for (user, mapped), action, reason in zip(mapped_users, decided["action"], decided["reason"]):
+    for (user, mapped, digest), action, reason in zip(mapped_users, decided["action"], decided["reason"]):
+        if mapped is None:
+            position = state_position.get(user["id"])
+            plans.append(
+                UserPlan(
+                    hull_id=user["id"],
+                    action=action,
+                    reason=reason,
+                    mapped=None,
+                    external_id=user.get("external_id"),
+                    target_id=at("cio_id", position),
+                    timestamp=_unix_or_none(user.get("indexed_at")),
+                    update_only=update_only,
+                    target_mapping=settings.user_id_mapping,
+                    source=digest,
+                    unchanged_source=True,
+                )
+            )
+            continue
         position = state_position.get(mapped.hull_id)
         plan = UserPlan(
             hull_id=mapped.hull_id,
@@ -158,7 +239,10 @@ def plan_page(
             timestamp=mapped.indexed_at,
             update_only=update_only,
             target_mapping=settings.user_id_mapping,
+            source=digest,
         )
+        if action == SKIP and reason == "unchanged" and digest is not None:
+            plan.reseal = seals.get(mapped.hull_id, ("", ""))[0] != plan.source_seal
         if action in (DELETE, SUPPRESS, UNSET_SEGMENTS):
             # The person that was created, even if the id changed since.
             plan.target_id = at("cio_id", position)
@@ -215,6 +299,8 @@ def _column(state: pd.DataFrame, name: str) -> pd.Series:
     return state[name] if name in state else pd.Series([None] * len(state), index=state.index, dtype=object)
 
 
+# State columns that may hold JSON text, decoded when read (only an update reads them).
+_JSON_TEXT = frozenset({"attribute_names", "attribute_digests"})
 _PLAN_COLUMNS = ("cio_id", "created_at", "cio_id_mapping", "attribute_names", "suppressed_at", "attribute_digests")
 
 

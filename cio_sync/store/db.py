@@ -59,6 +59,9 @@ user_state = Table(
     # 0007: name → short digest of each attribute value Customer.io last accepted (not the
     # values): which attributes a change touches, and the dry run's old → new.
     Column("attribute_digests", JSON),
+    # 0009: the digest of the Hull fields and mapping settings that gave `attributes_hash`,
+    # sealed with it (cio_sync/rules/mapping.py): equal again means unchanged without mapping.
+    Column("source_digest", String(32)),
     Index("ix_user_state_cio_id", "cio_id"),  # who holds a Customer.io id (`duplicate_id`)
 )
 

@@ -99,7 +99,7 @@ def forget_sent_state(engine: Engine, hull_ids: list[str]) -> None:
             connection.execute(
                 update(user_state)
                 .where(user_state.c.hull_id.in_(hull_ids[start : start + CHUNK]))
-                .values(attributes_hash=None, rejected_hash=None)
+                .values(attributes_hash=None, rejected_hash=None, source_digest=None)
             )
 
 

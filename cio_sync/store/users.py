@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, Engine, bindparam, func, select, update
+from sqlalchemy import Connection, Engine, Text, bindparam, cast, func, select, update
 
 from cio_sync.store.db import as_utc, upsert, user_state, utcnow
 
@@ -22,22 +22,29 @@ STATE_FRAME_COLUMNS = [
     "suppressed_at",
     "rejected_hash",
     "attribute_digests",
+    "source_digest",
 ]
 
 
+# Read as their JSON text: only an update needs them, and most users read are unchanged.
+# The diff decodes them when it needs them (cio_sync/rules/plan.py).
+JSON_TEXT_COLUMNS = ("attribute_names", "attribute_digests")
+
+
 def load_user_state(engine: Engine, hull_ids: Iterable[str]) -> pd.DataFrame:
-    """State rows of one page of users (never the whole table)."""
+    """State rows of one page of users (never the whole table). Every column holds plain
+    Python values (`object`: pandas does not convert the datetimes, which a page reads back
+    one by one); the JSON_TEXT_COLUMNS hold JSON text."""
     ids = list(hull_ids)
     rows: list[Any] = []
+    columns = [
+        cast(user_state.c[c], Text).label(c) if c in JSON_TEXT_COLUMNS else user_state.c[c] for c in STATE_FRAME_COLUMNS
+    ]
     with engine.connect() as connection:
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            rows.extend(
-                connection.execute(
-                    select(*(user_state.c[c] for c in STATE_FRAME_COLUMNS)).where(user_state.c.hull_id.in_(chunk))
-                ).all()
-            )
-    return pd.DataFrame([tuple(r) for r in rows], columns=STATE_FRAME_COLUMNS)
+            rows.extend(connection.execute(select(*columns).where(user_state.c.hull_id.in_(chunk))).all())
+    return pd.DataFrame([tuple(r) for r in rows], columns=STATE_FRAME_COLUMNS, dtype=object)
 
 
 def record_user_outcomes(connection: Connection, rows: list[dict[str, Any]]) -> None:
@@ -45,6 +52,21 @@ def record_user_outcomes(connection: Connection, rows: list[dict[str, Any]]) -> 
     for row in rows:
         row.setdefault("updated_at", now)
     upsert(connection, user_state, rows, "hull_id")
+
+
+def reseal_unchanged(connection: Connection, rows: list[tuple[str, str, str]]) -> None:
+    """(hull id, attributes hash, source digest) of users the diff mapped and found unchanged:
+    their digest is written, only where the hash is still that one (`updated_at` is left
+    alone: nothing was synced)."""
+    if not rows:
+        return
+    statement = (
+        update(user_state)
+        .where(user_state.c.hull_id == bindparam("row_hull_id"))
+        .where(user_state.c.attributes_hash == bindparam("row_hash"))
+        .values(source_digest=bindparam("row_seal"))
+    )
+    connection.execute(statement, [{"row_hull_id": h, "row_hash": a, "row_seal": s} for h, a, s in rows])
 
 
 def pending_writebacks(engine: Engine, limit: int, hull_ids: list[str] | None = None) -> list[dict[str, Any]]:

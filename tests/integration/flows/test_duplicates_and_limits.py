@@ -43,6 +43,21 @@ def test_one_mapped_id_shared_by_two_users_sends_one_person(sim_env, hull, cio_s
     assert cio_sim.people["u-3"]["email"] == "user3@example.com"
 
 
+def test_an_id_claimed_by_the_page_before_is_a_duplicate_though_planned_ahead(sim_env, hull, cio_sim):
+    """One user per page: page 2 is planned while page 1 is pushed, before page 1's insert of
+    the shared id is recorded. Its plans are checked again and it is planned anew: the second
+    user is a duplicate, as without planning ahead."""
+    hull.upsert_user(user(1, external_id="shared"))
+    hull.upsert_user(user(2, external_id="shared", email="other@example.com"))
+    hull.upsert_user(user(3))
+    summary = sync_users(synchronized_segments=["VIP"], users_per_batch=1)
+    assert summary["pages"] == 3
+    assert summary["decisions"] == {"insert": 2, "skip": 1}
+    assert summary["skip_reasons"] == {"duplicate_id": 1}
+    assert len({e["body"].get("email") for e in puts(cio_sim, "shared")}) == 1
+    assert set(cio_sim.people) == {"shared", "u-3"}
+
+
 def test_a_user_in_60_segments_still_syncs(sim_env, hull, cio_sim):
     segments = [f"s-{i:02d}" for i in range(60)]
     for i, segment in enumerate(segments):
