@@ -274,7 +274,7 @@ def drain_worker(spec: dict) -> dict:
     from bench import cpu
 
     cpu.patch_threads()
-    from prefect import flow
+    from prefect import flow, task
 
     from flows.drain_webhooks import drain_webhooks
 
@@ -284,11 +284,21 @@ def drain_worker(spec: dict) -> dict:
         account = cpu.CpuAccount()
         cpu.install_flow_accounting(account)
 
+    @task(name="bench-warm-up-task")
+    def warm_up_task() -> None:
+        """Imports Prefect's task engine."""
+
     @flow(name="bench-warm-up")
     def warm_up() -> None:
-        """Pays Prefect's one-off client start-up outside the timed run."""
+        """Pays the process's one-off start-up outside the timed run: Prefect's client and task
+        engine, and the state database's first connection (its schema check imports Alembic)."""
+        warm_up_task()
 
     warm_up()
+    from cio_sync.settings import StateSettings
+    from cio_sync.store.db import get_engine
+
+    get_engine(StateSettings().state_database_url)
     load = os.getloadavg()[0]
     threads = cpu.ThreadCpu().start()
     work_before = account.snapshot() if account else {}

@@ -19,7 +19,7 @@ from prefect.utilities.annotations import quote
 from cio_sync.pipeline.breaker import Breaker
 from cio_sync.pipeline.drain_identity import IdentityMismatch, drain_settings
 from cio_sync.secrets import load_secret_blocks
-from cio_sync.settings import HullCredentials, StateSettings, require
+from cio_sync.settings import HullCredentials, StateSettings, WebhookSettings, require
 from cio_sync.store.db import get_engine
 from cio_sync.webhooks.inbox import DONE, FAILED, IGNORED, backlog, count_by_status
 from tasks.drain_webhook_batch import drain_webhook_batch_task
@@ -83,9 +83,16 @@ def drain_webhooks(
     totals = {"batches": 0, "sent": 0, "ignored": 0, "failed": 0, "requeued": 0}
     stopped: str | None = None
     breaker = Breaker()  # the run's: consecutive failed firehose POSTs across its batches
+    webhook_settings = WebhookSettings()  # read once per run, not per batch
     while max_batches is None or totals["batches"] < max_batches:
         counts = drain_webhook_batch_task(
-            database_url, hull_credentials, settings, batch_size, worker, cast(Breaker, quote(breaker))
+            database_url,
+            hull_credentials,
+            settings,
+            batch_size,
+            worker,
+            cast(Breaker, quote(breaker)),
+            cast(WebhookSettings, quote(webhook_settings)),
         )
         if counts["claimed"] == 0:
             break
