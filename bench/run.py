@@ -394,7 +394,7 @@ def worker(spec: dict) -> dict:
         return wrapper
 
     sync_users_module._sync_users_stream = timed_phase("users", sync_users_module._sync_users_stream)
-    sync_users_module._sync_events = timed_phase("events", sync_users_module._sync_events)
+    sync_users_module.walk_events = timed_phase("events", sync_users_module.walk_events)
     users_task.sync_page = counted("users", users_task.sync_page)
     events_task.run_events_page = counted("events", events_task.run_events_page)
 
@@ -664,6 +664,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", action="store_true", help="also sync the seeded events (events_filter)")
     parser.add_argument("--webhooks", type=int, default=10_000, help="webhooks sent per database (webhooks scenario)")
     parser.add_argument("--databases", default="sqlite,postgresql", help="webhooks scenario: sqlite, postgresql")
+    parser.add_argument(
+        "--hull-latency-ms", type=float, default=0, help="webhooks scenario: the Hull simulator answers this late"
+    )
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU accounting by kind of work")
     parser.add_argument("--profile", action="store_true", help="cProfile the runs (no throughput figures)")
     parser.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")

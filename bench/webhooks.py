@@ -552,6 +552,10 @@ def webhooks_scenario(args, prefect_server_class, simulator_class, process_cpu_s
         import requests
 
         requests.post(f"{hull.url}/_sim/journal", json={"record": False, "clear": True}, timeout=60).raise_for_status()
+        if args.hull_latency_ms:  # every Hull request waits this long, as over a real network
+            requests.post(
+                f"{hull.url}/_sim/faults", json={"op": "latency", "seconds": args.hull_latency_ms / 1000}, timeout=60
+            ).raise_for_status()
         for kind in kinds:
             try:
                 database_url, drop = fresh_database(kind)
@@ -622,7 +626,8 @@ def webhooks_scenario(args, prefect_server_class, simulator_class, process_cpu_s
         hull.stop()
     parts = [
         f"Webhooks: {count:,} signed webhooks per database, {CONCURRENCY} concurrent keep-alive senders "
-        f"(bench/webhooks.py), then `drain-webhooks` (batch_size 500) into the Hull simulator.",
+        f"(bench/webhooks.py), then `drain-webhooks` (batch_size 500) into the Hull simulator"
+        + (f", which answers every request {args.hull_latency_ms} ms late." if args.hull_latency_ms else "."),
         markdown(INTAKE_COLUMNS, intake_rows),
         markdown(DRAIN_COLUMNS, drain_rows),
         *profiles,
