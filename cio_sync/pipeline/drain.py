@@ -31,6 +31,7 @@ rows Hull accepted are marked `done` with one UPDATE at the end of the batch.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -178,7 +179,7 @@ def send_to_hull(
     fatal: BaseException | None = None
     fatal_ids: list[int] = []
     width = 1  # POSTs allowed in flight: 1 until a POST of this batch succeeded
-    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="drain-send") if concurrency > 1 else None
+    pool = _sender_pool(concurrency) if concurrency > 1 else None
     in_flight: dict[Future[None], tuple[int, list[Outgoing]]] = {}
     submitted = 0
     try:
@@ -234,8 +235,8 @@ def send_to_hull(
                         fatal = error
                     fatal_ids.extend(ids)
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True)
+        if in_flight:  # only if this thread was interrupted: let the POSTs in flight end first
+            wait(in_flight)
         unsent = fatal_ids + [row_id for post in posts for row_id, _ in post]
         # POSTs still in flight here (only if this thread was interrupted) stay claimed: their
         # rows are claimable again after the claim timeout.
@@ -260,6 +261,20 @@ def send_to_hull(
             f" ({given_up_total} of them given up after failing for {schedule.retry_for}: "
             "marked failed, `cio-sync failed rerun --webhooks` sends them again)"
         )
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _sender_pool(concurrency: int) -> ThreadPoolExecutor:
+    """The process's pool of `concurrency` firehose senders, started once rather than per batch
+    (a batch is a fraction of a second; starting its threads cost a visible part of it)."""
+    with _pools_lock:
+        pool = _pools.get(concurrency)
+        if pool is None:
+            pool = _pools[concurrency] = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="drain-send")
+        return pool
 
 
 def _call(
