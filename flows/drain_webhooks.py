@@ -70,7 +70,8 @@ def drain_webhooks(
     environment, never from parameters.
     """
     logger = get_run_logger()
-    load_secret_blocks()  # only for variables the environment lacks
+    # Only the Hull secret, and only if the environment lacks it (no Prefect call otherwise).
+    load_secret_blocks(names=["HULL_CONNECTOR_SECRET"])
     hull_credentials = HullCredentials()
     require(hull_credentials.missing())
     database_url = StateSettings().state_database_url
