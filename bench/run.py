@@ -706,6 +706,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", action="store_true", help="also sync the seeded events (events_filter)")
     parser.add_argument("--webhooks", type=int, default=10_000, help="webhooks sent per database (webhooks scenario)")
     parser.add_argument("--databases", default="sqlite,postgresql", help="webhooks scenario: sqlite, postgresql")
+    parser.add_argument(
+        "--hull-latency-ms", type=float, default=0, help="webhooks scenario: the Hull simulator answers this late"
+    )
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU accounting by kind of work")
     parser.add_argument(
         "--no-plan-ahead", action="store_true", help="plan each page in its own task (measures PagePlanner)"

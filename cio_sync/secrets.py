@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import MutableMapping
+from collections.abc import Collection, MutableMapping
 
 logger = logging.getLogger(__name__)
 
@@ -28,11 +28,16 @@ SECRET_BLOCKS = {
 }
 
 
-def load_secret_blocks(environ: MutableMapping[str, str] | None = None) -> list[str]:
-    """Fills each missing variable of SECRET_BLOCKS from its Secret block, when the block
-    exists. Returns the names of the variables filled (never their values)."""
+def load_secret_blocks(
+    environ: MutableMapping[str, str] | None = None, names: Collection[str] | None = None
+) -> list[str]:
+    """Fills each missing variable of SECRET_BLOCKS (or of those in `names`: a flow that needs
+    only some asks for no other block) from its Secret block, when the block exists. Returns
+    the names of the variables filled (never their values)."""
     environ = os.environ if environ is None else environ
-    missing = {env: block for env, block in SECRET_BLOCKS.items() if not environ.get(env)}
+    missing = {
+        env: block for env, block in SECRET_BLOCKS.items() if not environ.get(env) and (names is None or env in names)
+    }
     if not missing:
         return []  # the usual case: no Prefect call at all
     from prefect.blocks.system import Secret

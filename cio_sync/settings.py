@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 # Defaults that code outside the settings classes also needs (one value each).
 DEFAULT_WEBHOOK_TOLERANCE_SECONDS = 300
 DEFAULT_WEBHOOK_CLAIM_TIMEOUT_SECONDS = 600
+DEFAULT_WEBHOOK_DRAIN_CONCURRENCY = 4
 
 DEFAULT_DATA_DIR = Path("data")
 US_TRACK_URL = "https://track.customer.io"
@@ -346,6 +347,10 @@ class WebhookSettings(BaseSettings):
     webhook_max_attempts: int | None = Field(default=None, ge=1)
     # A row claimed by a drain that died is claimable again after this long.
     webhook_claim_timeout_seconds: int = Field(default=DEFAULT_WEBHOOK_CLAIM_TIMEOUT_SECONDS, ge=1)
+    # Firehose POSTs (50 webhooks each) a drain batch keeps in flight at once. The first POST
+    # of a batch, and every POST after a transient failure, goes alone, so a Hull outage costs
+    # the same failed POSTs as one at a time (cio_sync/pipeline/drain.py).
+    webhook_drain_concurrency: int = Field(default=DEFAULT_WEBHOOK_DRAIN_CONCURRENCY, ge=1)
 
 
 def require(*missing_lists: list[str]) -> None:

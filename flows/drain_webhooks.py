@@ -21,7 +21,7 @@ from cio_sync.pipeline.breaker import Breaker
 from cio_sync.pipeline.drain_identity import IdentityMismatch, drain_settings
 from cio_sync.rules.lag import LagHistogram
 from cio_sync.secrets import load_secret_blocks
-from cio_sync.settings import HullCredentials, StateSettings, require
+from cio_sync.settings import HullCredentials, StateSettings, WebhookSettings, require
 from cio_sync.store.db import get_engine
 from cio_sync.webhooks.inbox import DONE, FAILED, IGNORED, backlog, count_by_status
 from tasks.drain_webhook_batch import drain_webhook_batch_task
@@ -80,7 +80,8 @@ def drain_webhooks(
     environment, never from parameters.
     """
     logger = get_run_logger()
-    load_secret_blocks()  # only for variables the environment lacks
+    # Only the Hull secret, and only if the environment lacks it (no Prefect call otherwise).
+    load_secret_blocks(names=["HULL_CONNECTOR_SECRET"])
     hull_credentials = HullCredentials()
     require(hull_credentials.missing())
     database_url = StateSettings().state_database_url
@@ -94,9 +95,16 @@ def drain_webhooks(
     lag = LagHistogram()  # webhook received → Hull accepted, over the run's batches
     stopped: str | None = None
     breaker = Breaker()  # the run's: consecutive failed firehose POSTs across its batches
+    webhook_settings = WebhookSettings()  # read once per run, not per batch
     while max_batches is None or totals["batches"] < max_batches:
         counts = drain_webhook_batch_task(
-            database_url, hull_credentials, settings, batch_size, worker, cast(Breaker, quote(breaker))
+            database_url,
+            hull_credentials,
+            settings,
+            batch_size,
+            worker,
+            cast(Breaker, quote(breaker)),
+            cast(WebhookSettings, quote(webhook_settings)),
         )
         if counts["claimed"] == 0:
             break

@@ -38,8 +38,17 @@ from cio_sync.pipeline.senders import run_groups
 from cio_sync.pipeline.summary import SyncSummary
 from cio_sync.pipeline.users_page import sync_page
 from cio_sync.pipeline.watermarks import EVENTS_CURSOR, EventsWindow
-from cio_sync.rules.events import SEND, SEND_ANONYMOUS, SKIP, EventPlan, EventUser, parse_created_at, plan_event
-from cio_sync.rules.mapping import MalformedUserError, latest_anonymous_id, map_user
+from cio_sync.rules.events import (
+    SEND,
+    SEND_ANONYMOUS,
+    SKIP,
+    EventPlan,
+    EventUser,
+    event_user,
+    parse_created_at,
+    plan_event,
+)
+from cio_sync.rules.mapping import MalformedUserError
 from cio_sync.rules.sharding import WHOLE, Shard
 from cio_sync.runtime import SyncRuntime
 from cio_sync.store.cursors import Cursor, write_cursor
@@ -107,18 +116,13 @@ def describe_users(runtime: SyncRuntime, docs: list[dict[str, Any]]) -> dict[str
         ).all()
     live = {r.hull_id: r.cio_id for r in rows if r.created_at is not None and r.deleted_at is None}
     users: dict[str, EventUser] = {}
+    mapping, whitelisted = runtime.settings.user_id_mapping, runtime.whitelisted_segment_ids
     for doc in docs:
         try:
-            mapped = map_user(doc, runtime.settings, runtime.segment_names, runtime.whitelisted_segment_ids)
+            # Only the user's ids and segments: not `map_user`'s every attribute.
+            users[doc["id"]] = event_user(doc, mapping, whitelisted, live)
         except MalformedUserError:
             continue
-        users[mapped.hull_id] = EventUser(
-            cio_id=live.get(mapped.hull_id) if mapped.cio_id == live.get(mapped.hull_id) else None,
-            in_segments=bool(mapped.whitelisted_segment_ids),
-            has_mapped_id=mapped.cio_id is not None,
-            # The same anonymous id the user's identify will carry, so these events join it.
-            anonymous_id=latest_anonymous_id(doc),
-        )
     return users
 
 

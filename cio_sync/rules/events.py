@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from ulid import ULID
 
-from cio_sync.rules.mapping import byte_length
+from cio_sync.rules.mapping import MalformedUserError, byte_length, latest_anonymous_id, lookup
 from cio_sync.settings import ConnectorSettings
 
 MAX_EVENT_NAME_BYTES = 100
@@ -38,6 +40,37 @@ class EventPlan:
     reason: str = ""
     target_id: str | None = None
     body: dict[str, Any] | None = None
+
+
+def user_identity(user: Any, user_id_mapping: str, whitelisted_ids: AbstractSet[str]) -> tuple[str, str | None, bool]:
+    """(Hull id, Customer.io id, in a synchronized segment) of a Hull user document: the three
+    facts of `map_user` the events phase needs, without mapping every attribute (the events
+    phase looks up each event's user; `map_user` costs several times more). Raises
+    `MalformedUserError` exactly when `map_user` does."""
+    if not isinstance(user, dict) or not isinstance(user.get("id"), str) or not user["id"]:
+        raise MalformedUserError("user document has no Hull id")
+    segment_ids = user.get("segment_ids") or []
+    if not isinstance(segment_ids, list):
+        raise MalformedUserError("segment_ids is not a list")
+    _found, id_value = lookup(user, user_id_mapping)
+    cio_id = None if id_value in (None, "") else str(id_value)
+    return user["id"], cio_id, any(s in whitelisted_ids for s in segment_ids)
+
+
+def event_user(
+    user: dict[str, Any], user_id_mapping: str, whitelisted_ids: AbstractSet[str], live: Mapping[str, str | None]
+) -> EventUser:
+    """The `EventUser` of a Hull user document; `live`: Hull id -> the Customer.io id the person
+    exists under in Customer.io (from state). Raises `MalformedUserError` as `map_user` does."""
+    hull_id, cio_id, in_segments = user_identity(user, user_id_mapping, whitelisted_ids)
+    known = live.get(hull_id)
+    return EventUser(
+        cio_id=known if cio_id == known else None,
+        in_segments=in_segments,
+        has_mapped_id=cio_id is not None,
+        # The same anonymous id the user's identify will carry, so these events join it.
+        anonymous_id=latest_anonymous_id(user),
+    )
 
 
 def parse_created_at(value: Any) -> datetime:

@@ -22,7 +22,6 @@ texts that never echo the request; payload bodies and the signing key are never 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -120,7 +119,7 @@ def create_app(
         try:
             # Committed by the writer thread, together with the payloads that arrived meanwhile
             # (group commit); the future resolves once the transaction holding it committed.
-            outcome = await asyncio.wrap_future(writer.submit(event_id, encode_payload(body)))
+            outcome = await writer.submit_async(event_id, encode_payload(body))
         except SQLAlchemyError as exc:
             # Only the exception type: SQLAlchemy messages embed the statement parameters,
             # which here is the payload. Customer.io retries on any non-2xx.

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, func, literal, null, or_, select, update
+from sqlalchemy import Engine, and_, any_, bindparam, case, func, literal, null, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cio_sync.settings import DEFAULT_WEBHOOK_CLAIM_TIMEOUT_SECONDS, WebhookSettings
@@ -217,7 +217,7 @@ def claim_batch(
             if not ids:
                 return []
             rows = connection.execute(
-                update(webhook_inbox).where(webhook_inbox.c.id.in_(ids)).values(**claim).returning(*returning)
+                update(webhook_inbox).where(_id_in(engine, ids)).values(**claim).returning(*returning)
             ).all()
         else:
             # SQLite has no row locks; one UPDATE statement is atomic and SQLite admits one
@@ -276,7 +276,7 @@ def release_for_retry(
     # SET expressions read the row as it was before the UPDATE (attempts not yet counted).
     statement = (
         update(webhook_inbox)
-        .where(_held_by(worker_id, ids))
+        .where(_held_by(engine, worker_id, ids))
         .values(
             attempts=webhook_inbox.c.attempts + 1,
             last_error=_trim(error),
@@ -316,7 +316,9 @@ def release_unattempted(engine: Engine, worker_id: str, ids: Iterable[int]) -> i
     if not ids:
         return 0
     statement = (
-        update(webhook_inbox).where(_held_by(worker_id, ids)).values(status=PENDING, claimed_by=None, claimed_at=None)
+        update(webhook_inbox)
+        .where(_held_by(engine, worker_id, ids))
+        .values(status=PENDING, claimed_by=None, claimed_at=None)
     )
     with engine.begin() as connection:
         return connection.execute(statement).rowcount
@@ -401,16 +403,24 @@ def _settle(
             }
             if reason is not None:
                 values["last_error"] = _trim(reason)
-            statement = update(webhook_inbox).where(_held_by(worker_id, ids)).values(**values)
+            statement = update(webhook_inbox).where(_held_by(engine, worker_id, ids)).values(**values)
             settled += connection.execute(statement).rowcount
     return settled
 
 
-def _held_by(worker_id: str, ids: list[int]):
+def _id_in(engine: Engine, ids: Sequence[int]):
+    """`id IN (ids)`; on PostgreSQL `id = ANY(:ids)`, one array parameter: a batch's 500 bound
+    parameters cost psycopg's query conversion and the planner tens of milliseconds a statement."""
+    if is_postgres(engine):
+        return webhook_inbox.c.id == any_(bindparam("ids", list(ids), type_=postgresql.ARRAY(webhook_inbox.c.id.type)))
+    return webhook_inbox.c.id.in_(ids)
+
+
+def _held_by(engine: Engine, worker_id: str, ids: list[int]):
     # A drain whose claim expired and was taken over must not overwrite the new owner's
     # outcome; Hull's event_id dedupe covers the event it may have sent meanwhile.
     return and_(
-        webhook_inbox.c.id.in_(ids),
+        _id_in(engine, ids),
         webhook_inbox.c.status == PROCESSING,
         webhook_inbox.c.claimed_by == worker_id,
     )

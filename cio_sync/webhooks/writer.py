@@ -9,6 +9,10 @@ Here the writer takes whatever arrived while the previous transaction ran (up to
 then resolves each request's future: a request still gets its 2xx only after the transaction
 holding its row committed. Under light load a batch is a single row and nothing waits.
 
+Requests waiting in an event loop (`submit_async`) are woken once per batch and loop: one
+`call_soon_threadsafe` resolves all of them, instead of one cross-thread wake-up (a write to
+the loop's self-pipe and a loop iteration) per request.
+
 If a batch fails, its rows are written again one by one, so a row the database refuses fails
 alone (its request gets the error, hence a 503 and Customer.io's retry) and the others are
 stored as usual.
@@ -16,6 +20,7 @@ stored as usual.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -29,7 +34,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 500
 
-_Item = tuple[str, str, "Future[str]"]
+# A waiter: a concurrent future (`submit`), or an asyncio future and its loop (`submit_async`).
+_Waiter = Future | tuple[asyncio.AbstractEventLoop, asyncio.Future]
+_Item = tuple[str, str, _Waiter]
+_Outcome = tuple[_Waiter, str | None, BaseException | None]
 
 
 class InboxWriter:
@@ -48,14 +56,25 @@ class InboxWriter:
 
     def submit(self, event_id: str, payload: str) -> Future[str]:
         future: Future[str] = Future()
+        self._put((event_id, payload, future))
+        return future
+
+    def submit_async(self, event_id: str, payload: str) -> asyncio.Future[str]:
+        """As `submit`, for a coroutine of the running event loop: the returned future is
+        resolved in that loop, together with the others of the same batch."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str] = loop.create_future()
+        self._put((event_id, payload, (loop, future)))
+        return future
+
+    def _put(self, item: _Item) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the inbox writer is closed")
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="inbox-writer", daemon=True)
                 self._thread.start()
-            self._queue.put((event_id, payload, future))
-        return future
+            self._queue.put(item)
 
     def close(self, timeout: float | None = 30.0) -> None:
         with self._lock:
@@ -89,25 +108,53 @@ class InboxWriter:
 
     def _write(self, batch: list[_Item]) -> None:
         self.batches += 1
+        outcomes: list[_Outcome] = []
         try:
-            outcomes = store_payloads(self.engine, [(event_id, payload) for event_id, payload, _ in batch])
+            stored = store_payloads(self.engine, [(event_id, payload) for event_id, payload, _ in batch])
         except Exception as exc:
             if len(batch) == 1:
-                _settle(batch[0][2], exception=exc)
-                return
-            logger.warning(
-                "A batch of %d webhooks could not be stored (%s); storing them one by one",
-                len(batch),
-                type(exc).__name__,
-            )
-            for event_id, payload, future in batch:
-                try:
-                    _settle(future, store_payload(self.engine, event_id, payload))
-                except Exception as single:
-                    _settle(future, exception=single)
-            return
-        for (_, _, future), outcome in zip(batch, outcomes):
-            _settle(future, outcome)
+                outcomes.append((batch[0][2], None, exc))
+            else:
+                logger.warning(
+                    "A batch of %d webhooks could not be stored (%s); storing them one by one",
+                    len(batch),
+                    type(exc).__name__,
+                )
+                for event_id, payload, waiter in batch:
+                    try:
+                        outcomes.append((waiter, store_payload(self.engine, event_id, payload), None))
+                    except Exception as single:
+                        outcomes.append((waiter, None, single))
+        else:
+            outcomes = [(waiter, outcome, None) for (_, _, waiter), outcome in zip(batch, stored)]
+        _settle_all(outcomes)
+
+
+def _settle_all(outcomes: list[_Outcome]) -> None:
+    """Resolves every waiter of a batch: concurrent futures here, asyncio futures with one
+    `call_soon_threadsafe` per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, str | None, BaseException | None]]] = {}
+    for waiter, result, exception in outcomes:
+        if isinstance(waiter, tuple):
+            loop, future = waiter
+            by_loop.setdefault(loop, []).append((future, result, exception))
+        else:
+            _settle(waiter, result, exception)
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_in_loop, items)
+        except RuntimeError:  # the loop was closed: nobody is waiting any more; the rows are stored
+            pass
+
+
+def _settle_in_loop(items: list[tuple[asyncio.Future, str | None, BaseException | None]]) -> None:
+    for future, result, exception in items:
+        if future.done():  # cancelled: the client went away; the row is stored all the same
+            continue
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)
 
 
 def _settle(future: Future[str], result: str | None = None, exception: BaseException | None = None) -> None:

@@ -168,6 +168,11 @@ def test_secret_blocks_fill_only_missing_credentials():
         assert load_secret_blocks(environ) == ["HULL_CONNECTOR_SECRET"]  # no customerio-api-key block
         assert environ == {"HULL_CONNECTOR_SECRET": "hull-secret-from-block"}
 
+        environ = {}
+        # Only the blocks asked for: the hull-connector-secret block exists but is not read.
+        assert load_secret_blocks(environ, names=["CUSTOMERIO_API_KEY"]) == []
+        assert environ == {}
+
         environ = {"HULL_CONNECTOR_SECRET": "from-env", "CUSTOMERIO_API_KEY": "from-env"}
         assert load_secret_blocks(environ) == []
         assert environ["HULL_CONNECTOR_SECRET"] == "from-env"  # the environment wins

@@ -578,3 +578,51 @@ def test_clock_can_be_set_over_http(hull, http):
     hull.upsert_user({"id": hid(1)})
     assert hull.user(hid(1))["indexed_at"] == "2027-03-01T08:00:05Z"
     assert http.post(f"{hull.url}/_sim/advance", json={"now": "soon"}).status_code == 400
+
+
+def _pyjwt_verdict(token: str):
+    try:
+        return jwt.decode(
+            token, SECRET, algorithms=["HS256"], issuer=CONNECTOR_ID, leeway=60, options={"require": ["iss"]}
+        )
+    except jwt.PyJWTError as exc:
+        return type(exc)
+
+
+def _sim_verdict(hull, token: str):
+    try:
+        return hull._verify_token(token)
+    except jwt.PyJWTError as exc:
+        return type(exc)
+
+
+def test_firehose_token_check_agrees_with_pyjwt(hull):
+    """The simulator checks tokens of the usual shape with hmac directly (PyJWT is ~50 µs a
+    token): every token gets the verdict PyJWT gives it, claims included."""
+    from connectors.hull import TokenSigner, token_claims
+
+    now = int(datetime.now(timezone.utc).timestamp())
+    signer = TokenSigner(SECRET)
+    good = signer.sign(token_claims(CONNECTOR_ID, {"external_id": "u-1", "email": "ä@example.com"}, "hid-1"))
+    header, payload, signature = good.split(".")
+    tokens = {
+        "connector's own, non-ASCII claims": good,
+        "pyjwt, create false": sign_user_token(CONNECTOR_ID, SECRET, {"email": "a@b.c"}, sub="x", create=False),
+        "tampered signature": f"{header}.{payload}.{signature[:-2]}AA",
+        "tampered payload": f"{header}.{payload[:-2]}AA.{signature}",
+        "wrong secret": TokenSigner("another-secret-long-enough-for-hs256-0123").sign(
+            token_claims(CONNECTOR_ID, {"external_id": "u-1"})
+        ),
+        "wrong issuer": signer.sign(token_claims("f" * 24, {"external_id": "u-1"})),
+        "no issuer": jwt.encode({"iat": now, "io.hull.asUser": {"id": "1"}}, SECRET, algorithm="HS256"),
+        "iat two minutes ahead": jwt.encode({"iss": CONNECTOR_ID, "iat": now + 120}, SECRET, algorithm="HS256"),
+        "iat 30 s ahead (leeway)": jwt.encode({"iss": CONNECTOR_ID, "iat": now + 30}, SECRET, algorithm="HS256"),
+        "iat not a number": jwt.encode({"iss": CONNECTOR_ID, "iat": "soon"}, SECRET, algorithm="HS256"),
+        "expired": jwt.encode({"iss": CONNECTOR_ID, "iat": now, "exp": now - 600}, SECRET, algorithm="HS256"),
+        "other header": jwt.encode({"iss": CONNECTOR_ID, "iat": now}, SECRET, algorithm="HS256", headers={"kid": "k"}),
+        "HS512": jwt.encode({"iss": CONNECTOR_ID, "iat": now}, SECRET * 2, algorithm="HS512"),
+        "not a token": "not-a-jwt",
+    }
+    for name, token in tokens.items():
+        assert _sim_verdict(hull, token) == _pyjwt_verdict(token), name
+    assert _sim_verdict(hull, good)["io.hull.asUser"] == {"external_id": "u-1", "email": "ä@example.com"}

@@ -203,11 +203,13 @@ def test_outage_mid_batch_keeps_what_hull_accepted(database_url, hull_sim, drain
     # The first POST (50 messages) gets through; the second fails past the retry budget.
     original_firehose = HullClient.firehose
     posts = Counter()
+    counting = threading.Lock()  # POSTs after the first go out in parallel
 
     def firehose_then_outage(self, messages):
-        posts["n"] += 1
-        if posts["n"] == 2:
-            hull_sim.faults.down(True)
+        with counting:
+            posts["n"] += 1
+            if posts["n"] == 2:
+                hull_sim.faults.down(True)
         return original_firehose(self, messages)
 
     now = utcnow()
@@ -391,3 +393,120 @@ def test_unreadable_stored_bodies_are_ignored_with_their_reason_and_not_sent(dat
         assert row["last_error"].startswith("not a Customer.io webhook this connector can read")
         assert reason in row["last_error"], name
     assert [event["event_id"] for event in hull_sim.tracked_events] == [good["event_id"]]
+
+
+def test_parallel_posts_send_every_row_exactly_once(database_url, hull_sim, drain):
+    payloads = many_payloads(1_000)  # 20 firehose POSTs
+    store(database_url, payloads)
+    original_firehose = HullClient.firehose
+    lock = threading.Lock()
+    in_flight = Counter()
+    # The second and third POSTs of the batch meet here: they can only pass it together, so the
+    # test fails (BrokenBarrierError) unless POSTs really go out side by side after the first.
+    together = threading.Barrier(2, timeout=30)
+    calls = Counter()
+
+    def observed_firehose(self, messages):
+        with lock:
+            calls["n"] += 1
+            number = calls["n"]
+            in_flight["now"] += 1
+            in_flight["most"] = max(in_flight["most"], in_flight["now"])
+        try:
+            if number in (2, 3):
+                together.wait()
+            return original_firehose(self, messages)
+        finally:
+            with lock:
+                in_flight["now"] -= 1
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(HullClient, "firehose", observed_firehose)
+        counts = drain(batch_size=1_000)
+
+    assert len(counts.pop("lag_seconds")) == 1_000  # one lag per row, whichever POST carried it
+    assert counts == {"claimed": 1_000, "sent": 1_000, "ignored": 0, "failed": 0, "requeued": 0, "stopped": None}
+    assert calls["n"] == hull_sim.firehose_batches == 20
+    assert 2 <= in_flight["most"] <= WebhookSettings(_env_file=None).webhook_drain_concurrency
+    sent = [message["body"]["event_id"] for message in hull_sim.firehose_messages]
+    assert len(sent) == 1_000 and set(sent) == {p["event_id"] for p in payloads}  # each exactly once
+    assert {row["status"] for row in rows_by_event_id(database_url).values()} == {"done"}
+    assert drain()["claimed"] == 0
+
+
+def test_parallel_posts_record_each_rows_own_failure(database_url, hull_sim, drain):
+    """POSTs in flight together fail differently: each row ends with its own outcome."""
+    from connectors.http import TransientError
+
+    payloads = many_payloads(400)  # 8 POSTs of 50, in claim order
+    store(database_url, payloads)
+    poisoned = {payloads[i]["event_id"] for i in (60, 170, 390)}  # one bad message in POSTs 2, 4 and 8
+    outage_marker = payloads[260]["event_id"]  # POST 6 fails transiently, past its retries
+    original_track_message = HullClient.track_message
+    original_firehose = HullClient.firehose
+
+    def with_bad_tokens(self, claims, event):
+        message = original_track_message(self, claims, event)
+        if event["event_id"] in poisoned:
+            message["headers"]["Hull-Access-Token"] = "not-a-jwt"
+        return message
+
+    def with_one_transient_failure(self, messages):
+        if any(message["body"]["event_id"] == outage_marker for message in messages):
+            raise TransientError("Hull", "POST", "(firehose)", 503, "unavailable (after 1 retries)")
+        return original_firehose(self, messages)
+
+    now = utcnow()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(HullClient, "track_message", with_bad_tokens)
+        patch.setattr(HullClient, "firehose", with_one_transient_failure)
+        counts = drain(now=now)
+
+    transient = {p["event_id"] for p in payloads[250:300]}
+    assert (counts["sent"], counts["failed"], counts["requeued"]) == (400 - 50 - 3, 3, 50)
+    assert counts["stopped"].startswith("Hull unavailable for 50 webhooks")
+    rows = rows_by_event_id(database_url)
+    for event_id, row in rows.items():
+        if event_id in poisoned:
+            assert (row["status"], row["attempts"]) == ("failed", 0)
+            assert "Hull rejected the event" in row["last_error"]
+        elif event_id in transient:
+            assert (row["status"], row["attempts"], row["next_attempt_at"]) == (
+                "pending",
+                1,
+                now + timedelta(seconds=30),
+            )
+        else:
+            assert (row["status"], row["attempts"], row["last_error"]) == ("done", 0, None)
+    sent = [message["body"]["event_id"] for message in hull_sim.firehose_messages]
+    assert len(sent) == len(set(sent)) == 347  # accepted once each; rejected POSTs applied nothing
+    assert set(sent) == {p["event_id"] for p in payloads} - poisoned - transient
+
+    counts = drain(now=now + MINUTE)  # the 50 are due again: sent once, nothing else resent
+    assert (counts["sent"], counts["requeued"], counts["stopped"]) == (50, 0, None)
+    assert len(hull_sim.firehose_messages) == 397
+
+
+def test_the_concurrency_setting_bounds_the_posts_in_flight(database_url, hull_sim, drain):
+    store(database_url, many_payloads(300))
+    original_firehose = HullClient.firehose
+    lock = threading.Lock()
+    in_flight = Counter()
+
+    def observed_firehose(self, messages):
+        with lock:
+            in_flight["now"] += 1
+            in_flight["most"] = max(in_flight["most"], in_flight["now"])
+        try:
+            return original_firehose(self, messages)
+        finally:
+            with lock:
+                in_flight["now"] -= 1
+
+    hull_sim.faults.latency(0.01)
+    one_at_a_time = WebhookSettings(_env_file=None, **DEFAULT_SETTINGS, webhook_drain_concurrency=1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(HullClient, "firehose", observed_firehose)
+        counts = drain(webhook_settings=one_at_a_time)
+    assert counts["sent"] == 300 and in_flight["most"] == 1
+    assert len(hull_sim.firehose_messages) == 300

@@ -151,3 +151,42 @@ def test_concurrent_signed_webhooks_are_each_stored_before_their_200(database_ur
     assert answers[60:] == [(200, "duplicate", True)] * 10
     assert len(rows(engine)) == 60
     app.state.inbox_writer.close()
+
+
+def test_requests_waiting_in_an_event_loop_are_woken_once_per_batch(database_url):
+    """`submit_async` (what the intake awaits): each future resolves only after the commit,
+    with its own outcome, and a whole batch costs the loop one cross-thread wake-up."""
+    import asyncio
+
+    engine = get_engine(database_url)
+    writer = InboxWriter(engine)
+
+    async def main() -> tuple[list, int, int]:
+        loop = asyncio.get_running_loop()
+        original = loop.call_soon_threadsafe
+        wake_ups = 0
+
+        def counted(*args, **kwargs):
+            nonlocal wake_ups
+            wake_ups += 1
+            return original(*args, **kwargs)
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        with inbox_locked(engine):
+            futures = [writer.submit_async(f"A{n:03d}", f'{{"n": {n}}}') for n in range(100)]
+            futures.append(writer.submit_async("A007", "a retry of A007"))
+            futures.append(writer.submit_async("A-bad", None))  # type: ignore[arg-type]  # NOT NULL: refused
+            await asyncio.sleep(0.05)
+            assert not any(f.done() for f in futures)  # blocked on the lock: nothing acknowledged
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        return outcomes, wake_ups, writer.batches
+
+    try:
+        outcomes, wake_ups, batches = asyncio.run(main())
+    finally:
+        writer.close()
+    assert outcomes[:101] == ["stored"] * 100 + ["duplicate"]
+    assert isinstance(outcomes[101], Exception) and "null" in str(outcomes[101]).lower()
+    assert [r[0] for r in rows(engine)] == [f"A{n:03d}" for n in range(100)]
+    # The refused row made its batch be written again row by row; still one wake-up per batch.
+    assert 1 <= wake_ups <= batches <= 2

@@ -283,3 +283,48 @@ def test_summary_artifact_shows_events_sent_failed_and_skipped_by_reason():
     assert rows["events: sent"] == 5 and rows["events: failed"] == 1
     assert rows["events skipped: name_too_long"] == 2
     assert rows["events skipped: anonymous_events_disabled"] == 4
+
+
+def _event_user_from_map_user(doc, settings, whitelisted, live):
+    """What the events phase computed before `event_user`: the whole `map_user`."""
+    from cio_sync.rules.mapping import latest_anonymous_id, map_user
+
+    mapped = map_user(doc, settings, {}, whitelisted)
+    return mapped.hull_id, EventUser(
+        cio_id=live.get(mapped.hull_id) if mapped.cio_id == live.get(mapped.hull_id) else None,
+        in_segments=bool(mapped.whitelisted_segment_ids),
+        has_mapped_id=mapped.cio_id is not None,
+        anonymous_id=latest_anonymous_id(doc),
+    )
+
+
+@pytest.mark.parametrize("user_id_mapping", ["external_id", "id", "email", "account.domain", "custom"])
+def test_event_user_agrees_with_map_user(user_id_mapping):
+    from cio_sync.rules.events import event_user
+    from cio_sync.rules.mapping import MalformedUserError
+
+    settings = ConnectorSettings(user_id_mapping=user_id_mapping)
+    whitelisted = {"seg-a", "seg-b"}
+    docs = [
+        {"id": "h1", "external_id": "u-1", "email": "a@x.io", "segment_ids": ["seg-a"], "anonymous_ids": ["a1", "a2"]},
+        {"id": "h2", "external_id": "u-2", "segment_ids": ["seg-z"]},
+        {"id": "h3", "external_id": "", "email": None, "segment_ids": []},
+        {"id": "h4", "external_id": 0, "traits_custom": 12, "segment_ids": None, "account": {"domain": "x.io"}},
+        {"id": "h5", "external_id": None, "custom": False, "segment_ids": ["seg-b", "seg-z"]},
+        {"id": "h6", "external_id": "u-6", "traits_custom": "", "account": {}, "segment_ids": ["seg-a"]},
+        {"id": "h7", "external_id": "u-7-renamed", "email": "b@x.io", "segment_ids": ["seg-a"], "anonymous_ids": [""]},
+        {"id": "", "external_id": "u-8"},
+        {"external_id": "u-9"},
+        {"id": 10, "external_id": "u-10"},
+        {"id": "h11", "segment_ids": "seg-a"},
+        "not a document",
+    ]
+    live = {"h1": "u-1", "h4": "0", "h6": "u-6", "h7": "u-7"}  # h7 was sent under another id
+    for doc in docs:
+        try:
+            expected = _event_user_from_map_user(doc, settings, whitelisted, live)
+        except MalformedUserError:
+            with pytest.raises(MalformedUserError):
+                event_user(doc, user_id_mapping, whitelisted, live)
+            continue
+        assert (doc["id"], event_user(doc, user_id_mapping, whitelisted, live)) == expected, doc
