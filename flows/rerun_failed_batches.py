@@ -18,7 +18,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
 from cio_sync.pipeline.leases import users_writer_lease
-from cio_sync.pipeline.rerun import changed_settings, rerun_batch
+from cio_sync.pipeline.rerun import changed_settings, prepare_rerun, rerun_batch
 from cio_sync.pipeline.summary import SyncSummary
 from cio_sync.redact import scrub_obj, scrubbed_errors
 from cio_sync.rules.sharding import WHOLE_SCOPE
@@ -27,6 +27,8 @@ from cio_sync.settings import ConnectorSettings, StateSettings
 from cio_sync.store import db
 from cio_sync.store.failed import list_failed_batches, mark_rerun
 from cio_sync.store.lease import LeaseHeld
+
+NOT_RERUN = "not rerun"
 
 
 class RerunIncomplete(Exception):
@@ -85,14 +87,21 @@ def rerun_failed_batches(
         for b in batches
         if b["status"] != "open"
     ]
+    refused: str | None = None
     if todo:
         # global_rate_limit: reruns spend the same Customer.io budget as the sync runs.
         runtime = build_runtime(settings, global_rate_limit=global_rate_limit)
         try:
-            with users_writer_lease(engine, WHOLE_SCOPE, "rerun-failed-batches", run_id):
-                with scrubbed_errors():  # a Failed state's message, and the result Prefect stores, keep no credential
-                    for batch in todo:
-                        changes += _rerun_one(runtime, engine, batch, settings, run_id, rows, total, logger)
+            with scrubbed_errors():  # a Failed state's message, and the result Prefect stores, keep no credential
+                runtime, refused = prepare_rerun(runtime)
+            if refused:
+                # Today's settings cannot redo any batch: each is left as it was (attempts, automatic retries).
+                rows += [{"batch": b["id"], "kind": b["kind"], "result": NOT_RERUN, "error": refused} for b in todo]
+            else:
+                with users_writer_lease(engine, WHOLE_SCOPE, "rerun-failed-batches", run_id):
+                    with scrubbed_errors():
+                        for batch in todo:
+                            changes += _rerun_one(runtime, engine, batch, settings, run_id, rows, total, logger)
         except LeaseHeld as exc:
             raise RerunIncomplete(f"nothing was rerun: {exc}") from None
         finally:
@@ -114,6 +123,8 @@ def rerun_failed_batches(
         table=scrub_obj(table),
         description="Failed batches rerun by this run, with today's settings.",
     )
+    if refused:
+        raise RerunIncomplete(f"nothing was rerun, every batch is left as it was: {refused}")
     still_open = [r["batch"] for r in rows if r["result"] == "still open"]
     if still_open:
         raise RerunIncomplete(f"failed batches still open after this rerun: {still_open}")

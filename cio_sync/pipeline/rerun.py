@@ -58,25 +58,34 @@ class RerunOutcome(NamedTuple):
     transient: bool = True  # the error left is transient: the batch may be retried automatically
 
 
-def rerun_batch(runtime: SyncRuntime, batch: dict[str, Any], run_id: str | None) -> RerunOutcome:
-    """Redoes one batch with `runtime`'s settings (today's). AuthError propagates: it stops the
-    whole rerun."""
-    summary = SyncSummary()
+def prepare_rerun(runtime: SyncRuntime) -> tuple[SyncRuntime, str | None]:
+    """Today's settings made ready to redo batches (segments resolved, the `user_id_mapping` in
+    force), or why they cannot redo any: empty or unknown synchronized segments (a rerun
+    started without the sync's settings, a renamed segment). A refusal is the rerun's problem,
+    not the batches': they are left exactly as they are, attempts and automatic retries
+    included, so the next run with good settings heals them. Hull errors propagate."""
     runtime = _with_current_id_mapping(runtime)
+    if not runtime.settings.synchronized_segments:
+        # Everyone would be skipped and the batch called resolved: keep it open instead.
+        return runtime, "synchronized_segments is empty, so nothing would be sent: set it and rerun"
+    if not runtime.segments.names:
+        runtime = runtime.with_segments(resolve_run_segments(runtime.hull, runtime.settings.synchronized_segments))
+    refused = segments_problem(runtime.settings, runtime.segments.unknown, runtime.segments.names)
+    if refused is None and runtime.segments.unknown:
+        # Even with deletion off: the batch's people in that segment would be skipped as "not in
+        # segments" and the batch called resolved with nothing sent.
+        refused = (
+            f"synchronized segments {', '.join(map(repr, runtime.segments.unknown))} do not exist in Hull "
+            "(renamed, misspelt, or missing from this worker's settings?): fix the setting and rerun"
+        )
+    return runtime, refused
+
+
+def rerun_batch(runtime: SyncRuntime, batch: dict[str, Any], run_id: str | None) -> RerunOutcome:
+    """Redoes one batch with `runtime`, today's settings as `prepare_rerun` returned them.
+    AuthError propagates: it stops the whole rerun."""
+    summary = SyncSummary()
     try:
-        if not runtime.segments.names:
-            runtime = runtime.with_segments(resolve_run_segments(runtime.hull, runtime.settings.synchronized_segments))
-        refused = segments_problem(runtime.settings, runtime.segments.unknown, runtime.segments.names)
-        if refused:
-            return RerunOutcome(False, refused, summary, transient=False)
-        if not runtime.settings.synchronized_segments:
-            # Everyone would be skipped and the batch called resolved: keep it open instead.
-            return RerunOutcome(
-                False,
-                "synchronized_segments is empty, so nothing would be sent: set it and rerun",
-                summary,
-                transient=False,
-            )
         if batch["kind"] == USERS:
             wanted = [str(i) for i in batch["payload"]["hull_ids"]]
             users = runtime.hull.users_by_ids(wanted)
@@ -138,7 +147,17 @@ def retry_failed_batches(runtime: SyncRuntime, run_id: str | None, shard: Shard 
     limit = runtime.settings.failed_batch_auto_retries
     waiting: list[int] = []
     stopped = False
-    for batch in open_work_batches(runtime.engine):
+    batches = open_work_batches(runtime.engine)
+    if not batches:
+        return summary
+    try:
+        runtime, refused = prepare_rerun(runtime)
+    except ApiError as exc:
+        refused = f"Hull did not answer: {exc}"
+    if refused:
+        summary.warnings.append(f"failed batches not retried by this run (they are left as they are): {refused}")
+        return summary
+    for batch in batches:
         if not owned_by(runtime, shard, batch):
             continue
         if batch["attempts"] > limit or not batch["transient"]:

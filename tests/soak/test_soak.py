@@ -278,7 +278,11 @@ def test_soak(sim_env, hull_sim, cio_sim, monkeypatch, tmp_path):
             attempt(outcomes, f"sync-users ({api})", lambda api=api: sync_users(**SETTINGS, customerio_api=api))
             attempt(outcomes, "drain-webhooks", lambda: drain_webhooks(batch_size=rng.choice([50, 200, 500])))
             if cycles % 5 == 4:
-                attempt(outcomes, "rerun-failed-batches", lambda: rerun_failed_batches(requeue_failed_webhooks=True))
+                attempt(
+                    outcomes,
+                    "rerun-failed-batches",
+                    lambda: rerun_failed_batches(**SETTINGS, requeue_failed_webhooks=True),
+                )
             cycles += 1
             time.sleep(max(0.0, CYCLE_SECONDS - (time.monotonic() - started)))
     finally:
@@ -299,7 +303,11 @@ def test_soak(sim_env, hull_sim, cio_sim, monkeypatch, tmp_path):
             break
         last = attempt(outcomes, "settle: sync-users", lambda: sync_users(**SETTINGS))
         attempt(outcomes, "settle: drain-webhooks", lambda: drain_webhooks())
-        attempt(outcomes, "settle: rerun-failed-batches", lambda: rerun_failed_batches(requeue_failed_webhooks=True))
+        attempt(
+            outcomes,
+            "settle: rerun-failed-batches",
+            lambda: rerun_failed_batches(**SETTINGS, requeue_failed_webhooks=True),
+        )
         left = inbox.count_by_status(engine)
         quiet = (
             last is not None

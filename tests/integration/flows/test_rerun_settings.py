@@ -83,11 +83,29 @@ def test_a_rerun_applies_todays_attributes_and_never_deletes_itself(sim_env, hul
     assert [e["path"] for e in cio_sim.journal() if e["method"] == "DELETE"] == ["/api/v1/customers/u-2"]
 
 
-def test_a_rerun_without_segments_keeps_the_batch_open(sim_env, hull, cio_sim):
-    failed_batch_of_two(hull, cio_sim, sim_env["STATE_DATABASE_URL"])
+def test_a_rerun_without_segments_leaves_the_batch_as_it_was_for_the_next_run_to_heal(sim_env, hull, cio_sim):
+    """A rerun started without the sync's settings (or after a segment was renamed) cannot redo
+    anything; that is the rerun's problem, not the batch's: it keeps its attempts and its
+    automatic retries, so the next scheduled run resolves it (the soak found batches that one
+    such rerun had taken out of the automatic retry for good)."""
     from flows.rerun_failed_batches import RerunIncomplete
 
-    with pytest.raises(RerunIncomplete):
-        rerun_failed_batches()  # no SYNCHRONIZED_SEGMENTS anywhere today
-    (batch,) = list_failed_batches(db.get_engine(sim_env["STATE_DATABASE_URL"]))
-    assert "synchronized_segments is empty" in batch["error"]
+    engine = db.get_engine(sim_env["STATE_DATABASE_URL"])
+    before = failed_batch_of_two(hull, cio_sim, sim_env["STATE_DATABASE_URL"])
+    for _ in range(3):
+        with pytest.raises(RerunIncomplete, match=r"nothing was rerun.*synchronized_segments is empty"):
+            rerun_failed_batches()  # no SYNCHRONIZED_SEGMENTS anywhere today
+    (batch,) = list_failed_batches(engine)
+    assert {k: batch[k] for k in ("attempts", "transient", "error", "status")} == {
+        k: before[k] for k in ("attempts", "transient", "error", "status")
+    }
+
+    with pytest.raises(RerunIncomplete, match=r"nothing was rerun.*do not exist in Hull"):
+        rerun_failed_batches(synchronized_segments=["VIP (renamed)"])
+    assert list_failed_batches(engine)[0]["attempts"] == before["attempts"]
+
+    cio_sim.clear_journal()
+    summary = sync_users(**SETTINGS)  # the scheduled run's automatic retry heals it
+    assert summary["batch_retries"] == {"resolved": 1}
+    assert list_failed_batches(engine) == []
+    assert {cio_sim.people[f"u-{n}"]["plan"] for n in (1, 2)} == {"silver"}
