@@ -46,6 +46,7 @@ from cio_sync.settings import (
     DEFAULT_WEBHOOK_DRAIN_CONCURRENCY,
     ConnectorSettings,
     HullCredentials,
+    RetrySettings,
     WebhookSettings,
 )
 from cio_sync.store.db import get_engine, utcnow
@@ -66,7 +67,21 @@ from connectors.hull import FIREHOSE_BATCH_SIZE, HullClient
 
 # Short on purpose: the drain runs every minute and a row left pending is retried by a
 # later run (after its backoff), so long waits here would only delay the rows behind it.
-DRAIN_RETRY = RetryPolicy(total=3, backoff_factor=0.5, backoff_max=5.0, timeout=10.0)
+DRAIN_MAX_RETRIES = 3
+DRAIN_MAX_BACKOFF_SECONDS = 5.0
+
+
+def drain_retry_policy(settings: RetrySettings | None = None) -> RetryPolicy:
+    """The HTTP retry settings (`HTTP_BACKOFF_SECONDS`, `HTTP_TIMEOUT_SECONDS`, ...), with at
+    most DRAIN_MAX_RETRIES retries and waits of at most DRAIN_MAX_BACKOFF_SECONDS."""
+    settings = settings or RetrySettings()
+    return RetryPolicy(
+        total=min(settings.retries, DRAIN_MAX_RETRIES),
+        backoff_factor=settings.backoff_seconds,
+        backoff_max=min(settings.backoff_max_seconds, DRAIN_MAX_BACKOFF_SECONDS),
+        backoff_jitter=settings.backoff_seconds / 2,
+        timeout=settings.timeout_seconds,
+    )
 
 
 @dataclass
@@ -132,7 +147,7 @@ def drain_batch(
     if not to_send:
         return counts.to_dict()
 
-    with HullClient.from_settings(hull_credentials, retry=retry or DRAIN_RETRY) as hull:
+    with HullClient.from_settings(hull_credentials, retry=retry or drain_retry_policy()) as hull:
         outgoing = [(row.id, hull.track_message(mapped.claims, mapped.event)) for row, mapped in to_send]
         received = {row.id: row.received_at for row, _ in to_send if row.received_at is not None}
         send_to_hull(

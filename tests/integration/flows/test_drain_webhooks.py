@@ -19,6 +19,7 @@ def drain_env(monkeypatch, tmp_path, hull_sim, cio_sim, sqlite_url):
     for key, value in simulator_environment(hull_sim, cio_sim, sqlite_url).items():
         if not key.startswith("CUSTOMERIO_"):  # the drain talks to Hull only
             monkeypatch.setenv(key, value)
+    monkeypatch.setenv("HTTP_BACKOFF_SECONDS", "0.01")  # same retry policy, shorter sleeps (as point_env_at)
     monkeypatch.chdir(tmp_path)  # no stray .env
     return monkeypatch
 
@@ -89,7 +90,7 @@ def test_drain_flow_names_missing_hull_settings_before_any_call(prefect_harness,
 
 
 def test_drain_flow_with_hull_down_stops_after_one_batch_and_says_so(prefect_harness, drain_env, hull_sim, sqlite_url):
-    from cio_sync.pipeline.drain import DRAIN_RETRY
+    from cio_sync.pipeline.drain import drain_retry_policy
     from flows.drain_webhooks import DrainStopped, drain_webhooks
 
     engine = get_engine(sqlite_url)
@@ -103,7 +104,7 @@ def test_drain_flow_with_hull_down_stops_after_one_batch_and_says_so(prefect_har
 
     assert inbox.count_by_status(engine)["pending"] == 120
     posts = [e for e in hull_sim.journal() if "firehose" in e["path"]]
-    assert len(posts) == 3 * (1 + DRAIN_RETRY.total)  # the batch's three POSTs with their retries, no more
+    assert len(posts) == 3 * (1 + drain_retry_policy().total)  # the batch's three POSTs with their retries, no more
 
 
 def test_drain_reports_an_old_pending_webhook_as_an_event_over_the_threshold(
