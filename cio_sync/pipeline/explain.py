@@ -163,6 +163,24 @@ def _t(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _section(title: str, lines: list[str]) -> list[str]:
+    return ["", title, *(lines or ["  (none)"])]
+
+
+def _event_line(event: dict[str, Any]) -> str:
+    line = f"  {_t(event['updated_at'])}  {event['status']:<8} {event['event'] or '-'}  {event['hull_event_id']}"
+    return line + (f"  ({event['reason']})" if event["reason"] else "")
+
+
+def _batch_line(batch: dict[str, Any]) -> str:
+    return f"  #{batch['id']} {batch['kind']} attempts={batch['attempts']} since {_t(batch['created_at'])}: {batch['error']}"
+
+
+def _activity_line(item: dict[str, Any]) -> str:
+    line = f"  {_t(item['received_at'])}  {item['event']:<20} {item['status']}"
+    return line + (f"  ({item['error']})" if item["error"] else "")
+
+
 def render(report: dict[str, Any]) -> list[str]:
     lines = [f"Hull user {report['hull_id']}   Customer.io id {report['cio_id'] or '-'}", ""]
     state = report["state"]
@@ -202,30 +220,12 @@ def render(report: dict[str, Any]) -> list[str]:
             if entry["writeback_error"]:
                 wb += f" (last attempt postponed: {entry['writeback_error']})"
             lines.append(wb)
-    lines += ["", f"events (last {EVENT_ROWS}):"]
-    if not report["events"]:
-        lines.append("  (none)")
-    for event in report["events"]:
-        lines.append(
-            f"  {_t(event['updated_at'])}  {event['status']:<8} {event['event'] or '-'}  {event['hull_event_id']}"
-            + (f"  ({event['reason']})" if event["reason"] else "")
-        )
-    lines += ["", "open failed batches holding the person:"]
-    if not report["failed_batches"]:
-        lines.append("  (none)")
-    for batch in report["failed_batches"]:
-        lines.append(
-            f"  #{batch['id']} {batch['kind']} attempts={batch['attempts']} since {_t(batch['created_at'])}: "
-            f"{batch['error']}"
-        )
-    lines += ["", f"email activity from Customer.io webhooks (last {WEBHOOK_ROWS}):"]
-    if not report["email_activity"]:
-        lines.append("  (none)")
-    for item in report["email_activity"]:
-        lines.append(
-            f"  {_t(item['received_at'])}  {item['event']:<20} {item['status']}"
-            + (f"  ({item['error']})" if item["error"] else "")
-        )
+    lines += _section(f"events (last {EVENT_ROWS}):", [_event_line(e) for e in report["events"]])
+    lines += _section("open failed batches holding the person:", [_batch_line(b) for b in report["failed_batches"]])
+    lines += _section(
+        f"email activity from Customer.io webhooks (last {WEBHOOK_ROWS}):",
+        [_activity_line(item) for item in report["email_activity"]],
+    )
     return lines
 
 
