@@ -21,23 +21,24 @@ OPEN, APPROVED, SUPERSEDED = "open", "approved", "superseded"
 # What a planned row removes: the person (delete), the person suppressed (suppress), or the old
 # person of an id change (delete_old, while the user lives on under its new id).
 DELETE, SUPPRESS, DELETE_OLD = "delete", "suppress", "delete_old"
-# A user has at most one planned row of each kind: leaving (delete or suppress) and delete_old.
 LEAVING = (DELETE, SUPPRESS)
 
 
-def _kind(action: str) -> str:
-    return DELETE_OLD if action == DELETE_OLD else DELETE
+def _key(hull_id: str, action: str, cio_id: str) -> tuple[str, str, str]:
+    """A user has at most one planned delete or suppress (it leaves once), and one planned
+    delete_old per old id (ids changed twice leave two old persons)."""
+    return (hull_id, DELETE_OLD, cio_id) if action == DELETE_OLD else (hull_id, DELETE, "")
 
 
 def plan_deletions(connection: Connection, rows: list[dict[str, Any]], flow_run_id: str | None) -> None:
     """`rows`: hull_id, cio_id, email, reason, and `action` (delete by default). A user already
-    planned for the same kind of removal keeps its row (and its place in a plan awaiting
-    approval) unless the person to remove or the action changed."""
+    planned (`_key`) keeps its row (and its place in a plan awaiting approval) unless the person
+    to remove or the action changed."""
     if not rows:
         return
     now = utcnow()
     existing = {
-        (r.hull_id, _kind(r.action)): r
+        _key(r.hull_id, r.action, r.cio_id): r
         for r in connection.execute(
             select(
                 planned_deletions.c.id,
@@ -52,7 +53,7 @@ def plan_deletions(connection: Connection, rows: list[dict[str, Any]], flow_run_
     new = []
     for row in rows:
         action = row.get("action") or DELETE
-        old = existing.get((row["hull_id"], _kind(action)))
+        old = existing.get(_key(row["hull_id"], action, row["cio_id"]))
         if old is None:
             new.append(
                 {
