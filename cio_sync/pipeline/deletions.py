@@ -179,7 +179,9 @@ def settle_deletions(
 def _still_leaving(
     runtime: SyncRuntime, rows: list[dict[str, Any]], result: GuardResult, flow_run_id: str | None = None
 ) -> list[dict[str, Any]]:
-    """The planned deletes that still hold against Hull now and state now; ends the others."""
+    """The planned deletes and suppresses that still hold against Hull now and state now; ends the others."""
+    if not rows:
+        return []
     hull_ids = [r["hull_id"] for r in rows]
     docs = {d.get("id"): d for d in runtime.hull.users_by_ids(hull_ids) if isinstance(d, dict)}
     live = live_people(runtime.engine, hull_ids)
