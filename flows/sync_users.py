@@ -471,7 +471,9 @@ def _postponed(result: GuardResult) -> str | None:
 
 
 def _note_dry_run_deletions(runtime: SyncRuntime, summary: SyncSummary) -> None:
-    count = summary.decisions.get("delete", 0)
+    # Everything the deletion guard would count: deletes, suppresses, old persons of id changes.
+    count = summary.decisions.get("delete", 0) + summary.decisions.get("suppress", 0)
+    count += summary.id_changes.get("delete_old", 0)
     limit = deletion_limit(runtime.settings.max_deletions_per_run, count_live_people(runtime.engine))
     if count > limit:
         summary.warnings.append(

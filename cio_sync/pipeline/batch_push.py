@@ -27,7 +27,7 @@ from typing import Any
 from cio_sync.pipeline.breaker import Breaker
 from cio_sync.pipeline.push import PUSHED_ACTIONS, CustomerIoUnavailable, UserOutcome
 from cio_sync.pipeline.senders import run_groups
-from cio_sync.rules.plan import DELETE, DELETE_OLD, MERGE, SUPPRESS, UNSET_SEGMENTS, UserPlan, identify_attributes
+from cio_sync.rules.plan import DELETE, MERGE, SUPPRESS, UNSET_SEGMENTS, UserPlan, identify_attributes
 from connectors.customerio import CustomerIoClient
 from connectors.customerio_batch import (
     MAX_ENTRY_BYTES,
@@ -52,8 +52,9 @@ def user_entries(
     plan: UserPlan, owner: int, user_id_mapping: str, max_attributes: int, max_entry_bytes: int = MAX_ENTRY_BYTES
 ) -> ItemEntries:
     """One user's entries, in the order v1 sends its calls (cio_sync/pipeline/push.py): a
-    returning person's `unsuppress`; after an id change the old person's `delete`, or an
-    empty identify of the new id and the `merge`; then the identify chunks."""
+    returning person's `unsuppress`; after an id change with `merge` an empty identify of the
+    new id and the `merge` (with `delete_old` the deletion guard deletes the old person later);
+    then the identify chunks."""
     assert plan.target_id is not None, "only plans with an action are pushed"
     target = v2_identifiers(plan.target_id, plan.target_mapping or user_id_mapping)
     if plan.action in (DELETE, SUPPRESS):
@@ -71,16 +72,13 @@ def user_entries(
             person_entry(v2_identifiers(plan.unsuppress_id, plan.unsuppress_mapping or user_id_mapping), "unsuppress"),
             "unsuppress",
         )
-    if plan.previous_id is not None and plan.id_change is not None:
+    if plan.previous_id is not None and plan.id_change == MERGE:
         previous = v2_identifiers(plan.previous_id, plan.previous_mapping or user_id_mapping)
-        if plan.id_change == DELETE_OLD:
-            add(person_entry(previous, "delete"), "delete_old")
-        elif plan.id_change == MERGE:
-            add(
-                {"type": "person", "identifiers": target, "action": "identify", "attributes": {}},
-                "identify (the merge's primary)",
-            )
-            add(merge_entry(target, previous), "merge")
+        add(
+            {"type": "person", "identifiers": target, "action": "identify", "attributes": {}},
+            "identify (the merge's primary)",
+        )
+        add(merge_entry(target, previous), "merge")
     chunks = identify_encoded(
         target,
         identify_attributes(plan, max_attributes),
@@ -262,10 +260,10 @@ def _user_outcome(plan: UserPlan, result: ItemResult) -> UserOutcome:
     outcome = UserOutcome(
         plan,
         identify_calls=delivered["identify"],
-        delete_calls=delivered["delete"] + delivered["delete_old"],
+        delete_calls=delivered["delete"],
         created=delivered["identify"] > 0,
         calls=Counter({k: delivered[k] for k in ("merge", "suppress", "unsuppress") if delivered[k]}),
-        moved=bool(delivered["merge"] or delivered["delete_old"]),
+        moved=bool(delivered["merge"]),
         unsuppressed=bool(delivered["unsuppress"]),
         log=result.log,
     )

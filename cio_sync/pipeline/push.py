@@ -8,7 +8,9 @@ An id change with `on_id_change=merge` is three steps: an empty identify of the 
 (Customer.io merges only into a person that exists), `POST /api/v1/merge_customers` with the
 new id as primary and the old as secondary (the old person's activity moves over, then it is
 deleted; its email no longer blocks the new person), then the identify calls. With
-`delete_old` the old person is deleted first, then the new one identified.
+`delete_old` only the new person is identified here: deleting the old one is destructive, so
+the users page plans it and the deletion guard sends it at the end of the run
+(cio_sync/pipeline/deletions.py).
 """
 
 from __future__ import annotations
@@ -126,9 +128,8 @@ def _before_identify(client: CustomerIoClient, plan: UserPlan, outcome: UserOutc
         return
     previous_id = plan.previous_id
     if plan.id_change == DELETE_OLD:
-        logged(outcome, "delete_old", lambda: client.delete(previous_id))
-        outcome.delete_calls += 1
-    elif plan.id_change == MERGE:
+        return  # the old person is deleted by the deletion guard, once the new one is identified
+    if plan.id_change == MERGE:
         # The primary must exist before the merge.
         logged(outcome, "identify (the merge's primary)", lambda: client.identify(target, {}))
         outcome.identify_calls += 1

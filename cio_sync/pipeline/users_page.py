@@ -21,7 +21,17 @@ from cio_sync.pipeline.summary import SyncSummary
 from cio_sync.pipeline.sync_log import log_rows, plan_sample, run_id_or_local
 from cio_sync.pipeline.writeback import WriteBackPipeline, write_back
 from cio_sync.rules.mapping import tracked_names
-from cio_sync.rules.plan import DELETE, INSERT, SKIP, SUPPRESS, UNSET_SEGMENTS, UPDATE, UserPlan, plan_page
+from cio_sync.rules.plan import (
+    DELETE,
+    DELETE_OLD,
+    INSERT,
+    SKIP,
+    SUPPRESS,
+    UNSET_SEGMENTS,
+    UPDATE,
+    UserPlan,
+    plan_page,
+)
 from cio_sync.runtime import SyncRuntime
 from cio_sync.store.cursors import Cursor, write_cursor
 from cio_sync.store.db import utcnow
@@ -30,8 +40,11 @@ from cio_sync.store.failed import USERS
 from cio_sync.store.sync_log import latest_logged_values, write_log_rows
 from cio_sync.store.users import live_cio_id_holders, load_user_state, record_user_outcomes, reseal_unchanged
 
-# Why a planned deletion is planned (decision rule 3).
+# Why a planned deletion is planned (decision rules 3 and 4; an id change with delete_old).
 LEFT_SEGMENTS = "left every synchronized segment"
+ID_CHANGED = "the Customer.io id changed"
+# Never sent from a page: the deletion guard sends them once the run's every decision is known.
+GUARDED = (DELETE, SUPPRESS)
 
 
 class PageIncomplete(Exception):
@@ -68,10 +81,23 @@ def summarize_plans(plans: list[UserPlan], summary: SyncSummary) -> None:
 
 
 def deletion_row(plan: UserPlan) -> dict[str, Any]:
+    """The planned row of a delete or a suppress (the person left every synchronized segment)."""
     return {
         "hull_id": plan.hull_id,
+        "action": plan.action,
         "cio_id": plan.target_id,
-        "reason": LEFT_SEGMENTS,
+        "reason": LEFT_SEGMENTS if plan.action == DELETE else f"{LEFT_SEGMENTS} (on_segment_exit=suppress)",
+        "email": (plan.mapped.email if plan.mapped is not None else None),
+    }
+
+
+def delete_old_row(plan: UserPlan) -> dict[str, Any]:
+    """The planned row of an id change's old person (on_id_change=delete_old)."""
+    return {
+        "hull_id": plan.hull_id,
+        "action": DELETE_OLD,
+        "cio_id": plan.previous_id,
+        "reason": f"{ID_CHANGED} to {plan.target_id!r} (on_id_change=delete_old)",
         "email": (plan.mapped.email if plan.mapped is not None else None),
     }
 
@@ -137,15 +163,22 @@ def record_page(
     phase: Phase | None = None,
     plans: list[UserPlan] | None = None,
 ) -> None:
-    """`plans`: the page's decisions. Deletes among them are recorded as planned (the deletion
-    guard sends them at the end of the run); any other decision ends a user's planned delete."""
+    """`plans`: the page's decisions. Deletes and suppresses among them are recorded as planned
+    (the deletion guard sends them at the end of the run), and so is the delete of the old
+    person of each id change with `delete_old` whose new person Customer.io accepted; any other
+    decision ends a user's planned delete or suppress."""
     now = utcnow()
     rows = [outcome_row(o, now) for o in outcomes]
     log = log_rows(plans or [], outcomes, run_id_or_local(flow_run_id), now, runtime.settings.sync_log_values)
     retryable = [o for o in outcomes if o.error_kind in ("transient", "not_attempted")]
-    deferred = [p for p in plans or [] if p.action == DELETE]
+    deferred = [deletion_row(p) for p in plans or [] if p.action in GUARDED]
+    deferred += [
+        delete_old_row(o.plan)
+        for o in outcomes
+        if o.ok and o.plan.id_change == DELETE_OLD and o.plan.previous_id is not None
+    ]
     decided_otherwise = [
-        p.hull_id for p in plans or [] if p.action != DELETE and (p.mapped is not None or p.unchanged_source)
+        p.hull_id for p in plans or [] if p.action not in GUARDED and (p.mapped is not None or p.unchanged_source)
     ]
     reseals = [
         (p.hull_id, p.mapped.attributes_hash, p.source_seal)
@@ -156,7 +189,7 @@ def record_page(
         record_user_outcomes(connection, rows)
         reseal_unchanged(connection, reseals)
         write_log_rows(connection, log)
-        plan_deletions(connection, [deletion_row(p) for p in deferred], flow_run_id)
+        plan_deletions(connection, deferred, flow_run_id)
         cancel_for_users(connection, decided_otherwise, "decided again without a delete")
         # A rerun of a failed batch (no cursor) reports what is left instead of filing a new batch.
         if retryable and next_cursor is not None:
@@ -333,9 +366,10 @@ def sync_page(
     if runtime.dry_run:
         summary.plan_sample = dry_run_sample(runtime, plans, room)
         return summary
-    # Deletes are never sent from a page: the deletion guard sends them once the run's every
+    # Deletes and suppresses are never sent from a page (nor the delete of an id change's old
+    # person, which the pushers leave out): the deletion guard sends them once the run's every
     # decision is known (cio_sync/pipeline/deletions.py).
-    to_push = [p for p in plans if p.action != DELETE]
+    to_push = [p for p in plans if p.action not in GUARDED]
 
     try:
         outcomes = push_plans(runtime, to_push, summary.calls, breaker)

@@ -3,7 +3,8 @@
 Besides the action, a plan says how the person's identity changes in Customer.io:
 - an id change (the mapped id differs from the one the person was last sent as): with
   `on_id_change=merge` the old person is merged into the new one, with `delete_old` it is
-  deleted first, with `ignore` it is left as it is (the original connector's behaviour);
+  deleted by the deletion guard at the end of the run (the new one is identified by the page),
+  with `ignore` it is left as it is (the original connector's behaviour);
 - `unset_attributes`: attributes Customer.io accepted last time and no longer sent, sent as
   "" so Customer.io removes them (`unset_removed_attributes`);
 - `unsuppress`: the person was suppressed when it left the segments and is back;
@@ -278,7 +279,7 @@ def _identity_changes(
         if settings.on_id_change != "ignore":
             plan.id_change = settings.on_id_change
         if plan.id_change == DELETE_OLD:
-            # The person moves: with the old one deleted first, `_update` would leave nobody.
+            # The person moves to a new id nobody holds yet: `_update` would create nobody.
             plan.update_only = False
 
 

@@ -142,7 +142,7 @@ planned_deletions = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("hull_id", String(64), nullable=False, index=True),
-    Column("action", String(16), nullable=False),  # delete (suppress and id migrations may join)
+    Column("action", String(16), nullable=False),  # delete | suppress | delete_old (of an id change)
     Column("cio_id", String(255), nullable=False),  # the person that would be deleted
     Column("email", String(255)),
     Column("reason", Text, nullable=False),  # why the person would be deleted

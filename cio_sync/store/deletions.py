@@ -1,6 +1,6 @@
 """Planned deletions and deletion plans: the deletion guard's tables (cio_sync/pipeline/deletions.py).
 
-A users page never sends a delete: it records a `planned` row in the same transaction as the
+A users page never sends a delete, a suppress or the delete of an id change's old person: it records a `planned` row in the same transaction as the
 page's state and cursor, so a crash loses no decision. The guard at the end of the run sends
 planned rows (`sent`/`failed`), leaves them planned (a transient failure, a plan awaiting
 approval), or ends them (`cancelled` with the reason, `rejected` by an approver). A plan
@@ -18,31 +18,47 @@ from cio_sync.store.db import as_utc, deletion_plans, planned_deletions, utcnow
 
 PLANNED, SENT, FAILED, CANCELLED, REJECTED = "planned", "sent", "failed", "cancelled", "rejected"
 OPEN, APPROVED, SUPERSEDED = "open", "approved", "superseded"
-DELETE = "delete"
+# What a planned row removes: the person (delete), the person suppressed (suppress), or the old
+# person of an id change (delete_old, while the user lives on under its new id).
+DELETE, SUPPRESS, DELETE_OLD = "delete", "suppress", "delete_old"
+LEAVING = (DELETE, SUPPRESS)
+
+
+def _key(hull_id: str, action: str, cio_id: str) -> tuple[str, str, str]:
+    """A user has at most one planned delete or suppress (it leaves once), and one planned
+    delete_old per old id (ids changed twice leave two old persons)."""
+    return (hull_id, DELETE_OLD, cio_id) if action == DELETE_OLD else (hull_id, DELETE, "")
 
 
 def plan_deletions(connection: Connection, rows: list[dict[str, Any]], flow_run_id: str | None) -> None:
-    """`rows`: hull_id, cio_id, email, reason. A user already planned keeps its row (and its
-    place in a plan awaiting approval) unless the person to delete changed."""
+    """`rows`: hull_id, cio_id, email, reason, and `action` (delete by default). A user already
+    planned (`_key`) keeps its row (and its place in a plan awaiting approval) unless the person
+    to remove or the action changed."""
     if not rows:
         return
     now = utcnow()
     existing = {
-        r.hull_id: r
+        _key(r.hull_id, r.action, r.cio_id): r
         for r in connection.execute(
-            select(planned_deletions.c.id, planned_deletions.c.hull_id, planned_deletions.c.cio_id)
+            select(
+                planned_deletions.c.id,
+                planned_deletions.c.hull_id,
+                planned_deletions.c.cio_id,
+                planned_deletions.c.action,
+            )
             .where(planned_deletions.c.hull_id.in_([r["hull_id"] for r in rows]))
             .where(planned_deletions.c.status == PLANNED)
         )
     }
     new = []
     for row in rows:
-        old = existing.get(row["hull_id"])
+        action = row.get("action") or DELETE
+        old = existing.get(_key(row["hull_id"], action, row["cio_id"]))
         if old is None:
             new.append(
                 {
                     **row,
-                    "action": DELETE,
+                    "action": action,
                     "status": PLANNED,
                     "flow_run_id": flow_run_id,
                     "attempts": 0,
@@ -50,11 +66,12 @@ def plan_deletions(connection: Connection, rows: list[dict[str, Any]], flow_run_
                     "updated_at": now,
                 }
             )
-        elif old.cio_id != row["cio_id"]:
+        elif old.cio_id != row["cio_id"] or old.action != action:
             connection.execute(
                 update(planned_deletions)
                 .where(planned_deletions.c.id == old.id)
                 .values(
+                    action=action,
                     cio_id=row["cio_id"],
                     email=row.get("email"),
                     reason=row["reason"],
@@ -68,7 +85,8 @@ def plan_deletions(connection: Connection, rows: list[dict[str, Any]], flow_run_
 
 
 def cancel_for_users(connection: Connection, hull_ids: Iterable[str], reason: str) -> int:
-    """Users decided again without a delete (back in a segment, ...): their planned row ends."""
+    """Users decided again without leaving (back in a segment, ...): their planned delete or
+    suppress ends (a planned delete_old of an earlier id change stays: the settle checks it)."""
     ids = list(hull_ids)
     if not ids:
         return 0
@@ -76,6 +94,7 @@ def cancel_for_users(connection: Connection, hull_ids: Iterable[str], reason: st
         update(planned_deletions)
         .where(planned_deletions.c.hull_id.in_(ids))
         .where(planned_deletions.c.status == PLANNED)
+        .where(planned_deletions.c.action.in_(LEAVING))
         .values(status=CANCELLED, last_error=reason, updated_at=utcnow())
     ).rowcount
 

@@ -82,10 +82,13 @@ def test_v1_merge_of_an_old_person_customerio_no_longer_knows_goes_on():
     assert outcome.error_kind == "permanent" and not outcome.moved and len(client.calls) == 2
 
 
-def test_v1_delete_old_deletes_first_and_update_only_adds_update():
-    client, _ = v1([plan(previous_id="u-1", previous_mapping="external_id", id_change=DELETE_OLD, update_only=True)])
-    assert client.calls[0] == ("delete", "u-1")
-    assert client.calls[1][0] == "identify" and client.calls[1][2]["_update"] is True
+def test_v1_delete_old_identifies_the_new_person_only_and_update_only_adds_update():
+    # The old person is deleted later, by the deletion guard (cio_sync/pipeline/deletions.py).
+    client, [outcome] = v1(
+        [plan(previous_id="u-1", previous_mapping="external_id", id_change=DELETE_OLD, update_only=True)]
+    )
+    assert [c[0] for c in client.calls] == ["identify"] and client.calls[0][2]["_update"] is True
+    assert outcome.ok and not outcome.moved and outcome.delete_calls == 0
 
 
 def test_v1_suppress_unsuppress_and_unset_segments():
@@ -137,7 +140,7 @@ def test_v2_entries_follow_the_same_order_with_typed_identifiers():
     assert first.identify_calls == 2 and second.calls == {"suppress": 1}
 
 
-def test_v2_delete_old_counts_as_a_delete_and_moves_the_person():
+def test_v2_delete_old_identifies_the_new_person_only():
     client = RecordingV2()
     [outcome] = push_page_v2(
         client,
@@ -146,6 +149,6 @@ def test_v2_delete_old_counts_as_a_delete_and_moves_the_person():
         max_attributes_per_call=30,
         concurrency=1,
     )
-    assert [e["action"] for e in client.batches[0]] == ["delete", "identify"]
-    assert client.batches[0][0]["identifiers"] == {"id": "u-1"}
-    assert outcome.moved and outcome.delete_calls == 1
+    assert [e["action"] for e in client.batches[0]] == ["identify"]  # the deletion guard deletes u-1 later
+    assert client.batches[0][0]["identifiers"] == {"email": "new@example.com"}
+    assert outcome.ok and not outcome.moved and outcome.delete_calls == 0
