@@ -29,15 +29,18 @@ def deletion_limit(configured: int | None, live_people: int) -> int:
 def segments_problem(
     settings: ConnectorSettings, unknown: Iterable[str], hull_segments: Mapping[str, str]
 ) -> str | None:
-    """Why a run with deletion on must not start: every user it reads would count as "not in
-    segments" and be deleted. `hull_segments`: id → name of the segments Hull has."""
-    if not settings.enable_user_deletion:
+    """Why a run whose segment exit acts on people (delete, suppress, unset_segments) must not
+    start: every user it reads would count as "not in segments" and be acted on.
+    `hull_segments`: id → name of the segments Hull has."""
+    action = settings.segment_exit
+    if action == "keep":
         return None
+    acting = "enable_user_deletion is on" if action == "delete" else f"on_segment_exit is {action!r}"
     if not settings.synchronized_segments:
         return (
-            "enable_user_deletion is on but synchronized_segments is empty, so every user would be "
-            "deleted from Customer.io: nothing was sent. Set SYNCHRONIZED_SEGMENTS (or the deployment "
-            "parameter), or turn enable_user_deletion off."
+            f"{acting} but synchronized_segments is empty, so every user would leave the segments "
+            f"({action} in Customer.io): nothing was sent. Set SYNCHRONIZED_SEGMENTS (or the deployment "
+            "parameter), or set on_segment_exit to keep."
         )
     missing = list(unknown)
     if not missing:
@@ -48,8 +51,8 @@ def segments_problem(
     return (
         f"synchronized segment{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
         f"{'do' if len(missing) > 1 else 'does'} not exist in Hull (renamed, misspelt, or missing from "
-        "this worker's settings?) and enable_user_deletion is on: nothing was sent, so that their users "
-        f"are not deleted. Segments in Hull: {names or 'none'}{more}."
+        f"this worker's settings?) and {acting}: nothing was sent, so that their users "
+        f"are not acted on. Segments in Hull: {names or 'none'}{more}."
     )
 
 

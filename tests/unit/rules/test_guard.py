@@ -28,6 +28,18 @@ def test_unknown_segment_with_deletion_off_is_not_refused():
     assert segments_problem(settings, ["VIP renamed"], HULL) is None
 
 
+def test_unknown_or_no_segment_refuses_every_exit_action_that_acts_on_people():
+    for action in ("delete", "suppress", "unset_segments"):
+        settings = ConnectorSettings(synchronized_segments=["VIP renamed"], on_segment_exit=action)
+        message = segments_problem(settings, ["VIP renamed"], HULL)
+        assert message is not None and "'VIP renamed'" in message
+        assert "synchronized_segments is empty" in (
+            segments_problem(ConnectorSettings(on_segment_exit=action), [], HULL) or ""
+        )
+    keep = ConnectorSettings(synchronized_segments=["VIP renamed"], on_segment_exit="keep")
+    assert segments_problem(keep, ["VIP renamed"], HULL) is None
+
+
 def test_no_segment_with_deletion_on_refuses():
     message = segments_problem(ConnectorSettings(enable_user_deletion=True), [], HULL)
     assert message is not None and "synchronized_segments is empty" in message
