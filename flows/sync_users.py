@@ -422,7 +422,13 @@ def _settle_deletions(
         if result.plan is None:
             return _postponed(result)
         deployment_run = approval.from_deployment()
-        message = over_limit_message(result.plan["size"], result.limit, result.plan["id"], deployment_run)
+        message = over_limit_message(
+            result.plan["size"],
+            result.limit,
+            result.plan["id"],
+            deployment_run,
+            actions=[r.get("action") for r in result.plan_rows],
+        )
         publish_plan(result, message)
         summary.warnings.append(message)
         logger.warning(message)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from prefect.input import RunInput
 
-from cio_sync.rules.guard import APPROVE_COMMAND
+from cio_sync.rules.guard import APPROVE_COMMAND, REMOVAL_WORDS, removal_words
 
 LISTED = 20  # people named in the form's description; the artifact lists them all
 
@@ -34,19 +34,23 @@ def from_deployment() -> bool:
 
 def description(plan: dict, limit: int, rows: list[dict]) -> str:
     listed = "\n".join(
-        f"- `{r['cio_id']}` (Hull {r['hull_id']}{', ' + r['email'] if r.get('email') else ''})" for r in rows[:LISTED]
+        f"- `{r['cio_id']}` (Hull {r['hull_id']}{', ' + r['email'] if r.get('email') else ''})"
+        f"{': ' + REMOVAL_WORDS.get(r['action'], r['action']) if r.get('action') not in (None, 'delete') else ''}"
+        for r in rows[:LISTED]
     )
     more = (
         f"\n- ... and {len(rows) - LISTED} more (the `deletion-plan` artifact lists everyone)"
         if len(rows) > LISTED
         else ""
     )
+    verb, breakdown = removal_words(r.get("action") for r in rows)
     return (
-        f"### Delete {plan['size']} people from Customer.io?\n\n"
-        f"This run would delete **{plan['size']}** people, more than `max_deletions_per_run` ({limit}). "
-        f"Nobody has been deleted. Deletion plan #{plan['id']}:\n\n{listed}{more}\n\n"
-        "Set **approve** to delete exactly these people (someone back in a synchronized segment by then "
-        "is kept); leave it off to keep them all. Outside the UI: "
+        f"### Remove {plan['size']} people from Customer.io?\n\n"
+        f"This run would have **{plan['size']}** people {verb}{breakdown}, more than "
+        f"`max_deletions_per_run` ({limit}). Nobody has been {verb}. Deletion plan #{plan['id']}:\n\n"
+        f"{listed}{more}\n\n"
+        "Set **approve** to go ahead with exactly these people (someone back in a synchronized segment by "
+        "then is kept); leave it off to keep them all. Outside the UI: "
         f"`{APPROVE_COMMAND}`."
     )
 

@@ -8,6 +8,7 @@ decision of the run is known; the flow asks for approval (cio_sync/pipeline/appr
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from cio_sync.settings import ConnectorSettings
@@ -62,7 +63,27 @@ def plan_digest(pairs: Iterable[tuple[str, str]]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def over_limit_message(count: int, limit: int, plan_id: int, from_deployment: bool) -> str:
+REMOVAL_WORDS = {
+    "delete": "deleted",
+    "suppress": "deleted and suppressed",
+    "delete_old": "deleted under an old id after an id change",
+}
+
+
+def removal_words(actions: Iterable[str | None]) -> tuple[str, str]:
+    """("deleted", "") for a plan of deletes only; else ("removed", " (150 deleted, 50 deleted and
+    suppressed)"): what the people of a plan would undergo, for its messages."""
+    counts = Counter(action or "delete" for action in actions)
+    if set(counts) <= {"delete"}:
+        return "deleted", ""
+    parts = ", ".join(f"{n} {REMOVAL_WORDS.get(action, action)}" for action, n in sorted(counts.items()))
+    return "removed", f" ({parts})"
+
+
+def over_limit_message(
+    count: int, limit: int, plan_id: int, from_deployment: bool, actions: Iterable[str | None] = ()
+) -> str:
+    verb, breakdown = removal_words(actions)
     how = (
         "approve it in the Prefect UI (the paused run's Resume form), or start a run with the parameter "
         "approve_deletions=true"
@@ -70,7 +91,7 @@ def over_limit_message(count: int, limit: int, plan_id: int, from_deployment: bo
         else f"run `{APPROVE_COMMAND}`"
     )
     return (
-        f"{count} people would be deleted from Customer.io, more than max_deletions_per_run ({limit}): "
-        f"nobody was deleted. The list is deletion plan #{plan_id} (the `deletion-plan` artifact); "
-        f"to delete exactly those people, {how}."
+        f"{count} people would be {verb} from Customer.io{breakdown}, more than max_deletions_per_run "
+        f"({limit}): nobody was {verb}. The list is deletion plan #{plan_id} (the `deletion-plan` artifact); "
+        f"to go ahead with exactly those people, {how}."
     )

@@ -209,7 +209,7 @@ def test_a_deployment_run_pauses_and_deletes_the_plan_once_approved_through_the_
     with get_client(sync_client=True) as client:
         keyset = client.read_flow_run(run_id).state.state_details.run_input_keyset
         form = client.read_flow_run_input(run_id, keyset["description"])
-    assert "Delete 4 people" in form and "u-4" in form
+    assert "Remove 4 people" in form and "people deleted, more than" in form and "u-4" in form
     resume_flow_run(run_id, run_input={"approve": True, "note": "ticket OPS-1"})
     thread.join(timeout=180)
     assert not thread.is_alive() and "error" not in outcome, outcome.get("error")

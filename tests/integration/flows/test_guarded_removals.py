@@ -96,7 +96,10 @@ def test_200_of_1000_leaving_with_suppress_wait_for_approval_and_the_cli_suppres
     capsys.readouterr()
     assert cli(["sync-users"]) == 1
     err = capsys.readouterr().err
-    assert "200 people would be deleted" in err and "max_deletions_per_run (100)" in err
+    assert (
+        "200 people would be removed from Customer.io (200 deleted and suppressed)" in err
+        and "max_deletions_per_run (100)" in err
+    )
     assert "cio-sync sync-users --approve-deletions" in err
     assert suppressed(cio_sim) == [] and len(cio_sim.people) == 1000 and not cio_sim.suppressed
     rows = planned_rows(sim_env["STATE_DATABASE_URL"])
@@ -144,7 +147,7 @@ def test_a_person_back_in_a_segment_before_the_approval_is_not_suppressed(sim_en
     seed(hull, 10)
     sync_users(**SUPPRESSING, customerio_api=api)
     leave(hull, [1, 2, 3])
-    with pytest.raises(SyncFailed, match="3 people would be deleted"):
+    with pytest.raises(SyncFailed, match=r"3 people would be removed from Customer.io \(3 deleted and suppressed\)"):
         sync_users(**SUPPRESSING, customerio_api=api)
     assert suppressed(cio_sim) == []
     hull.set_segments(user(3)["id"], ["s-vip"])  # back before the approval
@@ -160,7 +163,7 @@ def test_turning_suppress_off_cancels_the_planned_suppresses(sim_env, hull, cio_
     seed(hull, 4)
     sync_users(**SUPPRESSING)
     leave(hull, [0, 1])
-    with pytest.raises(SyncFailed, match="2 people would be deleted"):
+    with pytest.raises(SyncFailed, match=r"2 people would be removed from Customer.io \(2 deleted and suppressed\)"):
         sync_users(**SUPPRESSING)
     summary = sync_users(**{**SUPPRESSING, "on_segment_exit": "keep"}, approve_deletions=True)
     assert suppressed(cio_sim) == [] and len(cio_sim.people) == 4
@@ -179,7 +182,7 @@ def test_delete_old_over_the_limit_identifies_the_new_ids_and_deletes_the_old_on
     for n in (1, 2):
         hull.upsert_user({"id": user(n)["id"], "external_id": f"acct-{n}"})
     cio_sim.clear_journal()
-    with pytest.raises(SyncFailed, match="2 people would be deleted"):
+    with pytest.raises(SyncFailed, match=r"2 people would be removed from Customer.io \(2 deleted under an old id"):
         sync_users(**MOVING, customerio_api=api)
     # The new persons are there at once; the old ones wait for the approval.
     assert {"acct-1", "acct-2", "u-1", "u-2"} <= set(cio_sim.people)
@@ -205,12 +208,12 @@ def test_delete_old_is_not_sent_when_the_old_id_is_held_again(sim_env, hull, cio
     sync_users(**MOVING)
     hull.advance(10)
     hull.upsert_user({"id": user(1)["id"], "external_id": "acct-1"})
-    with pytest.raises(SyncFailed, match="1 people would be deleted"):
+    with pytest.raises(SyncFailed, match=r"1 people would be removed from Customer.io \(1 deleted under an old id"):
         sync_users(**MOVING)
     hull.advance(10)
     hull.upsert_user({"id": user(1)["id"], "external_id": "u-1"})  # back to the old id before the approval
     # acct-1 is now an old id to delete in turn: over the limit (0), it waits for approval.
-    with pytest.raises(SyncFailed, match="1 people would be deleted"):
+    with pytest.raises(SyncFailed, match=r"1 people would be removed from Customer.io \(1 deleted under an old id"):
         sync_users(**MOVING, approve_deletions=True)
     assert "u-1" in cio_sim.people and "u-1" not in cio_sim.deleted
     assert state_row(sim_env["STATE_DATABASE_URL"], user(1)["id"]).cio_id == "u-1"

@@ -46,6 +46,16 @@ def test_no_segment_with_deletion_on_refuses():
     assert segments_problem(ConnectorSettings(), [], HULL) is None
 
 
+def test_over_limit_message_names_what_the_people_would_undergo():
+    only_deletes = over_limit_message(3, 2, 7, from_deployment=False, actions=["delete", None, "delete"])
+    assert "3 people would be deleted from Customer.io, more than" in only_deletes
+    mixed = over_limit_message(3, 2, 7, from_deployment=False, actions=["suppress", "delete", "delete_old"])
+    assert (
+        "3 people would be removed from Customer.io (1 deleted, 1 deleted under an old id after an id change, " in mixed
+    )
+    assert "1 deleted and suppressed)" in mixed and "nobody was removed" in mixed
+
+
 def test_plan_digest_depends_on_the_people_not_their_order():
     a = plan_digest([("h1", "u-1"), ("h2", "u-2")])
     assert a == plan_digest([("h2", "u-2"), ("h1", "u-1")])
