@@ -7,12 +7,11 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import select
 
 from cio_sync.cli.main import main as cli
-from cio_sync.store import db
 from flows.sync_users import SyncFailed, sync_users
 from tests.support.builders import hull_user as user
+from tests.support.guard import leave, planned_rows, seed
 from tests.support.prefect_api import artifacts_of, table_of
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -33,22 +32,6 @@ def deletes(cio_sim) -> list[str]:
 
 def cio_calls(cio_sim) -> list[dict]:
     return [e for e in cio_sim.journal() if not e["path"].startswith("/_sim")]
-
-
-def seed(hull, count: int) -> None:
-    for n in range(count):
-        hull.upsert_user(user(n))
-
-
-def leave(hull, numbers) -> None:
-    hull.advance(10)
-    for n in numbers:
-        hull.set_segments(user(n)["id"], ["s-other"])
-
-
-def planned_rows(url) -> list:
-    with db.get_engine(url).connect() as connection:
-        return list(connection.execute(select(db.planned_deletions).order_by(db.planned_deletions.c.id)))
 
 
 def test_a_renamed_segment_with_deletion_on_deletes_nobody_and_fails_naming_it(sim_env, hull, cio_sim):

@@ -12,6 +12,7 @@ from cio_sync.cli.main import main as cli
 from cio_sync.store import db
 from flows.sync_users import SyncFailed, sync_users
 from tests.support.builders import hull_user as user
+from tests.support.guard import leave, planned_rows, seed
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -49,22 +50,6 @@ def requests(cio_sim) -> list[tuple[str, str]]:
 
 def suppressed(cio_sim) -> list[str]:
     return sorted(i for action, i in requests(cio_sim) if action == "suppress")
-
-
-def seed(hull, count: int) -> None:
-    for n in range(count):
-        hull.upsert_user(user(n))
-
-
-def leave(hull, numbers) -> None:
-    hull.advance(10)
-    for n in numbers:
-        hull.set_segments(user(n)["id"], ["s-other"])
-
-
-def planned_rows(url) -> list:
-    with db.get_engine(url).connect() as connection:
-        return list(connection.execute(select(db.planned_deletions).order_by(db.planned_deletions.c.id)))
 
 
 def state_row(url: str, hull_id: str):
