@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-
 from cio_sync.pipeline.batch_push import push_events_v2
 from cio_sync.pipeline.breaker import Breaker
 from cio_sync.pipeline.extract import seen_at_position
@@ -52,9 +50,10 @@ from cio_sync.rules.mapping import MalformedUserError
 from cio_sync.rules.sharding import WHOLE, Shard
 from cio_sync.runtime import SyncRuntime
 from cio_sync.store.cursors import Cursor, write_cursor
-from cio_sync.store.db import event_state, upsert, user_state, utcnow
+from cio_sync.store.db import event_state, upsert, utcnow
 from cio_sync.store.events import DECIDED, DONE, decided_event_ids
 from cio_sync.store.failed import EVENTS
+from cio_sync.store.users import live_people
 from connectors.http import PermanentError, TransientError
 from connectors.hull import MAX_PER_PAGE
 
@@ -108,13 +107,7 @@ def describe_users(runtime: SyncRuntime, docs: list[dict[str, Any]]) -> dict[str
     """Current segment membership and id from the Hull documents; whether the person exists
     in Customer.io from state."""
     user_ids = [d["id"] for d in docs if isinstance(d, dict) and isinstance(d.get("id"), str)]
-    with runtime.engine.connect() as connection:
-        rows = connection.execute(
-            select(user_state.c.hull_id, user_state.c.cio_id, user_state.c.created_at, user_state.c.deleted_at).where(
-                user_state.c.hull_id.in_(user_ids)
-            )
-        ).all()
-    live = {r.hull_id: r.cio_id for r in rows if r.created_at is not None and r.deleted_at is None}
+    live = live_people(runtime.engine, user_ids)
     users: dict[str, EventUser] = {}
     mapping, whitelisted = runtime.settings.user_id_mapping, runtime.whitelisted_segment_ids
     for doc in docs:
