@@ -6,9 +6,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, Engine, Text, bindparam, cast, func, select, update
+from sqlalchemy import Connection, Engine, Text, and_, bindparam, cast, func, select, update
 
 from cio_sync.store.db import as_utc, upsert, user_state, utcnow
+
+# A person is live in Customer.io when this connector created it and has not deleted it since.
+LIVE = and_(user_state.c.created_at.is_not(None), user_state.c.deleted_at.is_(None))
 
 STATE_FRAME_COLUMNS = [
     "hull_id",
@@ -117,8 +120,7 @@ def live_cio_id_holders(engine: Engine, cio_ids: Iterable[str]) -> dict[str, str
             rows = connection.execute(
                 select(user_state.c.cio_id, user_state.c.hull_id)
                 .where(user_state.c.cio_id.in_(ids[start : start + 500]))
-                .where(user_state.c.created_at.is_not(None))
-                .where(user_state.c.deleted_at.is_(None))
+                .where(LIVE)
                 .order_by(user_state.c.created_at, user_state.c.hull_id)
             ).all()
             for cio_id, hull_id in rows:
@@ -129,12 +131,7 @@ def live_cio_id_holders(engine: Engine, cio_ids: Iterable[str]) -> dict[str, str
 def count_live_people(engine: Engine) -> int:
     """People state says exist in Customer.io (created, not deleted)."""
     with engine.connect() as connection:
-        return connection.execute(
-            select(func.count())
-            .select_from(user_state)
-            .where(user_state.c.created_at.is_not(None))
-            .where(user_state.c.deleted_at.is_(None))
-        ).scalar_one()
+        return connection.execute(select(func.count()).select_from(user_state).where(LIVE)).scalar_one()
 
 
 def live_people(engine: Engine, hull_ids: list[str]) -> dict[str, str]:
@@ -145,8 +142,7 @@ def live_people(engine: Engine, hull_ids: list[str]) -> dict[str, str]:
             rows = connection.execute(
                 select(user_state.c.hull_id, user_state.c.cio_id)
                 .where(user_state.c.hull_id.in_(hull_ids[start : start + 500]))
-                .where(user_state.c.created_at.is_not(None))
-                .where(user_state.c.deleted_at.is_(None))
+                .where(LIVE)
             ).all()
             found.update({hull_id: cio_id for hull_id, cio_id in rows if cio_id})
     return found
