@@ -600,16 +600,8 @@ class HullSimulator(SimulatorServer):
                 key = self._order_key.get(hull_id)
                 if key is not None and in_range(key[0], bounds):
                     excluded_keys.add(key)
-        order, low, high = self._order, 0, len(self._order)
-        for bounds in ranges:
-            if "gte" in bounds:
-                low = max(low, bisect_left(order, bounds["gte"], key=_first))
-            if "gt" in bounds:
-                low = max(low, bisect_right(order, bounds["gt"], key=_first))
-            if "lte" in bounds:
-                high = min(high, bisect_right(order, bounds["lte"], key=_first))
-            if "lt" in bounds:
-                high = min(high, bisect_left(order, bounds["lt"], key=_first))
+        order = self._order
+        low, high = _slice_bounds(order, ranges)
         if low >= high:
             return [], {"page": page, "per_page": per_page, "pages": 0, "total": 0}
         first, last = order[low], order[high - 1]
@@ -784,16 +776,7 @@ class HullSimulator(SimulatorServer):
         Elasticsearch reports a total it did not count to the end), so ``pages`` still
         says whether another page exists."""
         order = self._sorted_events()
-        low, high = 0, len(order)
-        for bounds in ranges:
-            if "gte" in bounds:
-                low = max(low, bisect_left(order, bounds["gte"], key=_first))
-            if "gt" in bounds:
-                low = max(low, bisect_right(order, bounds["gt"], key=_first))
-            if "lte" in bounds:
-                high = min(high, bisect_right(order, bounds["lte"], key=_first))
-            if "lt" in bounds:
-                high = min(high, bisect_left(order, bounds["lt"], key=_first))
+        low, high = _slice_bounds(order, ranges)
         start, chosen, matched, exact = (page - 1) * per_page, [], 0, True
         positions = range(low, high) if direction != "desc" else range(high - 1, low - 1, -1)
         examined = 0
@@ -1133,3 +1116,18 @@ _EVENT_FIELDS = frozenset(
         "event_type",
     }
 )
+
+
+def _slice_bounds(order: list, ranges: list[dict]) -> tuple[int, int]:
+    """[low, high) of `order` (sorted by its first element) that every range query admits."""
+    low, high = 0, len(order)
+    for bounds in ranges:
+        if "gte" in bounds:
+            low = max(low, bisect_left(order, bounds["gte"], key=_first))
+        if "gt" in bounds:
+            low = max(low, bisect_right(order, bounds["gt"], key=_first))
+        if "lte" in bounds:
+            high = min(high, bisect_right(order, bounds["lte"], key=_first))
+        if "lt" in bounds:
+            high = min(high, bisect_left(order, bounds["lt"], key=_first))
+    return low, high
