@@ -29,6 +29,10 @@ DEFAULT_WEBHOOK_CLAIM_TIMEOUT_SECONDS = 600
 DEFAULT_WEBHOOK_DRAIN_CONCURRENCY = 4
 
 DEFAULT_DATA_DIR = Path("data")
+# Consecutive pages of users that send nothing (all unchanged or skipped) are recorded by one
+# `sync-users-quiet-pages` task of up to this many pages, not one task each: a Prefect task run
+# costs its server ~40 ms of CPU, more than a page of 500 unchanged users costs the connector.
+QUIET_PAGES_PER_TASK = 20
 US_TRACK_URL = "https://track.customer.io"
 EU_TRACK_URL = "https://track-eu.customer.io"
 DEFAULT_FIREHOSE_URL = "https://firehose.hullapp.io"

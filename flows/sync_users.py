@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from datetime import datetime
 from typing import Any, Literal, TypeVar, cast
 
@@ -23,14 +24,14 @@ from cio_sync.pipeline.rerun import retry_failed_batches
 from cio_sync.pipeline.resync import resync_requested
 from cio_sync.pipeline.summary import SyncSummary
 from cio_sync.pipeline.sync_log import plan_markdown
-from cio_sync.pipeline.users_page import PageIncomplete, PagePlanner
+from cio_sync.pipeline.users_page import PageIncomplete, PagePlanner, QuietPage
 from cio_sync.pipeline.watermarks import EventsWindow, events_window, not_behind, users_walk_start
 from cio_sync.pipeline.writeback import WriteBackPipeline, write_back
 from cio_sync.redact import scrub, scrub_obj, scrubbed_errors
 from cio_sync.rules.guard import deletion_limit, over_limit_message, segments_problem
 from cio_sync.rules.sharding import WHOLE, Shard
 from cio_sync.runtime import SyncRuntime, build_runtime
-from cio_sync.settings import ApprovalSettings, ConnectorSettings
+from cio_sync.settings import QUIET_PAGES_PER_TASK, ApprovalSettings, ConnectorSettings
 from cio_sync.store.cursors import Cursor, read_cursor
 from cio_sync.store.db import utcnow
 from cio_sync.store.deletions import open_plan, reject_plan
@@ -42,7 +43,7 @@ from cio_sync.store.users import count_live_people, count_pending_writebacks
 from connectors.http import ApiError, AuthError
 from tasks.send_deletions import send_deletions_task
 from tasks.sync_events_page import sync_events_page_task
-from tasks.sync_users_page import sync_users_page_task
+from tasks.sync_users_page import sync_quiet_pages_task, sync_users_page_task
 
 USERS_CURSOR = "users"
 NO_SEGMENTS_WARNING = (
@@ -304,6 +305,35 @@ def _sync_users_stream(
     # Plans page k+1 (map, diff) while page k is pushed: Customer.io is not left waiting.
     planner = PagePlanner(runtime)
     phase = Phase(USERS)  # one breaker and one failed batch for every page of the phase
+    quiet: list[QuietPage] = []  # planned pages that send nothing, recorded together
+
+    def record_quiet() -> None:
+        if not quiet:
+            return
+        summaries = sync_quiet_pages_task(
+            quoted(runtime),
+            quoted(list(quiet)),
+            users_cursor,
+            run_id,
+            quoted(write_backs),
+            quoted(phase),
+            SyncSummary.MAX_PLAN_SAMPLE - len(summary.plan_sample),
+        )
+        decisions: Counter[str] = Counter()
+        for page, page_summary in zip(quiet, summaries, strict=True):
+            planner.recorded(page.users)
+            summary.merge(page_summary)
+            decisions.update(page_summary.decisions)
+            progress.page_done(len(page.users), page.remaining)
+        logger.info(
+            "pages %d-%d: %d users, nothing to send (%s)",
+            pages - len(quiet) + 1,
+            pages,
+            sum(len(page.users) for page in quiet),
+            ", ".join(f"{k}={v}" for k, v in sorted(decisions.items())),
+        )
+        quiet.clear()
+
     try:
         while max_pages is None or pages < max_pages:
             try:
@@ -315,11 +345,20 @@ def _sync_users_stream(
                     lease.check()  # raises LeaseLost: another run took the lease over
                 planned = planner.take(fetched.users)
                 planner.submit(pages_ahead.next_users())
+                next_cursor = not_behind(stored, fetched.cursor)
+                if planned is not None and planned.sends_nothing:
+                    quiet.append(QuietPage(fetched.users, next_cursor, planned, fetched.remaining))
+                    cursor = fetched.cursor
+                    pages += 1
+                    if len(quiet) >= QUIET_PAGES_PER_TASK:
+                        record_quiet()
+                    continue
+                record_quiet()  # before this page: the cursor moves in order
                 page_summary = sync_users_page_task(
                     quoted(runtime),
                     quoted(fetched.users),
                     users_cursor,
-                    quoted(not_behind(stored, fetched.cursor)),
+                    quoted(next_cursor),
                     run_id,
                     quoted(write_backs),
                     quoted(phase),
@@ -344,6 +383,8 @@ def _sync_users_stream(
                 page_summary.users_seen,
                 ", ".join(f"{k}={v}" for k, v in sorted(page_summary.decisions.items())),
             )
+        if failure is None:
+            record_quiet()  # the walk's last quiet pages (after a failed page there are none: recorded before it)
     finally:
         planner.close()
         pages_ahead.close()

@@ -123,3 +123,73 @@ def test_rows_from_before_the_digest_are_mapped_once(sim_env, hull, cio_sim, map
     touch_all(hull, users)
     mapped.clear()
     assert sync_users(**SETTINGS)["skip_reasons"] == {"unchanged": 3} and mapped == []
+
+
+@pytest.fixture
+def page_tasks(monkeypatch):
+    """What the flow's page tasks did, in order: ("page", hull ids) for a `sync-users-page`
+    task, ("quiet", pages) for a `sync-users-quiet-pages` task. The real functions run."""
+    import tasks.sync_users_page as task_module
+
+    seen: list[tuple[str, object]] = []
+    real_page, real_quiet = task_module.sync_page, task_module.sync_quiet_pages
+
+    def page(runtime, users, *args, **kwargs):
+        seen.append(("page", [u["id"] for u in users]))
+        return real_page(runtime, users, *args, **kwargs)
+
+    def quiet(runtime, pages, *args, **kwargs):
+        seen.append(("quiet", len(pages)))
+        return real_quiet(runtime, pages, *args, **kwargs)
+
+    monkeypatch.setattr(task_module, "sync_page", page)
+    monkeypatch.setattr(task_module, "sync_quiet_pages", quiet)
+    monkeypatch.setattr("flows.sync_users.QUIET_PAGES_PER_TASK", 4)
+    return seen
+
+
+def stored_cursor(url):
+    from cio_sync.store.cursors import read_cursor
+
+    return read_cursor(db.get_engine(url), "users")
+
+
+def test_pages_that_send_nothing_share_one_task_and_the_cursor_still_moves_in_order(
+    sim_env, hull, cio_sim, page_tasks
+):
+    """A page of unchanged users costs no Prefect task of its own: consecutive quiet pages are
+    recorded by one task (4 pages here), each in its own transaction with its cursor, and a page
+    with something to send is synced only after the quiet pages before it are recorded."""
+    database_url = sim_env["STATE_DATABASE_URL"]
+    users = [user(n) for n in range(1, 11)]
+    for u in users:
+        hull.upsert_user(u)
+    settings = {**SETTINGS, "users_per_batch": 1}
+    assert sync_users(**settings)["decisions"] == {"insert": 10}
+    assert [kind for kind, _ in page_tasks] == ["page"] * 10  # every page sent something
+    state = rows(database_url)
+
+    # Nothing changed: the first page is planned by its own task (nothing was planned ahead),
+    # the nine after it by tasks of at most four pages.
+    touch_all(hull, users)
+    page_tasks.clear()
+    cio_sim.clear_journal()
+    again = sync_users(**settings)
+    assert again["pages"] == 10 and again["skip_reasons"] == {"unchanged": 10}
+    assert page_tasks == [("page", [users[0]["id"]]), ("quiet", 4), ("quiet", 4), ("quiet", 1)]
+    assert cio_writes(cio_sim) == [] and rows(database_url) == state
+    last = hull.users[users[-1]["id"]]["indexed_at"]
+    assert stored_cursor(database_url).position == last
+
+    # One user changed in the middle of the walk: the quiet pages before it are recorded first,
+    # its page has a task of its own, the quiet pages after it share one again.
+    touch_all(hull, users[:5])
+    hull.upsert_user({**users[5], "traits_plan": "platinum"})
+    touch_all(hull, users[6:])
+    hull.advance(5)  # the write-back of user 6 re-indexes it after the walk's bound, for the next run
+    page_tasks.clear()
+    changed = sync_users(**settings)
+    assert changed["decisions"] == {"update": 1, "skip": 9}
+    assert page_tasks == [("page", [users[0]["id"]]), ("quiet", 4), ("page", [users[5]["id"]]), ("quiet", 4)]
+    assert cio_sim.people["u-6"]["plan"] == "platinum"
+    assert stored_cursor(database_url).position == hull.users[users[-1]["id"]]["indexed_at"]
