@@ -9,6 +9,8 @@ import base64
 import hashlib
 import hmac
 import json
+import random
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -48,17 +50,42 @@ _DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256)
 _LONG_DIGIT_RUN = b"0" * 19
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    if type(value) is str:
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if type(value) is list:
+        return [_without_lone_surrogates(v) for v in value]
+    if type(value) is dict:
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+    return value
+
+
 def loads(content: bytes) -> Any:
     """A JSON response body, parsed exactly as the standard library parses it: by orjson
     (several times faster) unless the body holds what orjson reads differently (a run of 19
     digits: an integer beyond 64 bits becomes a float there) or refuses (NaN, Infinity, lone
-    surrogates), which the standard library parses instead."""
+    surrogates), which the standard library parses instead. A lone UTF-16 surrogate (`"\\ud800"`
+    with no partner) becomes U+FFFD, as any UTF-8 decoder does: no UTF-8 text (a hash, a state
+    row, a Customer.io request) can hold it, and one such trait stopped every run at its page."""
     if _LONG_DIGIT_RUN not in content.translate(_DIGITS_AS_ZEROS):
         try:
             return orjson.loads(content)
         except orjson.JSONDecodeError:
             pass
-    return json.loads(content)
+    parsed = json.loads(content)
+    if b"\\ud" in content.lower():
+        parsed = _without_lone_surrogates(parsed)
+    return parsed
+
+
+def request_id() -> str:
+    """A random UUID (version 4) for a firehose message. Not `uuid4()`: its `os.urandom` is a
+    system call per message, one GIL hand-off per user written back; an id only needs to be
+    unique, not secret (the generator is reseeded in every forked process)."""
+    return str(uuid.UUID(int=random.getrandbits(128), version=4))
 
 
 def _b64(data: bytes) -> bytes:
@@ -259,7 +286,7 @@ class HullClient(ApiClient):
         now = iso(datetime.now(timezone.utc))
         return {
             "type": "traits",
-            "requestId": str(uuid.uuid4()),
+            "requestId": request_id(),
             "headers": {"Hull-Access-Token": self.token(claims, hull_id, create=False)},
             "body": traits,
             "timestamp": now,
@@ -268,7 +295,7 @@ class HullClient(ApiClient):
     def track_message(self, claims: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
         return {
             "type": "track",
-            "requestId": str(uuid.uuid4()),
+            "requestId": request_id(),
             "headers": {"Hull-Access-Token": self.token(claims)},
             "body": event,
             "timestamp": iso(datetime.now(timezone.utc)),

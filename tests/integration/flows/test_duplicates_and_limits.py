@@ -77,3 +77,13 @@ def test_reserved_underscore_names_are_dropped_and_counted(sim_env, hull, cio_si
     assert summary["decisions"] == {"insert": 1} and summary["failed_users"] == {}
     assert summary["dropped_attributes"] == {"_score": 1}
     assert cio_sim.people["u-1"]["plan"] == "gold" and "_score" not in cio_sim.people["u-1"]
+
+
+def test_a_trait_with_a_lone_surrogate_syncs_with_the_replacement_character(sim_env, hull, cio_sim):
+    """Hull's JSON may escape half a UTF-16 pair ("\\ud800"): no UTF-8 text can hold it. It
+    becomes U+FFFD when read, so the user is synced and the run does not fail at its page."""
+    hull.upsert_user(user(1, traits_plan="gold \ud800"))
+    hull.upsert_user(user(2))
+    summary = sync_users(synchronized_segments=["VIP"], synchronized_attributes=["plan"])
+    assert summary["decisions"] == {"insert": 2} and summary["failed_users"] == {}
+    assert cio_sim.people["u-1"]["plan"] == "gold \ufffd" and cio_sim.people["u-2"]["plan"] == "gold"
