@@ -154,9 +154,7 @@ def stored_cursor(url):
     return read_cursor(db.get_engine(url), "users")
 
 
-def test_pages_that_send_nothing_share_one_task_and_the_cursor_still_moves_in_order(
-    sim_env, hull, cio_sim, page_tasks
-):
+def test_pages_that_send_nothing_share_one_task_and_the_cursor_still_moves_in_order(sim_env, hull, cio_sim, page_tasks):
     """A page of unchanged users costs no Prefect task of its own: consecutive quiet pages are
     recorded by one task (4 pages here), each in its own transaction with its cursor, and a page
     with something to send is synced only after the quiet pages before it are recorded."""
