@@ -106,10 +106,11 @@ def event_body(event: dict[str, Any], created_at: datetime, cio_event_id: str) -
         return None, "no_event_name"
     if byte_length(body["name"]) > MAX_EVENT_NAME_BYTES:
         return None, "name_too_long"
-    if (
-        len(json.dumps(body["data"], separators=(",", ":"), ensure_ascii=False, default=str).encode())
-        > MAX_EVENT_DATA_BYTES
-    ):
+    try:
+        data = json.dumps(body["data"], separators=(",", ":"), ensure_ascii=False, default=str, allow_nan=False)
+    except ValueError:  # NaN or Infinity: no JSON number; v1 could not even send the call
+        return None, "data_not_json"
+    if len(data.encode()) > MAX_EVENT_DATA_BYTES:
         return None, "data_too_large"
     return body, ""
 

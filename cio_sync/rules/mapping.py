@@ -58,6 +58,9 @@ class MalformedUserError(ValueError):
     """A user document from Hull that cannot be read at all."""
 
 
+NOT_A_JSON_NUMBER = "NaN or Infinity, which JSON cannot carry"
+
+
 def attribute_name(hull_name: str) -> str:
     """`traits_a/b` → `a-b`, `account.x/y` → `account_x-y`, `id` → `hull_id`."""
     if hull_name.startswith("account."):
@@ -105,7 +108,10 @@ def byte_length(value: Any) -> int:
         # ASCII text is one byte a character; isascii() is O(1) and spares an encode per value.
         return len(value) if value.isascii() else len(value.encode("utf-8"))
     if isinstance(value, (dict, list, tuple)):
-        return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8"))
+        # allow_nan=False: raises ValueError for NaN/Infinity inside, which JSON cannot hold.
+        return len(
+            json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str, allow_nan=False).encode("utf-8")
+        )
     if isinstance(value, (int, float)):
         return len(str(value))  # numbers (and bools) print as ASCII
     return len(str(value).encode("utf-8"))
@@ -350,7 +356,13 @@ def map_user(
             if type(value) is str:
                 size = len(value) if value.isascii() else len(value.encode("utf-8"))
             else:
-                size = byte_length(value)
+                try:
+                    if type(value) is float and not math.isfinite(value):
+                        raise ValueError(value)
+                    size = byte_length(value)
+                except ValueError:  # Hull's JSON may hold NaN/Infinity: Customer.io's cannot
+                    dropped.append((name, NOT_A_JSON_NUMBER))
+                    continue
             if size > max_value_length:
                 dropped.append((name, f"value longer than {max_value_length} bytes"))
                 continue

@@ -87,3 +87,19 @@ def test_a_trait_with_a_lone_surrogate_syncs_with_the_replacement_character(sim_
     summary = sync_users(synchronized_segments=["VIP"], synchronized_attributes=["plan"])
     assert summary["decisions"] == {"insert": 2} and summary["failed_users"] == {}
     assert cio_sim.people["u-1"]["plan"] == "gold \ufffd" and cio_sim.people["u-2"]["plan"] == "gold"
+
+
+@pytest.mark.parametrize("api", ["v1", "v2_batch"])
+def test_a_trait_that_is_not_a_json_number_is_dropped_and_the_rest_syncs(sim_env, hull, cio_sim, api):
+    """Hull may send NaN or Infinity (its JSON is not strict); JSON for Customer.io cannot hold
+    them. The attribute is left out and counted, the user and the run go on."""
+    hull.upsert_user(user(1, traits_coconuts=float("nan")))
+    hull.upsert_user(user(2, traits_coconuts=float("inf")))
+    hull.upsert_user(user(3))
+    summary = sync_users(
+        synchronized_segments=["VIP"], synchronized_attributes=["plan", "coconuts"], customerio_api=api
+    )
+    assert summary["decisions"] == {"insert": 3} and summary["failed_users"] == {}
+    assert summary["dropped_attributes"] == {"coconuts": 2}
+    assert "coconuts" not in cio_sim.people["u-1"] and "coconuts" not in cio_sim.people["u-2"]
+    assert cio_sim.people["u-1"]["plan"] == "gold" and cio_sim.people["u-3"]["coconuts"] == 3

@@ -117,6 +117,23 @@ def test_whitelisted_event_is_sent_once_with_its_body_and_ulid(sim_env, hull, ci
 
 
 @sqlite_only
+def test_an_event_with_a_property_json_cannot_carry_is_skipped_with_its_reason(sim_env, hull, cio_sim):
+    """NaN in Hull's event properties: v1 could not even build the call, and the run stopped on
+    it as if the API key were wrong, every time. Now the event is skipped, said why, once."""
+    hull.upsert_user(user(1))
+    add_event(hull, 1, "e-nan", created_at=at(1), properties={"score": float("nan")})
+    add_event(hull, 1, "e-signup", created_at=at(2))
+
+    summary = sync_users(**SETTINGS)
+
+    assert [e["id"] for e in cio_sim.events] == [ulid_of("e-signup", at(2))]
+    assert summary["events"]["sent"] == 1
+    row = event_rows(sim_env)["e-nan"]
+    assert (row.status, row.reason) == ("skipped", "data_not_json")
+    assert events_cursor(sim_env).position == at(2)
+
+
+@sqlite_only
 def test_event_not_in_events_filter_is_not_sent(sim_env, hull, cio_sim):
     hull.upsert_user(user(1))
     add_event(hull, 1, "e-order", name="Order Completed", created_at=at(1))
