@@ -277,7 +277,8 @@ def sync_events_page(
             summary.event_skip_reasons[plan.reason] -= 1
             unsent_user.append(plan)
     summary.event_skip_reasons = +summary.event_skip_reasons  # drop zero counts
-    plans = [p for p in plans if p not in unsent_user]
+    waiting = {id(p) for p in unsent_user}  # by identity: `in` on the list compared dataclasses, O(n²)
+    plans = [p for p in plans if id(p) not in waiting]
 
     to_send = [p for p in plans if p.action in (SEND, SEND_ANONYMOUS)]
     if not to_send:
