@@ -15,6 +15,7 @@ from prefect.utilities.annotations import quote
 from cio_sync.pipeline import approval
 from cio_sync.pipeline.alert_events import emit_failed_batches_event
 from cio_sync.pipeline.deletions import GuardResult, plan_table
+from cio_sync.pipeline.events_page import EventsReadAhead
 from cio_sync.pipeline.extract import UserPagePrefetcher, resolve_run_segments, walk_bound
 from cio_sync.pipeline.identity import IdMappingChanged, check_id_mapping
 from cio_sync.pipeline.leases import users_writer_lease
@@ -413,29 +414,36 @@ def walk_events(
     of the `window` (cio_sync/pipeline/watermarks.py). Returns why the walk stopped early, or None."""
     cursor = window.start_cursor()
     phase = Phase(EVENTS)  # one breaker and one failed batch for every page of the phase
-    while True:
-        if lease is not None:
-            lease.check()
-        try:
-            page = sync_events_page_task(quoted(runtime), quoted(cursor), quoted(window), shard, run_id, quoted(phase))
-        except AuthError as exc:
-            return f"Stopped while sending events: {exc}"
-        except PageIncomplete as exc:  # Customer.io down while identifying an event's new user
-            summary.merge(exc.summary)
-            return str(exc)
-        summary.merge(page.summary)
-        if phase.breaker.open:
-            return (
-                f"Customer.io kept failing (429/5xx/timeouts) for {phase.breaker.limit} events in a row even after "
-                f"retries, so the events phase stopped; the unsent events are saved in failed batch "
-                f"{phase.failed_batch_id} and later events wait for the next run."
-            )
-        if page.next_cursor is None:
-            return None
-        cursor = page.next_cursor
-        logger.info("events page: %s", dict(page.summary.events))
-        if page.last:  # Hull had no more: another task would only find nothing
-            return None
+    # Reads page k+1 (events and their users) from Hull while page k is sent.
+    ahead = EventsReadAhead(runtime, window, shard)
+    try:
+        while True:
+            if lease is not None:
+                lease.check()
+            try:
+                page = sync_events_page_task(
+                    quoted(runtime), quoted(cursor), quoted(window), shard, run_id, quoted(phase), quoted(ahead)
+                )
+            except AuthError as exc:
+                return f"Stopped while sending events: {exc}"
+            except PageIncomplete as exc:  # Customer.io down while identifying an event's new user
+                summary.merge(exc.summary)
+                return str(exc)
+            summary.merge(page.summary)
+            if phase.breaker.open:
+                return (
+                    f"Customer.io kept failing (429/5xx/timeouts) for {phase.breaker.limit} events in a row even "
+                    f"after retries, so the events phase stopped; the unsent events are saved in failed batch "
+                    f"{phase.failed_batch_id} and later events wait for the next run."
+                )
+            if page.next_cursor is None:
+                return None
+            cursor = page.next_cursor
+            logger.info("events page: %s", dict(page.summary.events))
+            if page.last:  # Hull had no more: another task would only find nothing
+                return None
+    finally:
+        ahead.close()
 
 
 def _settle_deletions(

@@ -24,6 +24,7 @@ failed ones. A 401 stops the run before anything of the page is recorded.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -233,6 +234,7 @@ def sync_events_page(
     not_after: datetime | None = None,
     campaign_since: datetime | None = None,
     phase: Phase | None = None,
+    user_docs: dict[str, dict[str, Any] | None] | None = None,
 ) -> SyncSummary:
     """Decides, sends and records `events`; stores `next_cursor` under `cursor_name` in the same
     transaction (None: no cursor moves). `rerun` (default: no `next_cursor`): a rerun of a
@@ -240,7 +242,9 @@ def sync_events_page(
     `event_state` holds is skipped and transient failures are filed in the phase's failed batch.
     `not_after`: events dated later are skipped as `future_timestamp`. `campaign_since`: count
     the events sent that are newer (Customer.io may trigger campaigns for them). `phase`: the
-    events phase's breaker and failed batch, shared by its pages (default: this page's own)."""
+    events phase's breaker and failed batch, shared by its pages (default: this page's own).
+    `user_docs`: the Hull documents of the events' users, by id, read ahead (`EventsReadAhead`);
+    None: read here."""
     rerun = next_cursor is None if rerun is None else rerun
     phase = phase or Phase(EVENTS)
     summary = SyncSummary()
@@ -250,7 +254,10 @@ def sync_events_page(
     if len(todo) < len(events):  # a Counter keeps zero entries: they would clutter the artifact
         summary.events["already_handled"] += len(events) - len(todo)
     user_ids = sorted({e["user_id"] for e in todo if e.get("user_id")})
-    docs = runtime.hull.users_by_ids(user_ids) if user_ids else []
+    if user_docs is not None and all(u in user_docs for u in user_ids):
+        docs = [doc for doc in (user_docs[u] for u in user_ids) if doc is not None]
+    else:
+        docs = runtime.hull.users_by_ids(user_ids) if user_ids else []
     users = describe_users(runtime, docs)
     identified = identify_first(runtime, docs, users, flow_run_id, phase)
     if identified is not None:
@@ -376,21 +383,25 @@ class EventsPage:
     last: bool = False
 
 
-def run_events_page(
-    runtime: SyncRuntime,
-    cursor: Cursor,
-    window: EventsWindow,
-    shard: Shard = WHOLE,
-    flow_run_id: str | None = None,
-    phase: Phase | None = None,
-) -> EventsPage:
-    """Reads events after `cursor` until it holds `events_per_batch` not decided yet (Hull
-    searches of 100), and decides, sends and records them together (the `sync-events-page`
-    task's work: one Prefect task per page of up to `events_per_batch` events). Events all
-    decided before (the overlap window, future-dated events) are read through and counted as
-    `already_handled`. At the end of the walk the cursor is stored where the walk ended (within
-    the window's cap), so the next run's overlap starts there; `last` says the stream ended."""
-    handled = 0
+@dataclass
+class EventsBatch:
+    """Events read after a cursor: up to `events_per_batch` not decided yet, how many read were
+    decided before, the cursor past them, whether the stream ended, and (read ahead only) the
+    Hull documents of their users by id (None for an id Hull does not know)."""
+
+    cursor: Cursor
+    events: list[dict[str, Any]]
+    handled: int
+    next_cursor: Cursor
+    end: bool
+    user_docs: dict[str, dict[str, Any] | None] | None = None
+
+
+def read_events_batch(runtime: SyncRuntime, cursor: Cursor, window: EventsWindow, shard: Shard = WHOLE) -> EventsBatch:
+    """Reads events after `cursor` (Hull searches of 100) until `events_per_batch` of them are
+    not decided yet or the stream ends; events all decided before (the overlap window,
+    future-dated events) are read through and counted."""
+    start, handled = cursor, 0
     batch: list[dict[str, Any]] = []
     limit = runtime.settings.events_per_batch
     while True:
@@ -402,32 +413,107 @@ def run_events_page(
         handled += len(events) - len(fresh)
         batch.extend(fresh)
         end = not events or next_cursor == cursor  # the end (or events that cannot move the cursor)
-        if batch and (len(batch) >= limit or end):
-            summary = sync_events_page(
-                runtime,
-                batch,
-                window.to_store(next_cursor),
-                flow_run_id,
-                window.cursor_name,
-                rerun=False,
-                not_after=window.not_after,
-                campaign_since=window.campaign_since,
-                phase=phase,
-            )
-            if handled:
-                summary.events["already_handled"] += handled
-            return EventsPage(summary, next_cursor, last=end)
-        if end:
-            final = window.to_store(next_cursor)
-            moved = next_cursor.position != window.start and final != window.stored
-            if final is not None and window.cursor_name and not runtime.dry_run and moved:
-                with runtime.engine.begin() as connection:
-                    write_cursor(connection, window.cursor_name, final)
-            summary = SyncSummary()
-            if handled:
-                summary.events["already_handled"] += handled
-            return EventsPage(summary, None, last=True)
+        if end or len(batch) >= limit:
+            return EventsBatch(start, batch, handled, next_cursor, end)
         cursor = next_cursor
 
 
-__all__ = ["EVENTS_CURSOR", "EventsPage", "fetch_events_page", "run_events_page", "sync_events_page"]
+class EventsReadAhead:
+    """Reads the next batch of events, and their users' documents, from Hull in a background
+    thread while the current batch is decided, sent and recorded: Hull's time (the event
+    searches, the users by id) overlaps with Customer.io's instead of adding to it.
+
+    Safe because keyset batches never share an event, so recording batch k cannot change which
+    events of batch k+1 were decided before; who exists in Customer.io (which batch k's
+    `identify_first` may change) is read from state when batch k+1 is decided, not ahead. A
+    batch is used only for the cursor it was read from; a failed read is read again in the
+    batch's own task, which raises it there."""
+
+    def __init__(self, runtime: SyncRuntime, window: EventsWindow, shard: Shard = WHOLE):
+        self.runtime, self.window, self.shard = runtime, window, shard
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hull-events-ahead")
+        self._ahead: Future[EventsBatch] | None = None
+
+    def _read(self, cursor: Cursor) -> EventsBatch:
+        batch = read_events_batch(self.runtime, cursor, self.window, self.shard)
+        user_ids = sorted({str(e["user_id"]) for e in batch.events if e.get("user_id")})
+        found = {d.get("id"): d for d in self.runtime.hull.users_by_ids(user_ids)} if user_ids else {}
+        batch.user_docs = {u: found.get(u) for u in user_ids}
+        return batch
+
+    def submit(self, cursor: Cursor) -> None:
+        self._ahead = self._pool.submit(self._read, cursor)
+
+    def take(self, cursor: Cursor) -> EventsBatch | None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return None
+        try:
+            batch = ahead.result()
+        except Exception:  # read again by the caller, which raises it where it belongs
+            return None
+        return batch if batch.cursor == cursor else None
+
+    def close(self) -> None:
+        self._ahead = None
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_events_page(
+    runtime: SyncRuntime,
+    cursor: Cursor,
+    window: EventsWindow,
+    shard: Shard = WHOLE,
+    flow_run_id: str | None = None,
+    phase: Phase | None = None,
+    ahead: EventsReadAhead | None = None,
+) -> EventsPage:
+    """Reads a batch of events after `cursor` (`read_events_batch`), and decides, sends and
+    records it (the `sync-events-page` task's work: one Prefect task per page of up to
+    `events_per_batch` events). At the end of the walk the cursor is stored where the walk
+    ended (within the window's cap), so the next run's overlap starts there; `last` says the
+    stream ended. `ahead`: the batch may have been read ahead, and the next one is read ahead
+    while this one is sent."""
+    batch = ahead.take(cursor) if ahead is not None else None
+    if batch is None:
+        batch = read_events_batch(runtime, cursor, window, shard)
+    next_cursor, end, handled = batch.next_cursor, batch.end, batch.handled
+    if ahead is not None and not end:
+        ahead.submit(next_cursor)
+    if batch.events:
+        summary = sync_events_page(
+            runtime,
+            batch.events,
+            window.to_store(next_cursor),
+            flow_run_id,
+            window.cursor_name,
+            rerun=False,
+            not_after=window.not_after,
+            campaign_since=window.campaign_since,
+            phase=phase,
+            user_docs=batch.user_docs,
+        )
+        if handled:
+            summary.events["already_handled"] += handled
+        return EventsPage(summary, next_cursor, last=end)
+    final = window.to_store(next_cursor)
+    moved = next_cursor.position != window.start and final != window.stored
+    if final is not None and window.cursor_name and not runtime.dry_run and moved:
+        with runtime.engine.begin() as connection:
+            write_cursor(connection, window.cursor_name, final)
+    summary = SyncSummary()
+    if handled:
+        summary.events["already_handled"] += handled
+    return EventsPage(summary, None, last=True)
+
+
+__all__ = [
+    "EVENTS_CURSOR",
+    "EventsBatch",
+    "EventsPage",
+    "EventsReadAhead",
+    "fetch_events_page",
+    "read_events_batch",
+    "run_events_page",
+    "sync_events_page",
+]

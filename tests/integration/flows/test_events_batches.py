@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 import tasks.sync_events_page as events_task
-from cio_sync.pipeline.events_page import EVENTS_CURSOR
+from cio_sync.pipeline.events_page import EVENTS_CURSOR, EventsReadAhead
 from cio_sync.store import db
 from cio_sync.store.cursors import read_cursor
 from flows.sync_users import sync_users
@@ -61,8 +61,9 @@ def seed(hull: HullSimulator) -> int:
     return matched
 
 
-def run(monkeypatch, tmp_path, api: str, events_per_batch: int | None) -> dict:
-    """One sync (and a rerun) on fresh simulators and a fresh database."""
+def run(monkeypatch, tmp_path, api: str, events_per_batch: int | None, read_ahead: bool = True) -> dict:
+    """One sync (and a rerun) on fresh simulators and a fresh database. `read_ahead=False`: every
+    batch is read by its own task, none while the batch before is sent."""
     hull = HullSimulator(connector_id=HULL_CONNECTOR_ID, connector_secret=HULL_SECRET).start()
     cio = CustomerIoSimulator(site_id=CIO_SITE_ID, api_key=CIO_API_KEY).start()
     tasks: list[int] = []
@@ -74,13 +75,22 @@ def run(monkeypatch, tmp_path, api: str, events_per_batch: int | None) -> dict:
         return page
 
     monkeypatch.setattr(events_task, "run_events_page", counted)
+    served: list[bool] = []  # per task: was its batch read ahead?
+    real_take = EventsReadAhead.take
+
+    def take(self, cursor):
+        batch = real_take(self, cursor) if read_ahead else None
+        served.append(batch is not None)
+        return batch
+
+    monkeypatch.setattr(EventsReadAhead, "take", take)
     try:
         matched = seed(hull)
-        url = f"sqlite:///{tmp_path / f'{api}-{events_per_batch}.db'}"
+        url = f"sqlite:///{tmp_path / f'{api}-{events_per_batch}-{read_ahead}.db'}"
         point_env_at(monkeypatch, hull, cio, url)
         extra = {} if events_per_batch is None else {"events_per_batch": events_per_batch}
         summary = sync_users(**SETTINGS, customerio_api=api, **extra)
-        first_tasks = list(tasks)
+        first_tasks, first_served = list(tasks), list(served)
         tasks.clear()
         cio.clear_journal()
         again = sync_users(**SETTINGS, customerio_api=api, **extra)
@@ -102,6 +112,7 @@ def run(monkeypatch, tmp_path, api: str, events_per_batch: int | None) -> dict:
             "sent": summary["events"].get("sent", 0),
             "skipped": dict(summary["event_skip_reasons"]),
             "tasks": first_tasks,
+            "read_ahead": first_served,
             "rerun_tasks": list(tasks),
             "rerun_posts": [e for e in cio.journal() if e["method"] == "POST"],
             "rerun_sent": again["events"].get("sent", 0),
@@ -116,10 +127,15 @@ def test_page_size_changes_the_task_count_and_nothing_else(monkeypatch, tmp_path
     one_search = run(monkeypatch, tmp_path, api, 100)  # a task per Hull search, as before
     odd = run(monkeypatch, tmp_path, api, 130)  # a search of 100 and one of 30 per task
     default = run(monkeypatch, tmp_path, api, None)  # 500
+    unhurried = run(monkeypatch, tmp_path, api, 100, read_ahead=False)
 
     matched = default["matched"]
     assert matched > 200 and default["sent"] > 150 and default["skipped"]
-    for result in (one_search, odd):
+    # Every batch after the first was read while the one before it was sent; without that,
+    # the same end state.
+    assert one_search["read_ahead"] == [False] + [True] * (len(one_search["tasks"]) - 1)
+    assert not any(unhurried["read_ahead"]) and unhurried["tasks"] == one_search["tasks"]
+    for result in (one_search, odd, unhurried):
         for key in ("events", "people", "rows", "cursor", "sent", "skipped"):
             assert result[key] == default[key], key
     assert len({e.split(",")[0] for e in default["events"]}) == len(default["events"]) == default["sent"]
