@@ -378,6 +378,7 @@ def worker(spec: dict) -> dict:
     import requests
     from prefect import flow
 
+    import cio_sync.pipeline.events_page as events_page_module
     import flows.sync_users as sync_users_module
     import tasks.sync_events_page as events_task
     import tasks.sync_users_page as users_task
@@ -435,6 +436,10 @@ def worker(spec: dict) -> dict:
                 pass
 
         sync_users_module.PagePlanner = NoPlanner
+    if spec.get("no_events_read_ahead"):
+        # Measuring the lever: every events batch read by its own task, as before EventsReadAhead.
+        events_page_module.EventsReadAhead.take = lambda self, cursor: None
+        events_page_module.EventsReadAhead.submit = lambda self, cursor: None
     sync_users_module._sync_users_stream = timed_phase("users", sync_users_module._sync_users_stream)
     sync_users_module.walk_events = timed_phase("events", sync_users_module.walk_events)
     users_task.sync_page = counted("users", users_task.sync_page)
@@ -707,7 +712,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--webhooks", type=int, default=10_000, help="webhooks sent per database (webhooks scenario)")
     parser.add_argument("--databases", default="sqlite,postgresql", help="webhooks scenario: sqlite, postgresql")
     parser.add_argument(
-        "--hull-latency-ms", type=float, default=0, help="webhooks scenario: the Hull simulator answers this late"
+        "--hull-latency-ms", type=float, default=0, help="the Hull simulator answers every request this late"
+    )
+    parser.add_argument(
+        "--no-events-read-ahead",
+        action="store_true",
+        help="read each events batch in its own task (measures EventsReadAhead)",
     )
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU accounting by kind of work")
     parser.add_argument(
@@ -753,6 +763,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def users_scenario(args) -> str:
+    import requests
+
     from cio_sync.settings import ConnectorSettings
     from simulators.env import RemoteCustomerIo, RemoteHull, simulator_environment
 
@@ -785,6 +797,10 @@ def users_scenario(args) -> str:
         sample = floor_users(hull.url, min(FLOOR_SAMPLE, args.users))
         calls = identify_calls(sample)
         events = event_calls(hull.url, sample) if args.events else []
+        if args.hull_latency_ms:  # every Hull request of the runs waits this long, as over a real network
+            requests.post(
+                f"{hull.url}/_sim/faults", json={"op": "latency", "seconds": args.hull_latency_ms / 1000}, timeout=60
+            ).raise_for_status()
         cio_pid = cio.process.pid if cio.process else None
         floor_rates: dict[str, list[float]] = {"identify": [], "events": []}
         floor_cpu: dict[str, list[float]] = {"identify": [], "events": []}
@@ -869,6 +885,7 @@ def users_scenario(args) -> str:
                 "params": params,
                 "profile": args.profile,
                 "no_plan_ahead": args.no_plan_ahead,
+                "no_events_read_ahead": args.no_events_read_ahead,
                 "cpu": not args.no_cpu,
                 "pids": pids,
                 "env": {
@@ -1009,7 +1026,9 @@ def users_scenario(args) -> str:
     parts = [
         f"Users: `--users {args.users} --mode {args.mode}{' --events' if args.events else ''}`, "
         f"simulators {args.sims}, push_concurrency {concurrency}"
-        f"{'; pages planned in their own task (--no-plan-ahead)' if args.no_plan_ahead else ''}.",
+        f"{'; pages planned in their own task (--no-plan-ahead)' if args.no_plan_ahead else ''}"
+        f"{'; events batches read in their own task (--no-events-read-ahead)' if args.no_events_read_ahead else ''}"
+        f"{f'; the Hull simulator answers every request {args.hull_latency_ms:g} ms late' if args.hull_latency_ms else ''}.",
         markdown(USER_COLUMNS, rows),
     ]
     if event_rows:
