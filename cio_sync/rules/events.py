@@ -12,7 +12,7 @@ from typing import Any
 
 from ulid import ULID
 
-from cio_sync.rules.mapping import MalformedUserError, byte_length, latest_anonymous_id, lookup
+from cio_sync.rules.mapping import byte_length, document_segment_ids, latest_anonymous_id, lookup
 from cio_sync.settings import ConnectorSettings
 
 MAX_EVENT_NAME_BYTES = 100
@@ -47,11 +47,7 @@ def user_identity(user: Any, user_id_mapping: str, whitelisted_ids: AbstractSet[
     facts of `map_user` the events phase needs, without mapping every attribute (the events
     phase looks up each event's user; `map_user` costs several times more). Raises
     `MalformedUserError` exactly when `map_user` does."""
-    if not isinstance(user, dict) or not isinstance(user.get("id"), str) or not user["id"]:
-        raise MalformedUserError("user document has no Hull id")
-    segment_ids = user.get("segment_ids") or []
-    if not isinstance(segment_ids, list):
-        raise MalformedUserError("segment_ids is not a list")
+    segment_ids = document_segment_ids(user)
     _found, id_value = lookup(user, user_id_mapping)
     cio_id = None if id_value in (None, "") else str(id_value)
     return user["id"], cio_id, any(s in whitelisted_ids for s in segment_ids)

@@ -288,23 +288,34 @@ def source_seal(fingerprint: bytes, fields: bytes, attributes_hash: str) -> str:
     return digest.hexdigest()
 
 
+def document_segment_ids(user: Any) -> list[str]:
+    """The segment ids of a Hull user document, once the document passed the checks every reader
+    of one makes (`map_user`, the events phase's `user_identity`); raises `MalformedUserError`
+    (the user is skipped as `malformed`, with the reason) instead of failing the page."""
+    if not isinstance(user, dict) or not isinstance(user.get("id"), str) or not user["id"]:
+        raise MalformedUserError("user document has no Hull id")
+    segment_ids = user.get("segment_ids") or []
+    if not isinstance(segment_ids, list):
+        raise MalformedUserError("segment_ids is not a list")
+    if not all(type(s) is str for s in segment_ids):  # sorting them, or a set of them, would raise
+        raise MalformedUserError("segment_ids holds something other than segment ids (strings)")
+    return segment_ids
+
+
 def map_user(
     user: dict[str, Any],
     settings: ConnectorSettings,
     segment_names: dict[str, str],
     whitelisted_ids: AbstractSet[str],
 ) -> MappedUser:
-    if not isinstance(user, dict) or not isinstance(user.get("id"), str) or not user["id"]:
-        raise MalformedUserError("user document has no Hull id")
-    segment_ids = user.get("segment_ids") or []
-    if not isinstance(segment_ids, list):
-        raise MalformedUserError("segment_ids is not a list")
-
+    segment_ids = document_segment_ids(user)
     dropped: list[tuple[str, str]] = []
     _found, id_value = lookup(user, settings.user_id_mapping)
     cio_id = None if id_value in (None, "") else str(id_value)
     id_error = None
-    if cio_id is not None and byte_length(cio_id) > settings.max_identifier_value_length:
+    if isinstance(id_value, (dict, list, bool)) or (isinstance(id_value, float) and not math.isfinite(id_value)):
+        id_error = f"id value is not a string or a number ({id_value!r:.40})"
+    elif cio_id is not None and byte_length(cio_id) > settings.max_identifier_value_length:
         id_error = f"id value is longer than {settings.max_identifier_value_length} bytes"
 
     email = user.get("email") or None
@@ -316,7 +327,7 @@ def map_user(
     if user.get("created_at") is not None:
         attributes["created_at"] = to_unix_seconds(user["created_at"])
     max_value_length = settings.max_attribute_value_length
-    names: list[str] = sorted(segment_names.get(s, s) for s in segment_ids)  # type: ignore[misc]
+    names: list[str] = sorted(segment_names.get(s, s) for s in segment_ids)
     segments, segments_left_out = fit_list(names, max_value_length)
     attributes[SEGMENTS_ATTRIBUTE] = segments
     anonymous_id = latest_anonymous_id(user)

@@ -103,3 +103,14 @@ def test_a_trait_that_is_not_a_json_number_is_dropped_and_the_rest_syncs(sim_env
     assert summary["dropped_attributes"] == {"coconuts": 2}
     assert "coconuts" not in cio_sim.people["u-1"] and "coconuts" not in cio_sim.people["u-2"]
     assert cio_sim.people["u-1"]["plan"] == "gold" and cio_sim.people["u-3"]["coconuts"] == 3
+
+
+def test_a_user_whose_segment_ids_are_not_strings_is_skipped_and_the_page_goes_on(sim_env, hull, cio_sim):
+    """Sorting a segment list holding a number raised TypeError: the page (and every run after
+    it) failed on that one user. Now it is skipped as malformed, with the reason."""
+    hull.upsert_user(user(1, segments=("s-vip", 7)))
+    hull.upsert_user(user(2))
+    summary = sync_users(synchronized_segments=["VIP"])
+    assert summary["decisions"] == {"insert": 1, "skip": 1} and summary["failed_users"] == {}
+    assert summary["skip_reasons"] == {"malformed": 1}
+    assert set(cio_sim.people) == {"u-2"}

@@ -317,6 +317,8 @@ def test_event_user_agrees_with_map_user(user_id_mapping):
         {"external_id": "u-9"},
         {"id": 10, "external_id": "u-10"},
         {"id": "h11", "segment_ids": "seg-a"},
+        {"id": "h12", "segment_ids": ["seg-a", 3]},
+        {"id": "h13", "external_id": {"nested": 1}, "segment_ids": ["seg-a"]},
         "not a document",
     ]
     live = {"h1": "u-1", "h4": "0", "h6": "u-6", "h7": "u-7"}  # h7 was sent under another id

@@ -110,6 +110,17 @@ def test_malformed_users_raise():
         map_user({"email": "x@y"}, settings(), {}, set())
     with pytest.raises(MalformedUserError):
         map_user({"id": "a", "segment_ids": "s1"}, settings(), {}, set())
+    # Sorting or hashing such segment ids raised TypeError: the whole page failed, every run.
+    for odd in ([1, "s1"], [None, "s1"], [{"id": "s1"}], [["s1"]]):
+        with pytest.raises(MalformedUserError, match="segment_ids"):
+            map_user({"id": "a", "segment_ids": odd}, settings(), {}, set())
+
+
+@pytest.mark.parametrize("odd", [{"a": 1}, ["u-1"], True, float("nan"), float("inf")])
+def test_an_id_that_is_not_a_string_or_a_number_is_an_id_error(odd):
+    mapped = map_user(dict(USER, external_id=odd), settings(), NAMES, set())
+    assert mapped.id_error is not None and "not a string or a number" in mapped.id_error
+    assert map_user(dict(USER, external_id=12), settings(), NAMES, set()).id_error is None
 
 
 def test_chunking_315_attributes_takes_11_calls_with_email_first():
