@@ -162,3 +162,14 @@ def test_fit_list_drops_from_the_end_until_it_fits():
     assert fit_list(["aa", "bb", "cc"], 100) == (["aa", "bb", "cc"], 0)
     assert fit_list(["aa", "bb", "cc"], len('["aa","bb"]')) == (["aa", "bb"], 1)
     assert fit_list(["x" * 50], 10) == ([], 1)
+
+
+def test_an_object_as_id_is_decided_invalid_id():
+    import pandas as pd
+
+    from cio_sync.rules.plan import plan_page
+    from cio_sync.store.users import STATE_FRAME_COLUMNS
+
+    empty_state = pd.DataFrame([], columns=STATE_FRAME_COLUMNS)
+    plans = plan_page([dict(USER, external_id={"a": 1})], empty_state, settings(), NAMES, {"s1"})
+    assert [(p.action, p.reason) for p in plans] == [("skip", "invalid_id")]
