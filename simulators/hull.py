@@ -677,17 +677,9 @@ class HullSimulator(SimulatorServer):
             keys = sorted(self._order_key[i] for i in ids if i in self._order_key)
             keys = [key for key in keys if all(in_range(key[0], b) for b in ranges)]
         else:
-            order, low, high = self._order, 0, len(self._order)
+            order = self._order
             # Binary search on the sorted index instead of scanning every user.
-            for bounds in ranges:
-                if "gte" in bounds:
-                    low = max(low, bisect_left(order, bounds["gte"], key=_first))
-                if "gt" in bounds:
-                    low = max(low, bisect_right(order, bounds["gt"], key=_first))
-                if "lte" in bounds:
-                    high = min(high, bisect_right(order, bounds["lte"], key=_first))
-                if "lt" in bounds:
-                    high = min(high, bisect_left(order, bounds["lt"], key=_first))
+            low, high = _slice_bounds(order, ranges)
             keys = order[low:high]
             if self._dead_keys:
                 keys = [key for key in keys if key not in self._dead_keys]
