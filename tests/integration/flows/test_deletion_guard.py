@@ -11,7 +11,7 @@ import pytest
 from cio_sync.cli.main import main as cli
 from flows.sync_users import SyncFailed, sync_users
 from tests.support.builders import hull_user as user
-from tests.support.guard import leave, planned_rows, seed
+from tests.support.guard import leave, planned_rows, seed, two_hundred_of_1000_leave
 from tests.support.prefect_api import artifacts_of, table_of
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -78,16 +78,7 @@ def test_200_of_1000_leaving_wait_for_approval_and_the_cli_approves_exactly_them
 ):
     monkeypatch.setenv("SYNCHRONIZED_SEGMENTS", '["VIP"]')
     monkeypatch.setenv("ENABLE_USER_DELETION", "true")
-    seed(hull, 1000)
-    assert cli(["sync-users"]) == 0
-    assert len(cio_sim.people) == 1000
-    leaving = range(300, 500)
-    leave(hull, leaving)
-    expected = sorted(f"u-{n}" for n in leaving)
-
-    capsys.readouterr()
-    assert cli(["sync-users"]) == 1
-    err = capsys.readouterr().err
+    expected, err = two_hundred_of_1000_leave(hull, cio_sim, capsys)
     assert "200 people would be deleted" in err and "max_deletions_per_run (100)" in err
     assert "cio-sync sync-users --approve-deletions" in err
     assert deletes(cio_sim) == [] and len(cio_sim.people) == 1000

@@ -12,7 +12,7 @@ from cio_sync.cli.main import main as cli
 from cio_sync.store import db
 from flows.sync_users import SyncFailed, sync_users
 from tests.support.builders import hull_user as user
-from tests.support.guard import leave, planned_rows, seed
+from tests.support.guard import leave, planned_rows, seed, two_hundred_of_1000_leave
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -71,16 +71,7 @@ def test_200_of_1000_leaving_with_suppress_wait_for_approval_and_the_cli_suppres
     monkeypatch.setenv("SYNCHRONIZED_SEGMENTS", '["VIP"]')
     monkeypatch.setenv("ON_SEGMENT_EXIT", "suppress")
     monkeypatch.setenv("CUSTOMERIO_API", api)
-    seed(hull, 1000)
-    assert cli(["sync-users"]) == 0
-    assert len(cio_sim.people) == 1000
-    leaving = range(300, 500)
-    leave(hull, leaving)
-    expected = sorted(f"u-{n}" for n in leaving)
-
-    capsys.readouterr()
-    assert cli(["sync-users"]) == 1
-    err = capsys.readouterr().err
+    expected, err = two_hundred_of_1000_leave(hull, cio_sim, capsys)
     assert (
         "200 people would be removed from Customer.io (200 deleted and suppressed)" in err
         and "max_deletions_per_run (100)" in err
