@@ -19,13 +19,6 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 SETTINGS = dict(synchronized_segments=["VIP"], enable_user_deletion=True)
 
 
-@pytest.fixture
-def hull(hull_sim):
-    hull_sim.add_segment("s-vip", "VIP")
-    hull_sim.add_segment("s-other", "Other")
-    return hull_sim
-
-
 def deletes(cio_sim) -> list[str]:
     return [e["path"].rsplit("/", 1)[-1] for e in cio_sim.journal() if e["method"] == "DELETE"]
 

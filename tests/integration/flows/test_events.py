@@ -51,13 +51,6 @@ def ulid_of(event_id: str, created_at: str) -> str:
     return event_ulid(event_id, parse_created_at(created_at))
 
 
-@pytest.fixture
-def hull(hull_sim):
-    hull_sim.add_segment("s-vip", "VIP")
-    hull_sim.add_segment("s-other", "Other")
-    return hull_sim
-
-
 def add_event(hull, n: int, event_id: str, name: str = "Signed Up", created_at: str = at(1), **fields) -> dict:
     return hull.add_event(
         {"event_id": event_id, "event": name, "user_id": hull_id(n), "created_at": created_at, **fields}

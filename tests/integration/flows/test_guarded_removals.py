@@ -22,13 +22,6 @@ SUPPRESSING = dict(
 MOVING = dict(synchronized_segments=["VIP"], on_id_change="delete_old", users_overlap_seconds=0)
 
 
-@pytest.fixture
-def hull(hull_sim):
-    hull_sim.add_segment("s-vip", "VIP")
-    hull_sim.add_segment("s-other", "Other")
-    return hull_sim
-
-
 def requests(cio_sim) -> list[tuple[str, str]]:
     """(action, Customer.io id) of each v1 call or v2 entry, in order."""
     calls = []

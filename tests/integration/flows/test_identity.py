@@ -19,13 +19,6 @@ pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.parametriz
 SETTINGS = dict(synchronized_segments=["VIP"], synchronized_attributes=["plan", "coconuts"], users_overlap_seconds=0)
 
 
-@pytest.fixture
-def hull(hull_sim):
-    hull_sim.add_segment("s-vip", "VIP")
-    hull_sim.add_segment("s-other", "Other")
-    return hull_sim
-
-
 def hid(n: int) -> str:
     return hull_user(n)["id"]
 

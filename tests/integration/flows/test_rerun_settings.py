@@ -17,13 +17,6 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 SETTINGS = dict(synchronized_segments=["VIP"], synchronized_attributes=["plan"], enable_user_deletion=True)
 
 
-@pytest.fixture
-def hull(hull_sim):
-    hull_sim.add_segment("s-vip", "VIP")
-    hull_sim.add_segment("s-other", "Other")
-    return hull_sim
-
-
 def failed_batch_of_two(hull, cio_sim, url) -> dict:
     """Users 1 and 2 exist in Customer.io; their next update fails after retries."""
     for n in range(4):

@@ -28,13 +28,6 @@ SETTINGS = dict(
 )
 
 
-@pytest.fixture
-def hull(hull_sim):
-    hull_sim.add_segment("s-vip", "VIP")
-    hull_sim.add_segment("s-other", "Other")
-    return hull_sim
-
-
 def run(**extra) -> dict | None:
     """A run; one that ends Failed (a failed batch) is part of the story here."""
     try:

@@ -18,13 +18,6 @@ SETTINGS = dict(synchronized_segments=["VIP"], synchronized_attributes=["plan", 
 
 
 @pytest.fixture
-def hull(hull_sim):
-    hull_sim.add_segment("s-vip", "VIP")
-    hull_sim.add_segment("s-other", "Other")
-    return hull_sim
-
-
-@pytest.fixture
 def mapped(monkeypatch):
     """Hull ids the diff maps (the fast path maps nobody)."""
     seen: list[str] = []

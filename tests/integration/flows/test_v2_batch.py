@@ -23,13 +23,6 @@ SETTINGS = dict(
 user = hull_user
 
 
-@pytest.fixture
-def hull(hull_sim):
-    hull_sim.add_segment("s-vip", "VIP")
-    hull_sim.add_segment("s-other", "Other")
-    return hull_sim
-
-
 def cio_requests(cio_sim):
     return [e for e in cio_sim.journal() if not e["path"].startswith("/_sim")]
 

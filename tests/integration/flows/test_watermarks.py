@@ -52,13 +52,6 @@ def ulid(event_id: str, created_at: str) -> str:
 
 
 @pytest.fixture
-def hull(hull_sim):
-    hull_sim.add_segment("s-vip", "VIP")
-    hull_sim.add_segment("s-other", "Other")
-    return hull_sim
-
-
-@pytest.fixture
 def engine(sim_env):
     return db.get_engine(sim_env["STATE_DATABASE_URL"])
 
