@@ -36,6 +36,14 @@ def rows(url):
         return {r.hull_id: r for r in connection.execute(select(db.user_state))}
 
 
+def add_users(hull, count: int) -> list[dict]:
+    """Users 1..count in the VIP segment, added to Hull."""
+    users = [user(n) for n in range(1, count + 1)]
+    for u in users:
+        hull.upsert_user(u)
+    return users
+
+
 def touch_all(hull, users):
     """Re-index every user (as a write-back does) without changing a synced field."""
     hull.advance(5)
@@ -49,9 +57,7 @@ def cio_writes(cio_sim):
 
 def test_unchanged_users_are_not_mapped_and_changes_still_sync(sim_env, hull, cio_sim, mapped):
     database_url = sim_env["STATE_DATABASE_URL"]
-    users = [user(n) for n in range(1, 6)]
-    for u in users:
-        hull.upsert_user(u)
+    users = add_users(hull, 5)
     first = sync_users(**SETTINGS)
     assert first["decisions"] == {"insert": 5}
     state = rows(database_url)
@@ -76,9 +82,7 @@ def test_unchanged_users_are_not_mapped_and_changes_still_sync(sim_env, hull, ci
 
 def test_a_settings_change_maps_everyone_once_then_the_digest_is_written_again(sim_env, hull, cio_sim, mapped):
     database_url = sim_env["STATE_DATABASE_URL"]
-    users = [user(n) for n in range(1, 5)]
-    for u in users:
-        hull.upsert_user(u)
+    users = add_users(hull, 4)
     sync_users(**SETTINGS)
     before = rows(database_url)
 
@@ -103,9 +107,7 @@ def test_a_settings_change_maps_everyone_once_then_the_digest_is_written_again(s
 
 def test_rows_from_before_the_digest_are_mapped_once(sim_env, hull, cio_sim, mapped):
     database_url = sim_env["STATE_DATABASE_URL"]
-    users = [user(n) for n in range(1, 4)]
-    for u in users:
-        hull.upsert_user(u)
+    users = add_users(hull, 3)
     sync_users(**SETTINGS)
     with db.get_engine(database_url).begin() as connection:  # as migration 0009 leaves them
         connection.execute(update(db.user_state).values(source_digest=None))
@@ -152,9 +154,7 @@ def test_pages_that_send_nothing_share_one_task_and_the_cursor_still_moves_in_or
     recorded by one task (4 pages here), each in its own transaction with its cursor, and a page
     with something to send is synced only after the quiet pages before it are recorded."""
     database_url = sim_env["STATE_DATABASE_URL"]
-    users = [user(n) for n in range(1, 11)]
-    for u in users:
-        hull.upsert_user(u)
+    users = add_users(hull, 10)
     settings = {**SETTINGS, "users_per_batch": 1}
     assert sync_users(**settings)["decisions"] == {"insert": 10}
     assert [kind for kind, _ in page_tasks] == ["page"] * 10  # every page sent something
