@@ -104,6 +104,11 @@ def fetch_events_page(
         cursor = next_cursor
 
 
+def event_user_ids(events: list[dict[str, Any]]) -> list[str]:
+    """The Hull ids of the events' users, each once, sorted (as Hull is asked for them)."""
+    return sorted({e["user_id"] for e in events if e.get("user_id")})
+
+
 def describe_users(runtime: SyncRuntime, docs: list[dict[str, Any]]) -> dict[str, EventUser]:
     """Current segment membership and id from the Hull documents; whether the person exists
     in Customer.io from state."""
@@ -253,7 +258,7 @@ def sync_events_page(
     todo = [e for e in events if str(e.get("event_id")) not in done]
     if len(todo) < len(events):  # a Counter keeps zero entries: they would clutter the artifact
         summary.events["already_handled"] += len(events) - len(todo)
-    user_ids = sorted({e["user_id"] for e in todo if e.get("user_id")})
+    user_ids = event_user_ids(todo)
     if user_docs is not None and all(u in user_docs for u in user_ids):
         docs = [doc for doc in (user_docs[u] for u in user_ids) if doc is not None]
     else:
@@ -436,7 +441,7 @@ class EventsReadAhead:
 
     def _read(self, cursor: Cursor) -> EventsBatch:
         batch = read_events_batch(self.runtime, cursor, self.window, self.shard)
-        user_ids = sorted({str(e["user_id"]) for e in batch.events if e.get("user_id")})
+        user_ids = event_user_ids(batch.events)
         found = {d.get("id"): d for d in self.runtime.hull.users_by_ids(user_ids)} if user_ids else {}
         batch.user_docs = {u: found.get(u) for u in user_ids}
         return batch
