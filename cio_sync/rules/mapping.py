@@ -314,7 +314,7 @@ def map_user(
     cio_id = None if id_value in (None, "") else str(id_value)
     id_error = None
     if isinstance(id_value, (dict, list, bool)) or (isinstance(id_value, float) and not math.isfinite(id_value)):
-        id_error = f"id value is not a string or a number ({id_value!r:.40})"
+        id_error = f"id value is not a string or a number (a {type(id_value).__name__})"
     elif cio_id is not None and byte_length(cio_id) > settings.max_identifier_value_length:
         id_error = f"id value is longer than {settings.max_identifier_value_length} bytes"
 
