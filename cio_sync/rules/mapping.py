@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from cio_sync.rules.changes import attribute_digests
+from cio_sync.rules.changes import attribute_digests, canonical_json
 from cio_sync.settings import ConnectorSettings
 
 # Traits this connector writes back to Hull. Syncing them out again would change every
@@ -118,8 +118,7 @@ def byte_length(value: Any) -> int:
 
 
 def attributes_hash(attributes: dict[str, Any]) -> str:
-    canonical = json.dumps(attributes, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical_json(attributes)).hexdigest()
 
 
 def tracked_names(attributes: dict[str, Any]) -> list[str]:
