@@ -66,6 +66,11 @@ class SyncFailed(Exception):
     """The run did its best and is marked Failed so the Prefect UI flags it."""
 
 
+def counts_text(counts: Counter[str]) -> str:
+    """`insert=3, skip=2`: a page's decisions in its log line."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+
+
 def publish_summary(summary: SyncSummary, dry_run: bool) -> None:
     create_table_artifact(
         key="sync-users-summary",
@@ -331,7 +336,7 @@ def _sync_users_stream(
             pages - len(quiet) + 1,
             pages,
             sum(len(page.users) for page in quiet),
-            ", ".join(f"{k}={v}" for k, v in sorted(decisions.items())),
+            counts_text(decisions),
         )
         quiet.clear()
 
@@ -382,7 +387,7 @@ def _sync_users_stream(
                 "page %d: %d users, %s",
                 pages,
                 page_summary.users_seen,
-                ", ".join(f"{k}={v}" for k, v in sorted(page_summary.decisions.items())),
+                counts_text(page_summary.decisions),
             )
         if failure is None:
             record_quiet()  # the walk's last quiet pages (after a failed page there are none: recorded before it)
