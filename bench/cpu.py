@@ -176,12 +176,12 @@ def install_flow_accounting(account: CpuAccount) -> None:
     import json
 
     import orjson
-    import requests
     from prefect.flows import Flow
     from prefect.tasks import Task
     from sqlalchemy.engine import Connection, Engine
 
     import connectors.hull as hull
+    import connectors.transport as transport
     import flows.sync_users as sync_users_flow
     import tasks.drain_webhook_batch as drain_task
     import tasks.sync_events_page as events_task
@@ -203,7 +203,7 @@ def install_flow_accounting(account: CpuAccount) -> None:
     for name in ("execute", "exec_driver_sql", "_commit_impl", "_rollback_impl", "_begin_impl", "close"):
         account.wrap(Connection, name, "SQL (SQLAlchemy + driver)", opaque=True)
     account.wrap(Engine, "connect", "SQL (SQLAlchemy + driver)", opaque=True)
-    account.wrap(requests.Session, "send", "HTTP client (requests, urllib3, sockets)")
+    account.wrap(transport.Transport, "send", "HTTP client (urllib3, sockets)")
 
 
 # ----- profiles --------------------------------------------------------------------------------

@@ -651,7 +651,7 @@ WORK = [
     ("JSON encode", "JSON encode"),
     ("JWT", "JWT signing"),
     ("SQL", "SQL (SQLAlchemy + driver)"),
-    ("HTTP client", "HTTP client (requests, urllib3, sockets)"),
+    ("HTTP client", "HTTP client (urllib3, sockets)"),
     ("Prefect engine", "Prefect (flow and task engine)"),
 ]
 CPU_COLUMNS = [

@@ -5,11 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import requests
-
 from connectors.http import ApiClient, RetryPolicy
 from connectors.ratelimit import LocalLimiter
-from connectors.session_environment import pin_environment
+from connectors.transport import Response, basic_auth
 
 if TYPE_CHECKING:
     from cio_sync.settings import CustomerIoCredentials
@@ -36,9 +34,13 @@ class CustomerIoClient(ApiClient):
         rate_limiter: LocalLimiter | None = None,
         pool_size: int = 16,
     ):
-        super().__init__(base_url, retry=retry, rate_limiter=rate_limiter, pool_size=pool_size)
-        self.session.auth = (site_id, api_key)
-        pin_environment(self.session, [self.base_url])  # no environment lookups per Track call
+        super().__init__(
+            base_url,
+            headers={"Authorization": basic_auth(site_id, api_key)},
+            retry=retry,
+            rate_limiter=rate_limiter,
+            pool_size=pool_size,
+        )
 
     @classmethod
     def from_settings(
@@ -88,11 +90,11 @@ class CustomerIoClient(ApiClient):
     def track_anonymous(self, event: dict[str, Any]) -> None:
         self.request("POST", "/api/v1/events", json_body=event)
 
-    def batch(self, entries: list[dict[str, Any]]) -> requests.Response:
+    def batch(self, entries: list[dict[str, Any]]) -> Response:
         """`POST /api/v2/batch`; returns the response (200, or 207 with per-entry errors)."""
         return self.request("POST", "/api/v2/batch", json_body={"batch": entries})
 
-    def request_batch(self, body: bytes) -> requests.Response:
+    def request_batch(self, body: bytes) -> Response:
         """`POST /api/v2/batch` with a body serialised by the caller, so that the bytes checked
         against the 500 KB limit are exactly the bytes sent."""
         return self.request("POST", "/api/v2/batch", data=body, headers=JSON_HEADERS)

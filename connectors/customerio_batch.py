@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import requests
+from connectors.transport import Response
 
 try:  # installed with Prefect; optional here
     import orjson
@@ -222,7 +222,7 @@ def describe_entry_error(error: dict[str, Any], label: str) -> str:
     return f"Customer.io rejected the v2 batch {label} entry: {': '.join(parts) or 'no reason given'}"
 
 
-def rejected_indexes(response: requests.Response) -> dict[int, dict[str, Any]] | None:
+def rejected_indexes(response: Response) -> dict[int, dict[str, Any]] | None:
     """`batch_index` → error, from a 207 (empty for a 200); None for a 207 that names no
     entry, where nothing in the request can be counted as delivered with confidence."""
     if response.status_code != 207:

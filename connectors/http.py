@@ -12,18 +12,18 @@ Every client in `connectors/` sends through `ApiClient.request`, which:
 - raises `PermanentError` on other 4xx (this request will never succeed as it is);
 - raises `TransientError` once the retry budget is spent.
 
-The retry loop is ours, not urllib3's (the adapter is mounted with `max_retries=0`):
-urllib3's retries happen below `requests`, where no rate limiter can see them.
+Requests go out through `connectors/transport.py` (urllib3's pools, set up once per client;
+it retries nothing, so every attempt passes through `request`, and so through the limiter).
 
 Exception messages carry the method, the path and the service's own error text, never
 headers, credentials or request bodies, and pass through the scrubber (cio_sync/redact.py)
 in case a service echoes a credential. A request that cannot even be sent (a header value
-`requests` refuses, a malformed URL) raises `AuthError` naming only the exception type:
-`requests` quotes the offending header value, which may be the secret.
+that would be refused, a malformed URL, a redirect loop) raises `AuthError` naming only the
+exception type: the offending header value may be the secret.
 
 Redirects are followed, but a redirect to another host (or port, or scheme) never carries a
-credential: `requests` drops `Authorization` there, and `CredentialSession` drops the
-custom credential headers (`Hull-Access-Token`, ...) too.
+credential: the transport drops `Authorization` and the client's `credential_headers`
+(`Hull-Access-Token`, ...) there.
 """
 
 from __future__ import annotations
@@ -37,14 +37,14 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import requests
-from requests.adapters import HTTPAdapter
 from typing_extensions import Self
 
 from cio_sync.redact import scrub
 from connectors.ratelimit import LocalLimiter
+from connectors.transport import ConnectionFailed, Response, Transport, Unsendable
 
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+JSON_CONTENT = {"Content-Type": "application/json"}
 
 
 class ApiError(Exception):
@@ -110,7 +110,7 @@ def retry_after_seconds(value: str | None, now: Callable[[], datetime] | None = 
     return max(0.0, (when - current).total_seconds())
 
 
-def error_text(response: requests.Response) -> str:
+def error_text(response: Response) -> str:
     """The service's own error message, trimmed; both services answer JSON errors."""
     try:
         body = response.json()
@@ -130,23 +130,6 @@ def error_text(response: requests.Response) -> str:
     return json.dumps(body)[:300]
 
 
-# Failures of the connection itself: nothing (or not all) came back, the request may be retried.
-CONNECTION_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
-
-
-class CredentialSession(requests.Session):
-    """A session that never forwards its credential headers to another host on a redirect."""
-
-    credential_headers: frozenset[str] = frozenset()
-
-    def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
-        super().rebuild_auth(prepared_request, response)  # drops Authorization on another host
-        original = response.request.url or ""
-        if self.should_strip_auth(original, prepared_request.url or ""):
-            for name in self.credential_headers:
-                prepared_request.headers.pop(name, None)
-
-
 class ApiClient:
     service = "API"
     auth_hint = ""  # appended to AuthError messages: which settings to fix
@@ -156,25 +139,27 @@ class ApiClient:
         self,
         base_url: str,
         *,
+        headers: dict[str, str] | None = None,
         retry: RetryPolicy | None = None,
         rate_limiter: LocalLimiter | None = None,
         pool_size: int = 16,
         sleep: Callable[[float], None] = time.sleep,
     ):
+        """`headers` go with every request (the credentials among them)."""
         self.base_url = base_url.rstrip("/")
         self.retry = retry or RetryPolicy()
         self.rate_limiter = rate_limiter
         self._sleep = sleep
-        self.session = CredentialSession()
-        self.session.credential_headers = self.credential_headers
-        # No retries below us: every attempt goes through `request`, and so through the limiter.
-        adapter = HTTPAdapter(max_retries=0, pool_connections=pool_size, pool_maxsize=pool_size)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self.transport = Transport(
+            headers or {},
+            credential_headers=self.credential_headers,
+            pool_size=pool_size,
+            timeout=self.retry.timeout,
+        )
         self.requests_sent = 0  # HTTP attempts, retries included
 
     def close(self) -> None:
-        self.session.close()
+        self.transport.close()
 
     def __enter__(self) -> Self:
         return self
@@ -194,9 +179,19 @@ class ApiClient:
         url: str | None = None,
         headers: dict[str, str] | None = None,
         data: bytes | None = None,
-    ) -> requests.Response:
+    ) -> Response:
         """Sends one request, retrying transient failures (every call here is idempotent:
-        Customer.io ids and event ULIDs, Hull event ids dedupe a repeat)."""
+        Customer.io ids and event ULIDs, Hull event ids dedupe a repeat). `data` is a body
+        already serialised (sent as is, e.g. a size-checked v2 batch); `json_body` is written
+        as requests wrote it (standard library, NaN refused)."""
+        if json_body is not None:
+            try:
+                data = json.dumps(json_body, allow_nan=False).encode("utf-8")
+            except ValueError:  # NaN or Infinity: no service can read it, no retry can mend it
+                data = None
+            if data is None:
+                raise PermanentError(self.service, method, path, None, "the body is not JSON (NaN or Infinity)")
+            headers = {**JSON_CONTENT, **headers} if headers else JSON_CONTENT
         retries = self.retry.total
         for attempt in range(retries + 1):
             if self.rate_limiter is not None:
@@ -204,27 +199,19 @@ class ApiClient:
             self.requests_sent += 1
             unsendable: str | None = None
             try:
-                response = self.session.request(
-                    method,
-                    url or self.url(path),
-                    json=json_body,
-                    data=data,  # an already serialised body (sent as is, e.g. a size-checked v2 batch)
-                    headers=headers,
-                    timeout=self.retry.timeout,
-                    allow_redirects=True,
-                )
-            except CONNECTION_ERRORS as exc:
+                response = self.transport.send(method, url or self.url(path), body=data, headers=headers)
+            except ConnectionFailed as failed:
                 if attempt < retries:
                     self._sleep(self.retry.backoff(attempt + 1))
                     continue
                 suffix = f" after {retries} retries" if retries else ""
                 raise TransientError(
-                    self.service, method, path, None, f"connection failed ({_reason(exc)}){suffix}"
+                    self.service, method, path, None, f"connection failed ({failed.reason}){suffix}"
                 ) from None
-            except (requests.RequestException, UnicodeError) as exc:
-                # Never sent: a header value requests refuses (InvalidHeader quotes the value, which
-                # may be a secret), an invalid URL. Every later request would fail the same way.
-                unsendable = type(exc).__name__
+            except Unsendable as failed:
+                # Never sent: a header value that would be refused (its value may be a secret), an
+                # invalid URL, a redirect loop. Every later request would fail the same way.
+                unsendable = failed.reason
             if unsendable is not None:  # raised outside the handler: no __context__ keeps the original
                 hint = f" {self.auth_hint}" if self.auth_hint else ""
                 raise AuthError(
@@ -237,7 +224,7 @@ class ApiClient:
             return self._check(method, path, response)
         raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
-    def _check(self, method: str, path: str, response: requests.Response) -> requests.Response:
+    def _check(self, method: str, path: str, response: Response) -> Response:
         status = response.status_code
         if status < 400:
             return response
@@ -248,10 +235,3 @@ class ApiClient:
         if status in TRANSIENT_STATUSES:
             raise TransientError(self.service, method, path, status, f"{message} (after {self.retry.total} retries)")
         raise PermanentError(self.service, method, path, status, message)
-
-
-def _reason(exc: Exception) -> str:
-    """A short cause without URLs' query strings or headers."""
-    inner = exc.args[0] if exc.args else exc
-    reason = getattr(inner, "reason", None)
-    return type(reason or inner).__name__

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from connectors.http import ApiClient, RetryPolicy
-from connectors.session_environment import pin_environment
 
 if TYPE_CHECKING:
     from cio_sync.settings import HullCredentials
@@ -175,19 +174,19 @@ class HullClient(ApiClient):
         *,
         retry: RetryPolicy | None = None,
     ):
-        super().__init__(base_url, retry=retry)
-        self.firehose_url = firehose_url.rstrip("/") + "/"
-        self.connector_id = connector_id
-        self._signer = TokenSigner(connector_secret)
-        self.session.headers.update(
-            {
+        super().__init__(
+            base_url,
+            headers={
                 "Hull-App-Id": connector_id,
                 "Hull-Access-Token": connector_secret,
                 "Hull-Organization": organization or "",
                 "Content-Type": "application/json",
-            }
+            },
+            retry=retry,
         )
-        pin_environment(self.session, [self.base_url, self.firehose_url])  # no lookups per request
+        self.firehose_url = firehose_url.rstrip("/") + "/"
+        self.connector_id = connector_id
+        self._signer = TokenSigner(connector_secret)
 
     @classmethod
     def from_settings(cls, credentials: HullCredentials, retry: RetryPolicy | None = None) -> HullClient:
