@@ -612,7 +612,7 @@ def webhooks_scenario(args, prefect_server_class, simulator_class, process_cpu_s
                             "Pool threads (senders, write-back, prefetch)", "Inbox writer thread"
                         )
                     )
-                result, hose = drain(kind, database_url, hull, prefect_server, args.profile, not args.no_cpu)
+                result, hose = drain(kind, database_url, hull, prefect_server, args.profile, args.cpu_by_kind)
                 sent = result["summary"]["sent"]
                 drain_rows.append(
                     {
