@@ -25,7 +25,8 @@ class Recorder(BaseHTTPRequestHandler):
         self.server.seen.append((self.path, dict(self.headers)))  # type: ignore[attr-defined]
         if self.path.startswith("/redirect"):
             self.send_response(307)
-            self.send_header("Location", self.path.split("to=", 1)[1])
+            # `/redirect` alone redirects to itself: a loop
+            self.send_header("Location", self.path.split("to=", 1)[1] if "to=" in self.path else self.path)
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
@@ -102,3 +103,13 @@ def test_a_header_that_cannot_be_sent_never_quotes_the_secret(servers, secret):
     assert SECRET not in text and "InvalidHeader" in text and "HULL_CONNECTOR_SECRET" in text
     assert failure.value.__cause__ is None and failure.value.__context__ is None
     assert origin.seen == []  # nothing was sent
+
+
+def test_a_redirect_loop_stops_with_a_clear_error_and_is_not_retried(servers):
+    origin, _ = servers
+    loop = f"http://127.0.0.1:{origin.server_address[1]}/redirect?to=/redirect"
+    with CustomerIoClient(f"http://127.0.0.1:{origin.server_address[1]}", "site", API_KEY, retry=FAST) as cio:
+        with pytest.raises(AuthError, match="TooManyRedirects") as failure:
+            cio.request("GET", "/", url=loop)
+    assert API_KEY not in str(failure.value)
+    assert 2 <= len(origin.seen) <= 12  # followed a bounded number of times, then stopped

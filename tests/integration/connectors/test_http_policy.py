@@ -47,6 +47,15 @@ def test_400_is_not_retried(client, cio_sim):
     assert len(puts(cio_sim)) == 1
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_body_json_cannot_carry_fails_that_request_only(client, cio_sim, value):
+    with pytest.raises(PermanentError, match="not JSON"):
+        client.identify("u-1", {"score": value})
+    assert puts(cio_sim) == []  # nothing sent; the client goes on working
+    client.identify("u-2", {"score": 1})
+    assert cio_sim.people["u-2"]["score"] == 1
+
+
 def test_401_is_fatal_and_names_the_settings(cio_sim):
     with CustomerIoClient(cio_sim.url, CIO_SITE_ID, "wrong-secret-key", retry=FAST) as c:
         with pytest.raises(AuthError) as failure:
