@@ -22,7 +22,8 @@ Failures come out as two exceptions, which `ApiClient.request` classifies:
 - `ConnectionFailed`: nothing (or not all) came back; the request may be retried;
 - `Unsendable`: the request cannot be sent as it is (a header value that would be refused or
   would inject a header, an invalid URL, a redirect loop); every retry would fail the same way.
-Both name only the type of the underlying error: a refused header's value may be a secret.
+Both name the type of the underlying error (or the environment setting to fix), never a value:
+a refused header's value may be a secret.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ DEFAULT_HEADERS = {
 
 
 class SendFailed(Exception):
-    """The request got no complete answer; `reason` names the cause's type only."""
+    """The request got no complete answer. `reason` names the cause's type, or the setting to
+    fix (a CA bundle that cannot be read, a SOCKS proxy without PySocks); never a header value."""
 
     def __init__(self, reason: str):
         super().__init__(reason)
@@ -174,7 +176,7 @@ class Transport:
             raise Unsendable(self._invalid_header)
         try:
             manager, origin_headers = self._manager(url)
-        except LocationValueError as exc:
+        except LocationValueError as exc:  # an invalid URL, or a proxy URL of an unknown scheme
             raise Unsendable(type(exc).__name__) from None
         merged = {**origin_headers, **headers} if headers else origin_headers
         failure: SendFailed | None = None
@@ -222,12 +224,19 @@ class Transport:
             headers["Authorization"] = basic_auth(*environment.netrc_auth)
         pool: dict[str, Any] = {"num_pools": 4, "maxsize": self.pool_size, "block": False}
         if origin.startswith("https:") or (environment.proxy or "").lower().startswith("https:"):
-            pool["ssl_context"] = verifying_context(environment.ca_bundle)
+            try:
+                pool["ssl_context"] = verifying_context(environment.ca_bundle)
+            except (OSError, ValueError):  # ssl.SSLError is an OSError
+                raise Unsendable(
+                    f"the CA bundle {environment.ca_bundle} cannot be read: check REQUESTS_CA_BUNDLE and CURL_CA_BUNDLE"
+                ) from None
         if environment.proxy is None:
             return urllib3.PoolManager(**pool), headers
         if environment.proxy.lower().startswith("socks"):
-            from urllib3.contrib.socks import SOCKSProxyManager  # needs PySocks, as in requests
-
+            try:
+                from urllib3.contrib.socks import SOCKSProxyManager  # needs PySocks, as in requests
+            except ImportError:
+                raise Unsendable("a SOCKS proxy is set but PySocks is not installed: pip install pysocks") from None
             return SOCKSProxyManager(environment.proxy, **pool), headers  # credentials read from its URL
         username, password = get_auth_from_url(environment.proxy)  # unquoted
         proxy_headers = make_headers(proxy_basic_auth=f"{username}:{password}") if username else {}

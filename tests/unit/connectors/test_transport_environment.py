@@ -146,3 +146,13 @@ def test_a_header_that_cannot_be_sent_is_refused_without_its_value(value):
         transport.send("GET", "http://127.0.0.1:9/")
     assert "secret" not in f"{refused.value} {refused.value.args!r}" and "cret" not in refused.value.reason
     assert refused.value.__context__ is None
+
+
+def test_an_unreadable_ca_bundle_is_named_before_anything_is_sent(monkeypatch, tmp_path):
+    missing = tmp_path / "corporate.pem"
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(missing))
+    transport = Transport({"Authorization": basic_auth("site", "secret-key")})
+    with pytest.raises(Unsendable) as refused:
+        transport.send("GET", "https://track.customer.io/api/v1/accounts/region")
+    assert str(missing) in refused.value.reason and "REQUESTS_CA_BUNDLE" in refused.value.reason
+    assert "secret-key" not in str(refused.value)
