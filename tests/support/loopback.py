@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,12 +58,19 @@ class ForwardingProxy(Recorder):
 
 
 @contextmanager
-def serving(*handlers: type[BaseHTTPRequestHandler]) -> Iterator[list[ThreadingHTTPServer]]:
-    """One loopback server per handler, each with its `seen` list; shut down on exit."""
+def serving(
+    *handlers: type[BaseHTTPRequestHandler], tls: tuple[str, str] | None = None
+) -> Iterator[list[ThreadingHTTPServer]]:
+    """One loopback server per handler, each with its `seen` list; shut down on exit.
+    `tls`: (certificate file, key file) to serve HTTPS with."""
     started = []
     for handler in handlers:
         server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         server.seen = []  # type: ignore[attr-defined]
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            server.socket = context.wrap_socket(server.socket, server_side=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         started.append(server)
     try:
