@@ -5,14 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from connectors.http import ApiClient, RetryPolicy
+from connectors.http import JSON_HEADERS, ApiClient, RetryPolicy
 from connectors.ratelimit import LocalLimiter
 from connectors.transport import Response, basic_auth
 
 if TYPE_CHECKING:
     from cio_sync.settings import CustomerIoCredentials
-
-JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 def customer_path(identifier: str) -> str:

@@ -44,7 +44,7 @@ from connectors.ratelimit import LocalLimiter
 from connectors.transport import ConnectionFailed, Response, Transport, Unsendable
 
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-JSON_CONTENT = {"Content-Type": "application/json"}
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 class ApiError(Exception):
@@ -191,7 +191,7 @@ class ApiClient:
                 data = None
             if data is None:
                 raise PermanentError(self.service, method, path, None, "the body is not JSON (NaN or Infinity)")
-            headers = {**JSON_CONTENT, **headers} if headers else JSON_CONTENT
+            headers = {**JSON_HEADERS, **headers} if headers else JSON_HEADERS
         retries = self.retry.total
         for attempt in range(retries + 1):
             if self.rate_limiter is not None:

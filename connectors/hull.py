@@ -305,5 +305,5 @@ class HullClient(ApiClient):
         for start in range(0, len(messages), FIREHOSE_BATCH_SIZE):
             now = iso(datetime.now(timezone.utc))
             body = {"batch": messages[start : start + FIREHOSE_BATCH_SIZE], "timestamp": now, "sentAt": now}
-            # Content-Type is the session's (application/json).
+            # Content-Type is one of the client's default headers (application/json).
             self.request("POST", "(firehose)", data=dumps(body), url=self.firehose_url)

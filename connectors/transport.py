@@ -3,9 +3,9 @@
 Why urllib3 and not a `requests.Session` (which sends through urllib3 itself): per request,
 `requests` merges the session's settings, hooks, cookies and auth into a new prepared request
 and wraps the answer in a new `Response`; that was 0.35 ms of CPU per Customer.io call here,
-against 0.17 ms for the same call through urllib3 (measured on this project's machines, see
-bench/RESULTS.md). A v1 sync makes one such call per user, from sender threads that share one
-GIL, so those 0.18 ms were a sixth of the whole sync's CPU.
+against 0.20 ms for the same call through this transport (bench/RESULTS.md, round four). A v1
+sync makes one such call per user, from sender threads that share one GIL: 10k users, the
+flow's CPU went from 9.0 to 6.7 s.
 
 What `requests` did per request is done here once per origin (scheme, host, port), with
 `requests`' own functions, so a client behaves as it did:
@@ -38,6 +38,7 @@ from typing import Any
 
 import certifi
 import urllib3
+from requests.auth import _basic_auth_str
 from requests.exceptions import InvalidHeader
 from requests.utils import check_header_validity, get_auth_from_url, get_environ_proxies, get_netrc_auth, select_proxy
 from urllib3.exceptions import HTTPError, LocationValueError, MaxRetryError, ResponseError
@@ -74,7 +75,6 @@ class Response:
     headers: Mapping[str, str]  # case-insensitive (urllib3's HTTPHeaderDict)
     content: bytes
     reason: str
-    url: str
 
     def json(self) -> Any:
         """The body parsed as JSON; raises ValueError when it is not JSON."""
@@ -87,8 +87,6 @@ class Response:
 
 def basic_auth(username: str, password: str) -> str:
     """An `Authorization` header value, as requests builds it (latin-1, then base64)."""
-    from requests.auth import _basic_auth_str
-
     return _basic_auth_str(username, password)
 
 
@@ -205,7 +203,7 @@ class Transport:
             failure = Unsendable(type(exc).__name__)
         if failure is not None:  # raised outside the handler: no __context__ keeps the original
             raise failure
-        return Response(answer.status, answer.headers, answer.data, answer.reason or "", answer.url or url)
+        return Response(answer.status, answer.headers, answer.data, answer.reason or "")
 
     def _manager(self, url: str) -> tuple[urllib3.PoolManager, dict[str, str]]:
         origin = _origin(url)
